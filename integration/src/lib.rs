@@ -1,1 +1,13 @@
-//! placeholder
+//! Tests and benchmarks of shardjob against real etcd processes.
+//!
+//! Where to start: [`EtcdCluster`] starts `etcd` (from `ETCD_BIN` or `PATH`) on free loopback
+//! ports with a temporary data dir, waits until it is healthy, and kills every process it
+//! started when dropped (also while a test panics). Tests live in `tests/`, benchmarks are the
+//! `bench-*` binaries in `src/bin/`.
+
+mod cluster;
+mod health;
+mod ports;
+pub mod rng;
+
+pub use cluster::{ClusterOptions, EtcdCluster, HarnessError};

@@ -21,9 +21,9 @@ use crate::instance::canonical;
 use crate::{Assignment, Instance, Strategy};
 
 /// Virtual nodes per unit of weight.
-pub const VNODES_PER_WEIGHT: u32 = 64;
+pub const VNODES_PER_WEIGHT: u32 = 160;
 /// Weights above this count as this many units on the ring (bounds the ring's size).
-pub const MAX_VNODE_WEIGHT: u32 = 64;
+pub const MAX_VNODE_WEIGHT: u32 = 32;
 
 /// Consistent hashing with virtual nodes. See the module docs.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,0 +1,298 @@
+//! The etcd key layout: every key shardjob reads or writes is built here, and only here.
+//!
+//! All keys live under one root, `<prefix><namespace>/` (default prefix `/shardjob/`), and are
+//! grouped by type first, so each kind of watcher watches exactly one prefix:
+//!
+//! ```text
+//! /shardjob/<ns>/instances/<instance>        lease-bound, written by the agent
+//! /shardjob/<ns>/leader/<lease hex>          etcd Election API, name /shardjob/<ns>/leader
+//! /shardjob/<ns>/jobs/<job>                  JobConfig
+//! /shardjob/<ns>/assignments/<job>           written by the leader only, fenced
+//! /shardjob/<ns>/owners/<job>/<shard>        lease-bound; create_revision = fencing token
+//! /shardjob/<ns>/running/<job>/<shard>       failover jobs: an execution in progress
+//! /shardjob/<ns>/cursors/<job>/<shard>       last fire run by the previous owner
+//! /shardjob/<ns>/triggers/<job>              run every shard once now
+//! /shardjob/<ns>/disabled/<instance>         drain: the leader assigns it nothing
+//! ```
+//!
+//! Every prefix that is watched or deleted ends in `/`, so job `a` never matches job `a-b`.
+
+use std::fmt;
+
+use shardjob_sharding::{NameError, validate_name};
+
+/// Default key prefix; the namespace follows it.
+pub const DEFAULT_PREFIX: &str = "/shardjob/";
+
+/// What a key under the root is, parsed back from its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    Instance(String),
+    Leader(String),
+    Job(String),
+    Assignment(String),
+    Owner { job: String, shard: u32 },
+    Running { job: String, shard: u32 },
+    Cursor { job: String, shard: u32 },
+    Trigger(String),
+    Disabled(String),
+}
+
+/// Builds (and parses) the keys of one namespace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Keys {
+    root: String,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keys({})", self.root)
+    }
+}
+
+impl Keys {
+    /// Keys of `namespace` under [`DEFAULT_PREFIX`].
+    pub fn new(namespace: &str) -> Result<Self, NameError> {
+        Self::with_prefix(DEFAULT_PREFIX, namespace)
+    }
+
+    /// Keys of `namespace` under `prefix` (a `/` is added to the prefix when missing).
+    pub fn with_prefix(prefix: &str, namespace: &str) -> Result<Self, NameError> {
+        validate_name("namespace", namespace)?;
+        let sep = if prefix.ends_with('/') { "" } else { "/" };
+        Ok(Self {
+            root: format!("{prefix}{sep}{namespace}/"),
+        })
+    }
+
+    /// `<prefix><namespace>/`: everything of this namespace.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn under(&self, kind: &str, rest: &str) -> String {
+        format!("{}{kind}/{rest}", self.root)
+    }
+
+    /// `instances/`
+    pub fn instances_prefix(&self) -> String {
+        self.under("instances", "")
+    }
+    /// `instances/<id>`
+    pub fn instance(&self, id: &str) -> String {
+        self.under("instances", id)
+    }
+    /// The Election API name: `<root>leader` (etcd appends `/<lease hex>` per candidate).
+    pub fn election_name(&self) -> String {
+        format!("{}leader", self.root)
+    }
+    /// `leader/`: the candidates' keys; the one with the lowest create revision leads.
+    pub fn leader_prefix(&self) -> String {
+        self.under("leader", "")
+    }
+    /// `jobs/`
+    pub fn jobs_prefix(&self) -> String {
+        self.under("jobs", "")
+    }
+    /// `jobs/<job>`
+    pub fn job(&self, job: &str) -> String {
+        self.under("jobs", job)
+    }
+    /// `assignments/`
+    pub fn assignments_prefix(&self) -> String {
+        self.under("assignments", "")
+    }
+    /// `assignments/<job>`
+    pub fn assignment(&self, job: &str) -> String {
+        self.under("assignments", job)
+    }
+    /// `owners/` (all jobs)
+    pub fn owners_root(&self) -> String {
+        self.under("owners", "")
+    }
+    /// `owners/<job>/`
+    pub fn owners_prefix(&self, job: &str) -> String {
+        self.under("owners", &format!("{job}/"))
+    }
+    /// `owners/<job>/<shard>`
+    pub fn owner(&self, job: &str, shard: u32) -> String {
+        self.under("owners", &format!("{job}/{shard}"))
+    }
+    /// `running/<job>/`
+    pub fn running_prefix(&self, job: &str) -> String {
+        self.under("running", &format!("{job}/"))
+    }
+    /// `running/<job>/<shard>`
+    pub fn running(&self, job: &str, shard: u32) -> String {
+        self.under("running", &format!("{job}/{shard}"))
+    }
+    /// `cursors/<job>/`
+    pub fn cursors_prefix(&self, job: &str) -> String {
+        self.under("cursors", &format!("{job}/"))
+    }
+    /// `cursors/<job>/<shard>`
+    pub fn cursor(&self, job: &str, shard: u32) -> String {
+        self.under("cursors", &format!("{job}/{shard}"))
+    }
+    /// `triggers/`
+    pub fn triggers_prefix(&self) -> String {
+        self.under("triggers", "")
+    }
+    /// `triggers/<job>`
+    pub fn trigger(&self, job: &str) -> String {
+        self.under("triggers", job)
+    }
+    /// `disabled/`
+    pub fn disabled_prefix(&self) -> String {
+        self.under("disabled", "")
+    }
+    /// `disabled/<instance>`
+    pub fn disabled(&self, instance: &str) -> String {
+        self.under("disabled", instance)
+    }
+
+    /// Every per-job prefix and key of `job`, for deleting a job completely.
+    pub fn job_keys(&self, job: &str) -> JobKeys {
+        JobKeys {
+            config: self.job(job),
+            assignment: self.assignment(job),
+            trigger: self.trigger(job),
+            prefixes: [
+                self.owners_prefix(job),
+                self.running_prefix(job),
+                self.cursors_prefix(job),
+            ],
+        }
+    }
+
+    /// What `key` is, or `None` for a key outside this namespace or of no known shape.
+    pub fn parse(&self, key: &str) -> Option<KeyKind> {
+        let rest = key.strip_prefix(&self.root)?;
+        let (kind, name) = rest.split_once('/')?;
+        let valid = |s: &str| validate_name("name", s).is_ok();
+        let sharded = |name: &str| -> Option<(String, u32)> {
+            let (job, shard) = name.split_once('/')?;
+            (valid(job) && !shard.starts_with('+'))
+                .then(|| shard.parse().ok().map(|s| (job.to_owned(), s)))?
+        };
+        if matches!(kind, "owners" | "running" | "cursors") {
+            let (job, shard) = sharded(name)?;
+            return Some(match kind {
+                "owners" => KeyKind::Owner { job, shard },
+                "running" => KeyKind::Running { job, shard },
+                _ => KeyKind::Cursor { job, shard },
+            });
+        }
+        if !valid(name) {
+            return None;
+        }
+        let name = name.to_owned();
+        Some(match kind {
+            "instances" => KeyKind::Instance(name),
+            "leader" => KeyKind::Leader(name),
+            "jobs" => KeyKind::Job(name),
+            "assignments" => KeyKind::Assignment(name),
+            "triggers" => KeyKind::Trigger(name),
+            "disabled" => KeyKind::Disabled(name),
+            _ => return None,
+        })
+    }
+}
+
+/// The keys of one job (see [`Keys::job_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobKeys {
+    pub config: String,
+    pub assignment: String,
+    pub trigger: String,
+    /// `owners/<job>/`, `running/<job>/`, `cursors/<job>/`.
+    pub prefixes: [String; 3],
+}
+
+/// The end of the key range of every key starting with `prefix` (etcd's `prefix + 1`).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_type_first_and_prefixes_end_in_slash() {
+        let k = Keys::new("prod").unwrap();
+        assert_eq!(k.instance("i1"), "/shardjob/prod/instances/i1");
+        assert_eq!(k.election_name(), "/shardjob/prod/leader");
+        assert_eq!(k.owner("orders", 3), "/shardjob/prod/owners/orders/3");
+        assert_eq!(k.cursor("orders", 0), "/shardjob/prod/cursors/orders/0");
+        for p in [
+            k.instances_prefix(),
+            k.jobs_prefix(),
+            k.owners_prefix("a"),
+            k.running_prefix("a"),
+            k.cursors_prefix("a"),
+            k.disabled_prefix(),
+        ] {
+            assert!(p.ends_with('/'), "{p}");
+        }
+        // Job "a" never matches job "a-b".
+        assert!(!k.owner("a-b", 1).starts_with(&k.owners_prefix("a")));
+    }
+
+    #[test]
+    fn custom_prefix_and_bad_namespace() {
+        let k = Keys::with_prefix("/apps/x", "ns").unwrap();
+        assert_eq!(k.root(), "/apps/x/ns/");
+        let err = Keys::new("a/b").unwrap_err().to_string();
+        assert!(err.starts_with("namespace"), "{err}");
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_odd_shapes() {
+        let k = Keys::new("ns").unwrap();
+        let table = [
+            (k.instance("i-1"), Some(KeyKind::Instance("i-1".into()))),
+            (k.job("j"), Some(KeyKind::Job("j".into()))),
+            (
+                k.owner("j", 7),
+                Some(KeyKind::Owner {
+                    job: "j".into(),
+                    shard: 7,
+                }),
+            ),
+            (
+                k.running("j", 0),
+                Some(KeyKind::Running {
+                    job: "j".into(),
+                    shard: 0,
+                }),
+            ),
+            (k.disabled("i"), Some(KeyKind::Disabled("i".into()))),
+            (
+                format!("{}leader/694d7b8e1c2f", k.root()),
+                Some(KeyKind::Leader("694d7b8e1c2f".into())),
+            ),
+            ("/shardjob/other/jobs/j".to_owned(), None),
+            (format!("{}owners/j/x", k.root()), None),
+            (format!("{}owners/j/+1", k.root()), None),
+            (format!("{}jobs/a/b", k.root()), None),
+            (format!("{}nope/j", k.root()), None),
+        ];
+        for (key, want) in table {
+            assert_eq!(k.parse(&key), want, "{key}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+}

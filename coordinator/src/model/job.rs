@@ -1,0 +1,349 @@
+//! `jobs/<job>`: a job's configuration, as users define it in code and operators edit it.
+//!
+//! ```json
+//! {"handler":"orders-sync","schedule":{"cron":"*/5 * * * * *"},"time_zone":"Europe/Berlin",
+//!  "total":8,"shard_params":{"0":"eu-west"},"job_param":"batch=500","strategy":"sticky",
+//!  "selector":{"zone":"eu"},"failover":true,"misfire":true,"disabled":false,
+//!  "timeout":"30s","max_retries":3,"description":"sync orders"}
+//! ```
+//! Every field but `schedule` and `total` has a default; unknown fields are ignored (configs
+//! written by newer versions still load).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shardjob_sharding::{Selector, StrategyKind, validate_name};
+
+use super::HumanDuration;
+
+/// Most shards a job may have.
+pub const MAX_TOTAL: u32 = 10_000;
+/// Largest `job_param`, in bytes.
+pub const MAX_JOB_PARAM: usize = 64 * 1024;
+/// Largest single shard parameter, in bytes.
+pub const MAX_SHARD_PARAM: usize = 4 * 1024;
+/// Largest description, in bytes.
+pub const MAX_DESCRIPTION: usize = 4 * 1024;
+/// Longest execution timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Shortest fixed interval.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Most retries of one execution.
+pub const MAX_RETRIES: u32 = 100;
+
+/// When a job fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// A cron expression with seconds: `sec min hour day-of-month month day-of-week [year]`,
+    /// evaluated in the job's time zone.
+    Cron(String),
+    /// A fixed interval, e.g. `"30s"`.
+    Every(HumanDuration),
+    /// Once at this instant, then the job is finished (a delayed task).
+    At(DateTime<Utc>),
+}
+
+/// A job's configuration (the value of `jobs/<job>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobConfig {
+    /// The handler that runs it; `None` means the handler named like the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    pub schedule: Schedule,
+    /// IANA time zone of a cron schedule, e.g. `Europe/Berlin`.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    /// Number of shards, `1..=10000`.
+    pub total: u32,
+    /// A parameter per shard number (shards without one get `""`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shard_params: BTreeMap<u32, String>,
+    /// One parameter for every shard.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job_param: String,
+    #[serde(default)]
+    pub strategy: StrategyKind,
+    /// Required instance labels.
+    #[serde(default, skip_serializing_if = "Selector::is_empty")]
+    pub selector: Selector,
+    /// Re-run a fire whose owner died mid-execution on the new owner.
+    #[serde(default)]
+    pub failover: bool,
+    /// Coalesce a fire that arrives while the previous run still goes into one run after it.
+    #[serde(default = "yes")]
+    pub misfire: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_retries: u32,
+    /// When publishing from code: replace the stored config (otherwise etcd's copy wins).
+    #[serde(default)]
+    pub overwrite: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A job config that breaks a rule; names the job and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {job:?}: {field}: {reason}")]
+pub struct ConfigError {
+    pub job: String,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl JobConfig {
+    /// A config with defaults for everything but the schedule and the shard count.
+    pub fn new(schedule: Schedule, total: u32) -> Self {
+        Self {
+            handler: None,
+            schedule,
+            time_zone: utc(),
+            total,
+            shard_params: BTreeMap::new(),
+            job_param: String::new(),
+            strategy: StrategyKind::default(),
+            selector: Selector::default(),
+            failover: false,
+            misfire: true,
+            disabled: false,
+            timeout: None,
+            max_retries: 0,
+            overwrite: false,
+            description: String::new(),
+        }
+    }
+
+    /// The handler name: `handler`, or the job's own name.
+    pub fn handler_name<'a>(&'a self, job: &'a str) -> &'a str {
+        self.handler.as_deref().unwrap_or(job)
+    }
+
+    /// The time zone, parsed (validated configs always parse; UTC otherwise).
+    pub fn tz(&self) -> chrono_tz::Tz {
+        chrono_tz::Tz::from_str(&self.time_zone).unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The parameter of `shard` (`""` when none is set).
+    pub fn shard_param(&self, shard: u32) -> &str {
+        self.shard_params.get(&shard).map_or("", String::as_str)
+    }
+
+    /// Checks every rule; the error names the job and the field.
+    pub fn validate(&self, job: &str) -> Result<(), ConfigError> {
+        let err = |field, reason: String| ConfigError {
+            job: job.to_owned(),
+            field,
+            reason,
+        };
+        validate_name("job name", job).map_err(|e| err("name", e.to_string()))?;
+        if let Some(h) = &self.handler {
+            validate_name("handler name", h).map_err(|e| err("handler", e.to_string()))?;
+        }
+        if !(1..=MAX_TOTAL).contains(&self.total) {
+            return Err(err(
+                "total",
+                format!("{} is outside 1..={MAX_TOTAL}", self.total),
+            ));
+        }
+        let tz = chrono_tz::Tz::from_str(&self.time_zone).map_err(|_| {
+            err(
+                "time_zone",
+                format!(
+                    "{:?} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
+                    self.time_zone
+                ),
+            )
+        })?;
+        match &self.schedule {
+            Schedule::Cron(expr) => {
+                let parsed = cron::Schedule::from_str(expr).map_err(|e| {
+                    err(
+                        "schedule.cron",
+                        format!("{expr:?} does not parse ({e}); use 6 or 7 fields: sec min hour day month weekday [year]"),
+                    )
+                })?;
+                // Reject expressions that can never fire (e.g. 30 February), evaluated in the
+                // job's zone from a fixed instant so validation never reads the clock.
+                let from = DateTime::<Utc>::UNIX_EPOCH.with_timezone(&tz);
+                if parsed.after(&from).next().is_none() {
+                    return Err(err("schedule.cron", format!("{expr:?} never fires")));
+                }
+            }
+            Schedule::Every(d) if d.0 < MIN_INTERVAL => {
+                return Err(err(
+                    "schedule.every",
+                    format!("{d} is shorter than the minimum 100ms"),
+                ));
+            }
+            Schedule::Every(_) | Schedule::At(_) => {}
+        }
+        if let Some(s) = self.shard_params.keys().find(|s| **s >= self.total) {
+            return Err(err(
+                "shard_params",
+                format!("shard {s} does not exist (total is {})", self.total),
+            ));
+        }
+        if let Some((s, p)) = self
+            .shard_params
+            .iter()
+            .find(|(_, p)| p.len() > MAX_SHARD_PARAM)
+        {
+            return Err(err(
+                "shard_params",
+                format!(
+                    "parameter of shard {s} is {} bytes; at most {MAX_SHARD_PARAM}",
+                    p.len()
+                ),
+            ));
+        }
+        if self.job_param.len() > MAX_JOB_PARAM {
+            return Err(err(
+                "job_param",
+                format!("{} bytes; at most {MAX_JOB_PARAM}", self.job_param.len()),
+            ));
+        }
+        if self.description.len() > MAX_DESCRIPTION {
+            return Err(err(
+                "description",
+                format!(
+                    "{} bytes; at most {MAX_DESCRIPTION}",
+                    self.description.len()
+                ),
+            ));
+        }
+        self.selector
+            .validate()
+            .map_err(|e| err("selector", e.to_string()))?;
+        if let Some(t) = self.timeout {
+            if t.0.is_zero() || t.0 > MAX_TIMEOUT {
+                return Err(err("timeout", format!("{t} is outside 1ms..=24h")));
+            }
+        }
+        if self.max_retries > MAX_RETRIES {
+            return Err(err(
+                "max_retries",
+                format!("{} is above {MAX_RETRIES}", self.max_retries),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cron(expr: &str, total: u32) -> JobConfig {
+        JobConfig::new(Schedule::Cron(expr.into()), total)
+    }
+
+    #[test]
+    fn minimal_json_gets_defaults_and_unknown_fields_are_ignored() {
+        let json = r#"{"schedule":{"every":"30s"},"total":4,"from_the_future":[1,2]}"#;
+        let c: JobConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.schedule, Schedule::Every("30s".parse().unwrap()));
+        assert_eq!(
+            (c.time_zone.as_str(), c.misfire, c.failover),
+            ("UTC", true, false)
+        );
+        assert_eq!(c.strategy, StrategyKind::Sticky);
+        assert_eq!(c.handler_name("orders"), "orders");
+        c.validate("orders").unwrap();
+    }
+
+    #[test]
+    fn full_config_round_trips() {
+        let mut c = cron("*/5 * * * * *", 8);
+        c.handler = Some("sync".into());
+        c.time_zone = "Europe/Berlin".into();
+        c.shard_params.insert(0, "eu".into());
+        c.selector = "zone=eu".parse().unwrap();
+        c.timeout = Some("30s".parse().unwrap());
+        c.failover = true;
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""schedule":{"cron":"*/5 * * * * *"}"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""selector":{"zone":"eu"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<JobConfig>(&json).unwrap(), c);
+        let at = JobConfig::new(Schedule::At("2026-12-01T09:00:00Z".parse().unwrap()), 1);
+        let json = serde_json::to_string(&at).unwrap();
+        assert!(json.contains(r#"{"at":"2026-12-01T09:00:00Z"}"#), "{json}");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let mut big_params = cron("* * * * * *", 2);
+        big_params
+            .shard_params
+            .insert(1, "x".repeat(MAX_SHARD_PARAM + 1));
+        let mut bad_tz = cron("* * * * * *", 1);
+        bad_tz.time_zone = "Mars/Olympus".into();
+        let mut outside = cron("* * * * * *", 2);
+        outside.shard_params.insert(2, "x".into());
+        let mut bad_sel = cron("* * * * * *", 1);
+        bad_sel.selector = serde_json::from_str(r#"{"zone":"e u"}"#).unwrap();
+        let mut huge_param = cron("* * * * * *", 1);
+        huge_param.job_param = "x".repeat(MAX_JOB_PARAM + 1);
+        let mut handler = cron("* * * * * *", 1);
+        handler.handler = Some("a b".into());
+        let mut zero_timeout = cron("* * * * * *", 1);
+        zero_timeout.timeout = Some("0s".parse().unwrap());
+        let mut retries = cron("* * * * * *", 1);
+        retries.max_retries = 1000;
+        let table: Vec<(JobConfig, &str, &str)> = vec![
+            (cron("* * * * * *", 0), "total", "0 is outside 1..=10000"),
+            (cron("* * * * * *", 10_001), "total", "10001"),
+            (cron("* * * *", 1), "schedule.cron", "does not parse"),
+            (cron("0 0 0 30 2 *", 1), "schedule.cron", "never fires"),
+            (
+                JobConfig::new(Schedule::Every("10ms".parse().unwrap()), 1),
+                "schedule.every",
+                "100ms",
+            ),
+            (bad_tz, "time_zone", "Mars/Olympus"),
+            (outside, "shard_params", "shard 2 does not exist"),
+            (big_params, "shard_params", "shard 1"),
+            (bad_sel, "selector", "e u"),
+            (huge_param, "job_param", "65537 bytes"),
+            (handler, "handler", "handler name"),
+            (zero_timeout, "timeout", "0s"),
+            (retries, "max_retries", "1000"),
+        ];
+        for (config, field, reason) in table {
+            let err = config.validate("orders").unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(reason) && text.starts_with("job \"orders\""),
+                "{text}"
+            );
+        }
+        let err = cron("* * * * * *", 1).validate("a/b").unwrap_err();
+        assert_eq!(err.field, "name");
+    }
+
+    #[test]
+    fn cron_in_a_time_zone_and_with_year_field_is_accepted() {
+        let mut c = cron("0 30 9 * * Mon-Fri", 4);
+        c.time_zone = "America/New_York".into();
+        c.validate("weekday-report").unwrap();
+        cron("0 0 12 1 1 * 2099", 1).validate("future").unwrap();
+    }
+}

@@ -1,0 +1,130 @@
+//! The small records: assignments, owners, running markers, cursors, triggers.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shardjob_sharding::{Assignment, InstanceId};
+
+/// `assignments/<job>`: written by the leader only, in a txn fenced by its leader key.
+///
+/// `owners[s]` is an index into `instances` (or `null`: nobody is eligible), which keeps the
+/// value small for jobs with many shards: `{"generation":3,"instances":["a","b"],"owners":[0,0,1,1]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentRecord {
+    /// Rises by one with every change of this job's assignment.
+    pub generation: u64,
+    /// Sorted, distinct owners.
+    pub instances: Vec<InstanceId>,
+    pub owners: Vec<Option<u32>>,
+}
+
+impl AssignmentRecord {
+    /// The record of `assignment` at `generation`.
+    pub fn from_assignment(generation: u64, assignment: &Assignment) -> Self {
+        let mut instances: Vec<InstanceId> =
+            assignment.owners().iter().flatten().cloned().collect();
+        instances.sort();
+        instances.dedup();
+        let owners = assignment
+            .owners()
+            .iter()
+            .map(|o| {
+                o.as_ref()
+                    .and_then(|id| instances.binary_search(id).ok())
+                    .map(|i| i as u32)
+            })
+            .collect();
+        Self {
+            generation,
+            instances,
+            owners,
+        }
+    }
+
+    /// The assignment this record describes; an owner index out of range is an error.
+    pub fn to_assignment(&self) -> Result<Assignment, String> {
+        let owners = self
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(shard, o)| {
+                match o {
+                None => Ok(None),
+                Some(i) => self.instances.get(*i as usize).cloned().map(Some).ok_or_else(|| {
+                    format!(
+                        "shard {shard} names instance index {i}, but only {} instances are listed",
+                        self.instances.len()
+                    )
+                }),
+            }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Assignment::from_owners(owners))
+    }
+
+    /// The owner of `shard`, by id.
+    pub fn owner(&self, shard: u32) -> Option<&InstanceId> {
+        let index = (*self.owners.get(shard as usize)?)?;
+        self.instances.get(index as usize)
+    }
+}
+
+/// `owners/<job>/<shard>`: bound to the owner's lease; its create revision is the fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub instance: InstanceId,
+    /// The assignment generation the claim acted on.
+    pub generation: u64,
+}
+
+/// `running/<job>/<shard>`: an execution of a failover job is in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub instance: InstanceId,
+    pub fire_time: DateTime<Utc>,
+    pub token: i64,
+}
+
+/// `cursors/<job>/<shard>`: the last fire the previous owner ran, written when it released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub last_fire: DateTime<Utc>,
+}
+
+/// `triggers/<job>`: run every shard once now; `id` deduplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub id: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> InstanceId {
+        InstanceId::new(s).unwrap()
+    }
+
+    #[test]
+    fn assignment_record_is_compact_and_round_trips() {
+        let a = Assignment::from_owners(vec![Some(id("b")), Some(id("a")), None, Some(id("b"))]);
+        let r = AssignmentRecord::from_assignment(7, &a);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"generation":7,"instances":["a","b"],"owners":[1,0,null,1]}"#
+        );
+        assert_eq!(r.to_assignment().unwrap(), a);
+        assert_eq!(r.owner(0), Some(&id("b")));
+        assert_eq!(r.owner(2), None);
+        assert_eq!(r.owner(99), None);
+    }
+
+    #[test]
+    fn an_index_out_of_range_is_an_error_not_a_panic() {
+        let r: AssignmentRecord =
+            serde_json::from_str(r#"{"generation":1,"instances":["a"],"owners":[0,5]}"#).unwrap();
+        let err = r.to_assignment().unwrap_err();
+        assert!(err.contains("shard 1 names instance index 5"), "{err}");
+        assert_eq!(r.owner(1), None);
+    }
+}

@@ -1,4 +1,22 @@
-//! shardjob's coordination core: the etcd model, the lease session, leader election and the
-//! rebalancer. Built out in the "Coordination core" issue; for now only the crate exists.
+//! shardjob's coordination core: everything that talks to etcd on behalf of a namespace.
+//!
+//! Where to start:
+//! - [`keys`]: the key layout (one module builds every key).
+//! - [`model`]: the JSON value of every key, with validation.
+//! - [`session`]: the lease an instance lives by, kept alive, with a proof of liveness
+//!   (`valid_until`) and a token that fires when the lease is lost.
+//! - [`election`]: leader election over etcd's Election API, and the fence every leader write
+//!   carries.
+//! - [`rebalance`]: what the leader runs: a pure planner (`plan`) and the watch/write loop.
+//! - [`watch`]: a list-then-watch helper that re-lists after a compaction.
+//! - [`view`]: a read-only snapshot of a namespace for the CLI and tests.
+
+pub mod election;
+pub mod keys;
+pub mod kv;
+pub mod model;
+pub mod rebalance;
+pub mod session;
+pub mod watch;
 
 pub use shardjob_sharding as sharding;

@@ -1,0 +1,15 @@
+//! The rebalancer the elected leader runs.
+//!
+//! Start at [`plan`] (the pure decision: which assignments to write, given a [`World`]), then
+//! [`run_leader`] (the list/watch/write loop around it). The world is fed by watch events and
+//! never does I/O; the runner never decides anything.
+
+mod plan;
+mod runner;
+mod world;
+
+pub use plan::{Plan, plan};
+pub use runner::{
+    MAX_TXN_OPS, RebalanceError, RebalanceExit, RebalanceOptions, RebalanceStats, run_leader,
+};
+pub use world::{Departed, Dirty, World};

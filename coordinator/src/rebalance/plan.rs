@@ -1,0 +1,288 @@
+//! The leader's decision, pure: given the world, which assignments to write now.
+//!
+//! For each job that needs planning:
+//! - eligible = live instances that registered the job's handler, are not disabled and match its
+//!   selector;
+//! - with `rebalance_delay > 0`, an owner of the current assignment that departed less than the
+//!   delay ago stays "parked": it counts as eligible (its shards stay on it, unclaimed, ready for
+//!   a restart with the same id) until the delay runs out, when the plan asks to be woken;
+//! - `new = strategy.assign(job, total, eligible, current)`, written as generation + 1 if it
+//!   differs from the current one;
+//! - an assignment whose job no longer exists is deleted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shardjob_sharding::{Assignment, Instance};
+use tokio::time::Instant;
+
+use super::world::{Dirty, World};
+use crate::model::{AssignmentRecord, JobConfig};
+
+/// What to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// New assignment records, by job.
+    pub writes: Vec<(String, AssignmentRecord)>,
+    /// Jobs whose assignment must go (the job was deleted).
+    pub deletes: Vec<String>,
+    /// Shards that change owner across all writes.
+    pub moves: usize,
+    /// When a parked instance's delay runs out and everything must be planned again.
+    pub wake_at: Option<Instant>,
+}
+
+impl Plan {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// Plans the jobs `dirty` marks. See the module docs.
+pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duration) -> Plan {
+    let jobs: BTreeSet<&String> = if dirty.all {
+        world.jobs.keys().chain(world.assignments.keys()).collect()
+    } else {
+        dirty.jobs.iter().collect()
+    };
+    let mut out = Plan::default();
+    for job in jobs {
+        let current = world.assignments.get(job.as_str());
+        let Some(config) = world.jobs.get(job.as_str()) else {
+            if current.is_some() {
+                out.deletes.push(job.clone());
+            }
+            continue;
+        };
+        let (eligible, wake) = eligible(world, job, config, current, now, rebalance_delay);
+        out.wake_at = earliest(out.wake_at, wake);
+        let previous = current.and_then(|r| r.to_assignment().ok());
+        let next = config
+            .strategy
+            .assign(job, config.total, &eligible, previous.as_ref());
+        if previous.as_ref() == Some(&next) {
+            continue;
+        }
+        out.moves += previous
+            .as_ref()
+            .unwrap_or(&Assignment::unassigned(0))
+            .moves_to(&next)
+            .len();
+        let generation = current.map_or(1, |r| r.generation + 1);
+        out.writes.push((
+            job.clone(),
+            AssignmentRecord::from_assignment(generation, &next),
+        ));
+    }
+    out
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The instances eligible for `job`, parked ones included, and when the first parking ends.
+fn eligible(
+    world: &World,
+    job: &str,
+    config: &JobConfig,
+    current: Option<&AssignmentRecord>,
+    now: Instant,
+    delay: Duration,
+) -> (Vec<Instance>, Option<Instant>) {
+    let handler = config.handler_name(job);
+    let admits = |id: &str, handlers: &BTreeSet<String>, labels| {
+        handlers.contains(handler)
+            && !world.disabled.contains(id)
+            && config.selector.matches(labels)
+    };
+    let mut out: Vec<Instance> = world
+        .instances
+        .values()
+        .filter(|i| admits(i.id.as_str(), &i.handlers, &i.labels))
+        .map(|i| i.to_instance())
+        .collect();
+    let mut wake = None;
+    if !delay.is_zero() {
+        for id in current.map(|r| r.instances.as_slice()).unwrap_or_default() {
+            let Some(d) = world.departed.get(id) else {
+                continue;
+            };
+            let until = d.at + delay;
+            let admitted = d.assumed && !world.disabled.contains(id.as_str())
+                || admits(id.as_str(), &d.info.handlers, &d.info.labels);
+            if now < until && admitted {
+                out.push(d.info.to_instance());
+                wake = earliest(wake, Some(until));
+            }
+        }
+    }
+    (out, wake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    const NS: &str = "/shardjob/ns/";
+
+    fn world() -> World {
+        World::new(Keys::new("ns").unwrap())
+    }
+
+    fn add_instance(
+        w: &mut World,
+        id: &str,
+        handlers: &[&str],
+        labels: &[(&str, &str)],
+        _at: Instant,
+    ) {
+        let labels: serde_json::Map<_, _> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        let v = serde_json::json!({"id": id, "handlers": handlers, "labels": labels,
+            "started_at": "2026-01-01T00:00:00Z"});
+        w.put(&format!("{NS}instances/{id}"), v.to_string().as_bytes());
+    }
+
+    fn add_job(w: &mut World, job: &str, json: &str, _at: Instant) {
+        w.put(&format!("{NS}jobs/{job}"), json.as_bytes());
+    }
+
+    /// Plans what is dirty and applies the plan to the world, as the runner does after a write.
+    fn step(w: &mut World, now: Instant, delay: Duration) -> Plan {
+        let dirty = w.take_dirty();
+        let p = plan(w, &dirty, now, delay);
+        for (job, record) in &p.writes {
+            w.assignments.insert(job.clone(), record.clone());
+        }
+        for job in &p.deletes {
+            w.assignments.remove(job);
+        }
+        p
+    }
+
+    fn owners(w: &World, job: &str) -> Vec<String> {
+        let r = &w.assignments[job];
+        (0..r.owners.len() as u32)
+            .map(|s| r.owner(s).map_or("-".into(), |i| i.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn eligibility_handler_selector_and_drain() {
+        let t = Instant::now();
+        let mut w = world();
+        add_instance(&mut w, "a", &["h"], &[("zone", "eu")], t);
+        add_instance(&mut w, "b", &["h"], &[("zone", "us")], t);
+        add_instance(&mut w, "c", &["other"], &[("zone", "eu")], t);
+        add_instance(&mut w, "d", &["h"], &[("zone", "eu")], t);
+        add_job(
+            &mut w,
+            "j",
+            r#"{"handler":"h","schedule":{"every":"1s"},"total":4,"selector":{"zone":"eu"}}"#,
+            t,
+        );
+        let p = step(&mut w, t, Duration::ZERO);
+        assert_eq!(p.writes.len(), 1);
+        assert_eq!(owners(&w, "j"), ["a", "a", "d", "d"]);
+        assert_eq!(w.assignments["j"].generation, 1);
+
+        w.put(&format!("{NS}disabled/d"), b"maintenance");
+        let p = step(&mut w, t, Duration::ZERO);
+        assert_eq!(p.moves, 2);
+        assert_eq!(owners(&w, "j"), ["a", "a", "a", "a"]);
+        assert_eq!(w.assignments["j"].generation, 2);
+
+        // Nothing changed: nothing written, generation stays.
+        w.mark_all();
+        assert!(step(&mut w, t, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn no_eligible_instance_leaves_shards_unassigned_and_a_job_default_handler_is_its_name() {
+        let t = Instant::now();
+        let mut w = world();
+        add_instance(&mut w, "a", &["other"], &[], t);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":2}"#, t);
+        step(&mut w, t, Duration::ZERO);
+        assert_eq!(owners(&w, "j"), ["-", "-"]);
+        add_instance(&mut w, "b", &["j"], &[], t);
+        step(&mut w, t, Duration::ZERO);
+        assert_eq!(owners(&w, "j"), ["b", "b"]);
+    }
+
+    #[test]
+    fn total_change_reshards_and_job_delete_deletes_the_assignment() {
+        let t = Instant::now();
+        let mut w = world();
+        add_instance(&mut w, "a", &["j"], &[], t);
+        add_instance(&mut w, "b", &["j"], &[], t);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#, t);
+        step(&mut w, t, Duration::ZERO);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#, t);
+        let p = step(&mut w, t, Duration::ZERO);
+        assert_eq!(p.writes[0].1.owners.len(), 6);
+        assert_eq!(owners(&w, "j"), ["a", "a", "b", "b", "a", "b"]);
+        w.delete(&format!("{NS}jobs/j"), t);
+        let p = step(&mut w, t, Duration::ZERO);
+        assert_eq!(p.deletes, ["j"]);
+        assert!(w.assignments.is_empty());
+    }
+
+    #[test]
+    fn rebalance_delay_parks_a_departed_owner_until_it_returns_or_the_delay_ends() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(30);
+        let mut w = world();
+        for id in ["a", "b"] {
+            add_instance(&mut w, id, &["j"], &[], t0);
+        }
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#, t0);
+        step(&mut w, t0, delay);
+        assert_eq!(owners(&w, "j"), ["a", "a", "b", "b"]);
+
+        // b leaves at t1: its shards stay parked on it; the plan wakes at t1 + delay.
+        let t1 = t0 + Duration::from_secs(5);
+        w.delete(&format!("{NS}instances/b"), t1);
+        let p = step(&mut w, t1, delay);
+        assert!(p.writes.is_empty());
+        assert_eq!(p.wake_at, Some(t1 + delay));
+
+        // b returns before the delay ends: nothing moves at all.
+        add_instance(&mut w, "b", &["j"], &[], t1 + Duration::from_secs(10));
+        assert!(step(&mut w, t1 + Duration::from_secs(10), delay).is_empty());
+
+        // b leaves again and the delay runs out: a takes over.
+        let t2 = t1 + Duration::from_secs(20);
+        w.delete(&format!("{NS}instances/b"), t2);
+        step(&mut w, t2, delay);
+        w.mark_all();
+        let p = step(&mut w, t2 + delay, delay);
+        assert_eq!(p.moves, 2);
+        assert_eq!(owners(&w, "j"), ["a", "a", "a", "a"]);
+        assert_eq!(p.wake_at, None);
+    }
+
+    #[test]
+    fn without_delay_a_departure_moves_shards_at_once() {
+        let t = Instant::now();
+        let mut w = world();
+        for id in ["a", "b", "c"] {
+            add_instance(&mut w, id, &["j"], &[], t);
+        }
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#, t);
+        step(&mut w, t, Duration::ZERO);
+        w.delete(&format!("{NS}instances/b"), t);
+        let p = step(&mut w, t, Duration::ZERO);
+        // Sticky: only b's two shards move.
+        assert_eq!(p.moves, 2);
+        assert_eq!(owners(&w, "j"), ["a", "a", "a", "c", "c", "c"]);
+    }
+}

@@ -1,0 +1,290 @@
+//! [`World`]: what the leader knows, built from watch events, with no I/O.
+//!
+//! Values that do not decode are recorded as problems (by key) and skipped; the last good value
+//! of that key stays in force, so someone writing garbage with etcdctl cannot make the leader
+//! forget a job or an instance. Time is passed in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shardjob_sharding::InstanceId;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::keys::{KeyKind, Keys};
+use crate::model::{AssignmentRecord, InstanceInfo, JobConfig, decode, decode_job};
+
+/// An instance whose key disappeared, remembered for `rebalance_delay`.
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub info: InstanceInfo,
+    pub at: Instant,
+    /// Known only from a stored assignment (a new leader never saw its instance key): parked
+    /// for the jobs it owns without checking handler and labels, which are unknown.
+    pub assumed: bool,
+}
+
+/// Which jobs need planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Every job (membership, drain or a delay expiring changed eligibility).
+    pub all: bool,
+    pub jobs: BTreeSet<String>,
+}
+
+impl Dirty {
+    /// True when nothing needs planning.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.jobs.is_empty()
+    }
+
+    /// Adds what `other` marks.
+    pub fn merge(&mut self, other: Dirty) {
+        self.all |= other.all;
+        self.jobs.extend(other.jobs);
+    }
+}
+
+/// The leader's picture of the namespace.
+#[derive(Debug, Clone)]
+pub struct World {
+    keys: Keys,
+    pub instances: BTreeMap<InstanceId, InstanceInfo>,
+    pub jobs: BTreeMap<String, JobConfig>,
+    pub disabled: BTreeSet<String>,
+    pub assignments: BTreeMap<String, AssignmentRecord>,
+    pub departed: BTreeMap<InstanceId, Departed>,
+    /// Keys whose value was rejected, with the reason.
+    pub problems: BTreeMap<String, String>,
+    dirty: Dirty,
+}
+
+impl World {
+    /// An empty world for the namespace of `keys`.
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            instances: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            disabled: BTreeSet::new(),
+            assignments: BTreeMap::new(),
+            departed: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// Applies a put of `value` under `key`.
+    pub fn put(&mut self, key: &str, value: &[u8]) {
+        let Some(kind) = self.keys.parse(key) else {
+            return;
+        };
+        let result = match kind {
+            KeyKind::Instance(id) => decode::<InstanceInfo>(key, "instance", value)
+                .and_then(|info| {
+                    info.validate(&id)
+                        .map_err(|cause| crate::model::DecodeError::Invalid {
+                            key: key.to_owned(),
+                            what: "instance",
+                            cause,
+                        })?;
+                    Ok(info)
+                })
+                .map(|info| {
+                    self.departed.remove(&info.id);
+                    if self.instances.get(&info.id) != Some(&info) {
+                        self.instances.insert(info.id.clone(), info);
+                        self.dirty.all = true;
+                    }
+                }),
+            KeyKind::Job(job) => decode_job(key, &job, value).map(|config| {
+                if self.jobs.get(&job) != Some(&config) {
+                    self.jobs.insert(job.clone(), config);
+                    self.dirty.jobs.insert(job);
+                }
+            }),
+            KeyKind::Disabled(id) => {
+                // Presence drains; the value is free-form (a reason, or nothing).
+                if self.disabled.insert(id) {
+                    self.dirty.all = true;
+                }
+                Ok(())
+            }
+            KeyKind::Assignment(job) => {
+                decode::<AssignmentRecord>(key, "assignment", value).map(|record| {
+                    self.assignments.insert(job, record);
+                })
+            }
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.problems.remove(key);
+            }
+            Err(e) => {
+                warn!(key, error = %e, "skipping a value that does not decode; the last good value stays");
+                self.problems.insert(key.to_owned(), e.to_string());
+            }
+        }
+    }
+
+    /// Applies a delete of `key`.
+    pub fn delete(&mut self, key: &str, now: Instant) {
+        self.problems.remove(key);
+        match self.keys.parse(key) {
+            Some(KeyKind::Instance(id)) => {
+                let Ok(id) = InstanceId::new(id) else { return };
+                if let Some(info) = self.instances.remove(&id) {
+                    self.departed.insert(
+                        id,
+                        Departed {
+                            info,
+                            at: now,
+                            assumed: false,
+                        },
+                    );
+                    self.dirty.all = true;
+                }
+            }
+            Some(KeyKind::Job(job)) if self.jobs.remove(&job).is_some() => {
+                self.dirty.jobs.insert(job);
+            }
+            Some(KeyKind::Disabled(id)) if self.disabled.remove(&id) => {
+                self.dirty.all = true;
+            }
+            Some(KeyKind::Assignment(job)) => {
+                // Someone removed it by hand: plan the job again so it is rewritten.
+                self.assignments.remove(&job);
+                self.dirty.jobs.insert(job);
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces everything under `prefix` with `entries` (a fresh listing): keys not listed are
+    /// deleted, listed ones put, so departures and last-good values behave as with events.
+    pub fn reset_prefix(&mut self, prefix: &str, entries: &[(String, Vec<u8>)], now: Instant) {
+        let listed: BTreeSet<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let known: Vec<String> = self.known_keys(prefix);
+        for key in known.iter().filter(|k| !listed.contains(k.as_str())) {
+            self.delete(key, now);
+        }
+        for (key, value) in entries {
+            self.put(key, value);
+        }
+    }
+
+    fn known_keys(&self, prefix: &str) -> Vec<String> {
+        let k = &self.keys;
+        let mut keys: Vec<String> = self
+            .instances
+            .keys()
+            .map(|i| k.instance(i.as_str()))
+            .collect();
+        keys.extend(self.jobs.keys().map(|j| k.job(j)));
+        keys.extend(self.disabled.iter().map(|d| k.disabled(d)));
+        keys.extend(self.assignments.keys().map(|j| k.assignment(j)));
+        keys.extend(self.problems.keys().cloned());
+        keys.retain(|key| key.starts_with(prefix));
+        keys
+    }
+
+    /// Marks every job for planning.
+    pub fn mark_all(&mut self) {
+        self.dirty.all = true;
+    }
+
+    /// Takes what needs planning, leaving nothing marked.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks again what a failed write did not get done.
+    pub fn restore_dirty(&mut self, dirty: Dirty) {
+        self.dirty.merge(dirty);
+    }
+
+    /// True when something needs planning.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Forgets departures older than `horizon` (they can no longer be parked).
+    pub fn forget_departed_before(&mut self, horizon: Instant) {
+        self.departed.retain(|_, d| d.at >= horizon);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world() -> World {
+        World::new(Keys::new("ns").unwrap())
+    }
+
+    fn instance_json(id: &str, handlers: &[&str]) -> Vec<u8> {
+        serde_json::json!({"id": id, "handlers": handlers, "started_at": "2026-01-01T00:00:00Z"})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn garbage_is_a_problem_and_the_last_good_value_stays() {
+        let mut w = world();
+        let key = "/shardjob/ns/jobs/j";
+        w.put(key, br#"{"schedule":{"every":"1s"},"total":4}"#);
+        assert_eq!(w.jobs["j"].total, 4);
+        assert!(w.take_dirty().jobs.contains("j"));
+        w.put(key, b"{garbage");
+        assert_eq!(w.jobs["j"].total, 4, "last good value replaced by garbage");
+        assert!(
+            w.problems[key].contains("not a valid job config"),
+            "{:?}",
+            w.problems
+        );
+        assert!(!w.is_dirty());
+        w.put(key, br#"{"schedule":{"every":"1s"},"total":6}"#);
+        assert_eq!(w.jobs["j"].total, 6);
+        assert!(w.problems.is_empty());
+    }
+
+    #[test]
+    fn an_instance_whose_id_differs_from_its_key_is_rejected() {
+        let mut w = world();
+        w.put("/shardjob/ns/instances/a", &instance_json("b", &["h"]));
+        assert!(w.instances.is_empty());
+        assert!(w.problems["/shardjob/ns/instances/a"].contains("differs from the key"));
+    }
+
+    #[test]
+    fn deletes_record_departures_and_reset_applies_missed_deletes() {
+        let mut w = world();
+        let t0 = Instant::now();
+        w.put("/shardjob/ns/instances/a", &instance_json("a", &["h"]));
+        w.put("/shardjob/ns/instances/b", &instance_json("b", &["h"]));
+        w.take_dirty();
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        // A re-list that no longer has "a": it departs at t1.
+        let listing = vec![(
+            "/shardjob/ns/instances/b".to_owned(),
+            instance_json("b", &["h"]),
+        )];
+        w.reset_prefix("/shardjob/ns/instances/", &listing, t1);
+        assert_eq!(w.instances.len(), 1);
+        assert_eq!(w.departed[&InstanceId::new("a").unwrap()].at, t1);
+        assert!(w.take_dirty().all);
+        // It comes back: no longer departed.
+        w.put("/shardjob/ns/instances/a", &instance_json("a", &["h"]));
+        assert!(w.departed.is_empty());
+    }
+
+    #[test]
+    fn disabled_presence_drains_whatever_the_value() {
+        let mut w = world();
+        w.put("/shardjob/ns/disabled/a", b"");
+        assert!(w.disabled.contains("a"));
+        assert!(w.take_dirty().all);
+        w.delete("/shardjob/ns/disabled/a", Instant::now());
+        assert!(w.disabled.is_empty());
+    }
+}

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod model;
 pub mod rebalance;
 pub mod session;
+pub mod view;
 pub mod watch;
 
 pub use shardjob_sharding as sharding;

@@ -1,0 +1,193 @@
+//! [`ClusterView`]: a read-only snapshot of one namespace, for the CLI, tests and operators.
+//!
+//! One consistent (single-revision, paginated) read of the whole root, decoded. Values that do
+//! not decode are listed in `problems` with their key instead of failing the read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use etcd_client::{Client, KeyValue};
+use serde::Serialize;
+
+use crate::keys::{KeyKind, Keys};
+use crate::kv::list_prefix;
+use crate::model::{
+    AssignmentRecord, Cursor, InstanceInfo, JobConfig, Owner, Running, Trigger, decode, decode_job,
+};
+
+/// Reading the namespace failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ViewError {
+    #[error("reading {root}: {cause}")]
+    Read { root: String, cause: String },
+}
+
+/// An owner key with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerView {
+    pub owner: Owner,
+    /// The owner key's create revision: the fencing token of its executions.
+    pub token: i64,
+    pub lease: i64,
+}
+
+/// Everything stored for one job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobView {
+    pub config: Option<JobConfig>,
+    pub assignment: Option<AssignmentRecord>,
+    pub owners: BTreeMap<u32, OwnerView>,
+    pub running: BTreeMap<u32, Running>,
+    pub cursors: BTreeMap<u32, Cursor>,
+    pub trigger: Option<Trigger>,
+}
+
+impl JobView {
+    /// Shards that have an assignee in the assignment.
+    pub fn assigned(&self) -> usize {
+        self.assignment
+            .as_ref()
+            .map_or(0, |a| a.owners.iter().filter(|o| o.is_some()).count())
+    }
+
+    /// Assigned shards whose owner key names their assignee.
+    pub fn owned_by_assignee(&self) -> usize {
+        let Some(a) = &self.assignment else { return 0 };
+        (0..a.owners.len() as u32)
+            .filter(|s| {
+                a.owner(*s).is_some_and(|assignee| {
+                    self.owners
+                        .get(s)
+                        .is_some_and(|o| &o.owner.instance == assignee)
+                })
+            })
+            .count()
+    }
+
+    /// Converged: an assignment exists, covers the config's total, and every assigned shard is
+    /// owned by its assignee.
+    pub fn converged(&self) -> bool {
+        match (&self.config, &self.assignment) {
+            (Some(c), Some(a)) => {
+                a.owners.len() == c.total as usize && self.owned_by_assignee() == self.assigned()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The current leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaderView {
+    pub instance: String,
+    pub key: String,
+    pub lease: i64,
+    pub create_revision: i64,
+}
+
+/// A key whose value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub key: String,
+    pub error: String,
+}
+
+/// A snapshot of one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    pub revision: i64,
+    pub instances: BTreeMap<String, InstanceInfo>,
+    pub leader: Option<LeaderView>,
+    pub jobs: BTreeMap<String, JobView>,
+    pub disabled: BTreeSet<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl ClusterView {
+    /// Reads the namespace of `keys`.
+    pub async fn load(client: &Client, keys: &Keys) -> Result<Self, ViewError> {
+        let listing = list_prefix(client, keys.root(), None)
+            .await
+            .map_err(|cause| ViewError::Read {
+                root: keys.root().to_owned(),
+                cause,
+            })?;
+        Ok(Self::from_kvs(keys, listing.revision, &listing.kvs))
+    }
+
+    /// Builds a view from raw key-values (pure; `load` reads them).
+    pub fn from_kvs(keys: &Keys, revision: i64, kvs: &[KeyValue]) -> Self {
+        let mut view = ClusterView {
+            revision,
+            ..Default::default()
+        };
+        let mut candidates: Vec<LeaderView> = Vec::new();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = kv.value();
+            let Some(kind) = keys.parse(&key) else {
+                view.problems.push(Problem {
+                    key,
+                    error: "unknown key under the namespace".into(),
+                });
+                continue;
+            };
+            let result: Result<(), String> = match kind {
+                KeyKind::Instance(id) => decode::<InstanceInfo>(&key, "instance", value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|info| {
+                        info.validate(&id).map_err(|e| format!("{key}: {e}"))?;
+                        view.instances.insert(id, info);
+                        Ok(())
+                    }),
+                KeyKind::Leader(_) => {
+                    candidates.push(LeaderView {
+                        instance: String::from_utf8_lossy(value).into_owned(),
+                        key: key.clone(),
+                        lease: kv.lease(),
+                        create_revision: kv.create_revision(),
+                    });
+                    Ok(())
+                }
+                KeyKind::Job(job) => decode_job(&key, &job, value)
+                    .map(|c| view.jobs.entry(job).or_default().config = Some(c))
+                    .map_err(|e| e.to_string()),
+                KeyKind::Assignment(job) => decode::<AssignmentRecord>(&key, "assignment", value)
+                    .map(|a| view.jobs.entry(job).or_default().assignment = Some(a))
+                    .map_err(|e| e.to_string()),
+                KeyKind::Owner { job, shard } => decode::<Owner>(&key, "owner", value)
+                    .map(|owner| {
+                        let o = OwnerView {
+                            owner,
+                            token: kv.create_revision(),
+                            lease: kv.lease(),
+                        };
+                        view.jobs.entry(job).or_default().owners.insert(shard, o);
+                    })
+                    .map_err(|e| e.to_string()),
+                KeyKind::Running { job, shard } => decode::<Running>(&key, "running marker", value)
+                    .map(|r| {
+                        view.jobs.entry(job).or_default().running.insert(shard, r);
+                    })
+                    .map_err(|e| e.to_string()),
+                KeyKind::Cursor { job, shard } => decode::<Cursor>(&key, "cursor", value)
+                    .map(|c| {
+                        view.jobs.entry(job).or_default().cursors.insert(shard, c);
+                    })
+                    .map_err(|e| e.to_string()),
+                KeyKind::Trigger(job) => decode::<Trigger>(&key, "trigger", value)
+                    .map(|t| view.jobs.entry(job).or_default().trigger = Some(t))
+                    .map_err(|e| e.to_string()),
+                KeyKind::Disabled(id) => {
+                    view.disabled.insert(id);
+                    Ok(())
+                }
+            };
+            if let Err(error) = result {
+                view.problems.push(Problem { key, error });
+            }
+        }
+        // The candidate created first leads (etcd's election rule).
+        view.leader = candidates.into_iter().min_by_key(|c| c.create_revision);
+        view
+    }
+}

@@ -11,10 +11,11 @@
 //! the lease is gone (revoked, expired), the [`SessionHandle::lost`] token fires. A lost session
 //! is never revived: the owner starts a new one (and self-fences in between).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -41,7 +42,7 @@ pub enum SessionError {
 struct Shared {
     lease: i64,
     ttl: Duration,
-    valid_until: Mutex<Instant>,
+    valid_until: watch::Sender<Instant>,
     lost: CancellationToken,
 }
 
@@ -64,11 +65,12 @@ impl SessionHandle {
 
     /// Until when the lease is proven to exist on the server.
     pub fn valid_until(&self) -> Instant {
-        *self
-            .shared
-            .valid_until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.shared.valid_until.borrow()
+    }
+
+    /// A receiver that sees every extension of `valid_until` (each acknowledged keep-alive).
+    pub fn renewals(&self) -> watch::Receiver<Instant> {
+        self.shared.valid_until.subscribe()
     }
 
     /// True when `now + margin < valid_until` and the session is not lost.
@@ -82,14 +84,13 @@ impl SessionHandle {
     }
 
     fn extend(&self, until: Instant) {
-        let mut v = self
-            .shared
-            .valid_until
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if until > *v {
-            *v = until;
-        }
+        self.shared.valid_until.send_if_modified(|v| {
+            let later = until > *v;
+            if later {
+                *v = until;
+            }
+            later
+        });
     }
 }
 
@@ -133,7 +134,7 @@ impl Session {
             shared: Arc::new(Shared {
                 lease: resp.id(),
                 ttl: granted,
-                valid_until: Mutex::new(sent + granted),
+                valid_until: watch::Sender::new(sent + granted),
                 lost: CancellationToken::new(),
             }),
         };

@@ -6,6 +6,7 @@
 //! `bench-*` binaries in `src/bin/`.
 
 mod cluster;
+pub mod fixtures;
 mod health;
 mod ports;
 pub mod rng;

@@ -135,13 +135,7 @@ mod tests {
         World::new(Keys::new("ns").unwrap())
     }
 
-    fn add_instance(
-        w: &mut World,
-        id: &str,
-        handlers: &[&str],
-        labels: &[(&str, &str)],
-        _at: Instant,
-    ) {
+    fn add_instance(w: &mut World, id: &str, handlers: &[&str], labels: &[(&str, &str)]) {
         let labels: serde_json::Map<_, _> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
@@ -151,7 +145,7 @@ mod tests {
         w.put(&format!("{NS}instances/{id}"), v.to_string().as_bytes());
     }
 
-    fn add_job(w: &mut World, job: &str, json: &str, _at: Instant) {
+    fn add_job(w: &mut World, job: &str, json: &str) {
         w.put(&format!("{NS}jobs/{job}"), json.as_bytes());
     }
 
@@ -179,15 +173,14 @@ mod tests {
     fn eligibility_handler_selector_and_drain() {
         let t = Instant::now();
         let mut w = world();
-        add_instance(&mut w, "a", &["h"], &[("zone", "eu")], t);
-        add_instance(&mut w, "b", &["h"], &[("zone", "us")], t);
-        add_instance(&mut w, "c", &["other"], &[("zone", "eu")], t);
-        add_instance(&mut w, "d", &["h"], &[("zone", "eu")], t);
+        add_instance(&mut w, "a", &["h"], &[("zone", "eu")]);
+        add_instance(&mut w, "b", &["h"], &[("zone", "us")]);
+        add_instance(&mut w, "c", &["other"], &[("zone", "eu")]);
+        add_instance(&mut w, "d", &["h"], &[("zone", "eu")]);
         add_job(
             &mut w,
             "j",
             r#"{"handler":"h","schedule":{"every":"1s"},"total":4,"selector":{"zone":"eu"}}"#,
-            t,
         );
         let p = step(&mut w, t, Duration::ZERO);
         assert_eq!(p.writes.len(), 1);
@@ -209,11 +202,11 @@ mod tests {
     fn no_eligible_instance_leaves_shards_unassigned_and_a_job_default_handler_is_its_name() {
         let t = Instant::now();
         let mut w = world();
-        add_instance(&mut w, "a", &["other"], &[], t);
-        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":2}"#, t);
+        add_instance(&mut w, "a", &["other"], &[]);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":2}"#);
         step(&mut w, t, Duration::ZERO);
         assert_eq!(owners(&w, "j"), ["-", "-"]);
-        add_instance(&mut w, "b", &["j"], &[], t);
+        add_instance(&mut w, "b", &["j"], &[]);
         step(&mut w, t, Duration::ZERO);
         assert_eq!(owners(&w, "j"), ["b", "b"]);
     }
@@ -222,11 +215,11 @@ mod tests {
     fn total_change_reshards_and_job_delete_deletes_the_assignment() {
         let t = Instant::now();
         let mut w = world();
-        add_instance(&mut w, "a", &["j"], &[], t);
-        add_instance(&mut w, "b", &["j"], &[], t);
-        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#, t);
+        add_instance(&mut w, "a", &["j"], &[]);
+        add_instance(&mut w, "b", &["j"], &[]);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#);
         step(&mut w, t, Duration::ZERO);
-        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#, t);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#);
         let p = step(&mut w, t, Duration::ZERO);
         assert_eq!(p.writes[0].1.owners.len(), 6);
         assert_eq!(owners(&w, "j"), ["a", "a", "b", "b", "a", "b"]);
@@ -242,9 +235,9 @@ mod tests {
         let delay = Duration::from_secs(30);
         let mut w = world();
         for id in ["a", "b"] {
-            add_instance(&mut w, id, &["j"], &[], t0);
+            add_instance(&mut w, id, &["j"], &[]);
         }
-        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#, t0);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":4}"#);
         step(&mut w, t0, delay);
         assert_eq!(owners(&w, "j"), ["a", "a", "b", "b"]);
 
@@ -256,7 +249,7 @@ mod tests {
         assert_eq!(p.wake_at, Some(t1 + delay));
 
         // b returns before the delay ends: nothing moves at all.
-        add_instance(&mut w, "b", &["j"], &[], t1 + Duration::from_secs(10));
+        add_instance(&mut w, "b", &["j"], &[]);
         assert!(step(&mut w, t1 + Duration::from_secs(10), delay).is_empty());
 
         // b leaves again and the delay runs out: a takes over.
@@ -275,9 +268,9 @@ mod tests {
         let t = Instant::now();
         let mut w = world();
         for id in ["a", "b", "c"] {
-            add_instance(&mut w, id, &["j"], &[], t);
+            add_instance(&mut w, id, &["j"], &[]);
         }
-        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#, t);
+        add_job(&mut w, "j", r#"{"schedule":{"every":"1s"},"total":6}"#);
         step(&mut w, t, Duration::ZERO);
         w.delete(&format!("{NS}instances/b"), t);
         let p = step(&mut w, t, Duration::ZERO);

@@ -74,6 +74,8 @@ pub struct RebalanceStats {
     pub txns: u64,
     pub writes: u64,
     pub moves: u64,
+    /// Watches that had to re-list (after a compaction).
+    pub relists: u64,
 }
 
 /// Runs the rebalancer while `leadership` holds, until `stop` fires or a fence fails.
@@ -141,7 +143,11 @@ pub async fn run_leader(
             _ = stop.cancelled() => break RebalanceExit::Stopped,
             msg = rx.recv() => {
                 let Some((prefix, event)) = msg else { break RebalanceExit::Stopped };
-                apply(&mut world, &prefix, event?, Instant::now());
+                let event = event?;
+                if matches!(event, WatchEvent::Restarted { .. }) {
+                    stats.relists += 1;
+                }
+                apply(&mut world, &prefix, event, Instant::now());
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let now = Instant::now();

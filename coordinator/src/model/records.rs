@@ -84,10 +84,20 @@ pub struct Running {
     pub token: i64,
 }
 
-/// `cursors/<job>/<shard>`: the last fire the previous owner ran, written when it released.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `cursors/<job>/<shard>`: what the previous owner ran, for the next owner.
+///
+/// The claim txn reads the old cursor and writes `{"released": false}` (carrying `last_fire`
+/// over); the release txn writes `{"last_fire": .., "released": true}`. A new owner trusts
+/// `last_fire` only when `released` is true: after a crash the dead owner may have run fires
+/// after its last recorded one, and running them again would be a repeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
-    pub last_fire: DateTime<Utc>,
+    /// Every fire up to this one was run (or coalesced) by an owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire: Option<DateTime<Utc>>,
+    /// Written by a clean release (true) or by a claim (false).
+    #[serde(default)]
+    pub released: bool,
 }
 
 /// `triggers/<job>`: run every shard once now; `id` deduplicates.

@@ -1,0 +1,208 @@
+//! Schedule math, pure: when does a job fire after a given instant, and which fire was the most
+//! recent at or before one. Time is passed in, never read.
+//!
+//! - cron: evaluated in the job's IANA time zone (the `cron` crate; seconds field required);
+//! - fixed interval: aligned to the Unix epoch (every 30 s fires at :00 and :30), so every agent
+//!   computes the same fire times and a new owner agrees with the old one about which fire is
+//!   which;
+//! - one-shot: once at its instant.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use shardjob_coordinator::model::Schedule;
+
+/// A schedule that cannot be compiled (validated configs always compile).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cron expression {expr:?}: {cause}")]
+    Cron { expr: String, cause: String },
+    #[error("time zone {0:?} is not an IANA time zone")]
+    TimeZone(String),
+    #[error("interval must be at least 1 ms")]
+    ZeroInterval,
+}
+
+/// A compiled schedule.
+#[derive(Debug, Clone)]
+pub enum FireSchedule {
+    Cron(Box<cron::Schedule>, Tz),
+    Every(Duration),
+    At(DateTime<Utc>),
+}
+
+impl FireSchedule {
+    /// Compiles `schedule` for `time_zone`.
+    pub fn new(schedule: &Schedule, time_zone: &str) -> Result<Self, ScheduleError> {
+        match schedule {
+            Schedule::Cron(expr) => {
+                let tz = Tz::from_str(time_zone)
+                    .map_err(|_| ScheduleError::TimeZone(time_zone.to_owned()))?;
+                let parsed = cron::Schedule::from_str(expr).map_err(|e| ScheduleError::Cron {
+                    expr: expr.clone(),
+                    cause: e.to_string(),
+                })?;
+                Ok(Self::Cron(Box::new(parsed), tz))
+            }
+            Schedule::Every(d) if d.0.as_millis() == 0 => Err(ScheduleError::ZeroInterval),
+            Schedule::Every(d) => Ok(Self::Every(d.0)),
+            Schedule::At(t) => Ok(Self::At(*t)),
+        }
+    }
+
+    /// The first fire strictly after `t`, if any.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron(s, tz) => s
+                .after(&t.with_timezone(tz))
+                .next()
+                .map(|f| f.with_timezone(&Utc)),
+            Self::Every(d) => {
+                let period = d.as_millis() as i64;
+                let ms = t.timestamp_millis();
+                let next = (ms.div_euclid(period) + 1).checked_mul(period)?;
+                Utc.timestamp_millis_opt(next).single()
+            }
+            Self::At(at) => (*at > t).then_some(*at),
+        }
+    }
+
+    /// The most recent fire at or before `t`, if any.
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Cron(s, tz) => {
+                // Cron fires on whole seconds; "before t + 1 ms" is "at or before t".
+                let just_after = t + chrono::Duration::milliseconds(1);
+                s.after(&just_after.with_timezone(tz))
+                    .next_back()
+                    .map(|f| f.with_timezone(&Utc))
+            }
+            Self::Every(d) => {
+                let period = d.as_millis() as i64;
+                let start = t
+                    .timestamp_millis()
+                    .div_euclid(period)
+                    .checked_mul(period)?;
+                Utc.timestamp_millis_opt(start).single()
+            }
+            Self::At(at) => (*at <= t).then_some(*at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardjob_coordinator::model::HumanDuration;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn cron(expr: &str, tz: &str) -> FireSchedule {
+        FireSchedule::new(&Schedule::Cron(expr.into()), tz).unwrap()
+    }
+
+    fn every(s: &str) -> FireSchedule {
+        FireSchedule::new(&Schedule::Every(s.parse::<HumanDuration>().unwrap()), "UTC").unwrap()
+    }
+
+    #[test]
+    fn cron_next_and_latest() {
+        let s = cron("*/5 * * * * *", "UTC");
+        let table = [
+            (
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T10:00:05Z",
+                "2026-11-21T10:00:00Z",
+            ),
+            (
+                "2026-11-21T10:00:03.5Z",
+                "2026-11-21T10:00:05Z",
+                "2026-11-21T10:00:00Z",
+            ),
+            (
+                "2026-11-21T10:00:59Z",
+                "2026-11-21T10:01:00Z",
+                "2026-11-21T10:00:55Z",
+            ),
+        ];
+        for (at, next, latest) in table {
+            assert_eq!(s.next_after(t(at)), Some(t(next)), "next after {at}");
+            assert_eq!(
+                s.latest_at_or_before(t(at)),
+                Some(t(latest)),
+                "latest at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn cron_follows_the_time_zone_across_dst() {
+        // 09:30 in New York is 14:30 UTC in winter and 13:30 UTC in summer.
+        let s = cron("0 30 9 * * *", "America/New_York");
+        assert_eq!(
+            s.next_after(t("2026-01-10T00:00:00Z")),
+            Some(t("2026-01-10T14:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-07-10T00:00:00Z")),
+            Some(t("2026-07-10T13:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn intervals_are_epoch_aligned_so_every_agent_agrees() {
+        let s = every("30s");
+        assert_eq!(
+            s.next_after(t("2026-11-21T10:00:00Z")),
+            Some(t("2026-11-21T10:00:30Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-11-21T10:00:29.999Z")),
+            Some(t("2026-11-21T10:00:30Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(t("2026-11-21T10:00:29.999Z")),
+            Some(t("2026-11-21T10:00:00Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(t("2026-11-21T10:00:30Z")),
+            Some(t("2026-11-21T10:00:30Z"))
+        );
+        let ms = every("250ms");
+        assert_eq!(
+            ms.next_after(t("2026-11-21T10:00:00.100Z")),
+            Some(t("2026-11-21T10:00:00.250Z"))
+        );
+    }
+
+    #[test]
+    fn one_shot_fires_once() {
+        let s = FireSchedule::new(&Schedule::At(t("2026-12-01T09:00:00Z")), "UTC").unwrap();
+        assert_eq!(
+            s.next_after(t("2026-11-30T00:00:00Z")),
+            Some(t("2026-12-01T09:00:00Z"))
+        );
+        assert_eq!(s.next_after(t("2026-12-01T09:00:00Z")), None);
+        assert_eq!(s.latest_at_or_before(t("2026-11-30T00:00:00Z")), None);
+        assert_eq!(
+            s.latest_at_or_before(t("2026-12-02T00:00:00Z")),
+            Some(t("2026-12-01T09:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        assert!(matches!(
+            FireSchedule::new(&Schedule::Cron("nope".into()), "UTC"),
+            Err(ScheduleError::Cron { .. })
+        ));
+        assert!(matches!(
+            FireSchedule::new(&Schedule::Cron("* * * * * *".into()), "Nowhere/City"),
+            Err(ScheduleError::TimeZone(_))
+        ));
+    }
+}

@@ -1,4 +1,53 @@
-//! The shardjob agent, the crate services embed. Built out in the "Agent runtime" issue; for now
-//! only the crate exists.
+//! The shardjob agent: what a service embeds to run sharded, cron-scheduled jobs coordinated
+//! through etcd.
+//!
+//! ```no_run
+//! use shardjob_agent::{Agent, JobSpec, job_fn, ShardContext};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let agent = Agent::builder()
+//!     .endpoints(["http://127.0.0.1:2379"])
+//!     .namespace("prod")
+//!     .job(
+//!         JobSpec::new("orders-sync", "*/5 * * * * *")?.shards(8),
+//!         job_fn(|ctx: ShardContext| async move {
+//!             println!("syncing orders of shard {}/{}", ctx.shard, ctx.total);
+//!             Ok(())
+//!         }),
+//!     )
+//!     .start()
+//!     .await?;
+//! agent.run_until(tokio::signal::ctrl_c()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Where to start reading: [`builder`] (configuration), [`job`] (what you implement), then the
+//! pure decision logic in [`ownership`] and [`schedule`], and the runtime that carries it out
+//! (`runtime/`, private: one event loop per agent).
+
+pub mod builder;
+pub mod execlog;
+pub mod handle;
+pub mod job;
+pub mod ownership;
+mod runtime;
+pub mod schedule;
+pub mod spec;
+
+pub use builder::{AgentBuilder, AgentError};
+pub use handle::{AgentHandle, AgentStatus};
+pub use job::{FnJob, Job, JobError, ShardContext, job_fn};
+pub use spec::JobSpec;
 
 pub use shardjob_coordinator as coordinator;
+
+/// Entry point: `Agent::builder()`.
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// A builder with defaults (endpoint `http://127.0.0.1:2379`, namespace `default`, TTL 10 s).
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+}

@@ -1,0 +1,389 @@
+//! [`AgentBuilder`]: how a service configures and starts its agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use shardjob_coordinator::keys::{DEFAULT_PREFIX, Keys};
+use shardjob_coordinator::model::{ConfigError, MAX_WEIGHT};
+use shardjob_coordinator::rebalance::RebalanceOptions;
+use shardjob_coordinator::session::{DEFAULT_TTL, MAX_TTL, MIN_TTL};
+use shardjob_sharding::{validate_label, validate_name};
+use tokio::time::timeout;
+
+use crate::execlog::ExecLog;
+use crate::handle::AgentHandle;
+use crate::job::{DynJob, Job};
+use crate::runtime::{AgentConfig, Core};
+use crate::spec::JobSpec;
+
+/// Why an agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("invalid job: {0}")]
+    InvalidJob(#[from] ConfigError),
+    #[error("two handlers are named {0:?}")]
+    DuplicateHandler(String),
+    #[error("connecting to etcd at {endpoints:?}: {cause}")]
+    Connect {
+        endpoints: Vec<String>,
+        cause: String,
+    },
+    #[error("publishing the config of job {job}: {cause}")]
+    Publish { job: String, cause: String },
+    #[error("opening the execution log {path}: {cause}")]
+    ExecLog { path: String, cause: String },
+    #[error("the agent's task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// Configures an agent; see [`crate::Agent::builder`].
+pub struct AgentBuilder {
+    endpoints: Vec<String>,
+    namespace: String,
+    prefix: String,
+    instance_id: Option<String>,
+    labels: BTreeMap<String, String>,
+    weight: u32,
+    ttl: Duration,
+    user: Option<(String, String)>,
+    jobs: Vec<(JobSpec, Arc<dyn DynJob>)>,
+    handlers: Vec<(String, Arc<dyn DynJob>)>,
+    max_concurrent: Option<usize>,
+    exec_log: Option<PathBuf>,
+    shutdown_timeout: Duration,
+    rebalance: RebalanceOptions,
+    leader_eligible: bool,
+}
+
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("namespace", &self.namespace)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AgentBuilder {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            namespace: "default".into(),
+            prefix: DEFAULT_PREFIX.into(),
+            instance_id: None,
+            labels: BTreeMap::new(),
+            weight: 1,
+            ttl: DEFAULT_TTL,
+            user: None,
+            jobs: Vec::new(),
+            handlers: Vec::new(),
+            max_concurrent: None,
+            exec_log: None,
+            shutdown_timeout: Duration::from_secs(30),
+            rebalance: RebalanceOptions::default(),
+            leader_eligible: true,
+        }
+    }
+}
+
+impl AgentBuilder {
+    /// etcd endpoints (default `http://127.0.0.1:2379`).
+    pub fn endpoints<S: Into<String>>(mut self, endpoints: impl IntoIterator<Item = S>) -> Self {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The namespace (default `default`): agents of one namespace share jobs and a leader.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The key prefix (default `/shardjob/`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// This instance's id (default `<host>-<pid>-<random>`). Reusing an id across restarts lets
+    /// `rebalance_delay` hand the same shards back.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// A label, matched against job selectors.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Relative capacity (1..=1000, default 1) for weighted strategies.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Lease TTL (2..=300 s, default 10 s): how long a dead instance keeps its shards.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// etcd user and password (tokens are refreshed automatically).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// A job defined in code with its handler (registered under the job's handler name).
+    pub fn job(mut self, spec: JobSpec, handler: impl Job) -> Self {
+        self.jobs.push((spec, Arc::new(handler)));
+        self
+    }
+
+    /// A handler without a job of its own, for jobs operators create at runtime.
+    pub fn handler(mut self, name: impl Into<String>, handler: impl Job) -> Self {
+        self.handlers.push((name.into(), Arc::new(handler)));
+        self
+    }
+
+    /// At most this many executions at once on this instance, over all jobs.
+    pub fn max_concurrent_executions(mut self, n: usize) -> Self {
+        self.max_concurrent = Some(n);
+        self
+    }
+
+    /// Append one JSON line per finished execution to this file.
+    pub fn exec_log(mut self, path: impl Into<PathBuf>) -> Self {
+        self.exec_log = Some(path.into());
+        self
+    }
+
+    /// How long a graceful shutdown waits for running executions and hand-offs.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// When leading: keep a departed instance's shards parked this long (0 = move at once).
+    pub fn rebalance_delay(mut self, delay: Duration) -> Self {
+        self.rebalance.rebalance_delay = delay;
+        self
+    }
+
+    /// Whether this instance campaigns for leadership (default true).
+    pub fn leader_eligible(mut self, on: bool) -> Self {
+        self.leader_eligible = on;
+        self
+    }
+
+    /// Validates everything, connects, publishes job configs, and starts the agent.
+    pub async fn start(self) -> Result<AgentHandle, AgentError> {
+        let invalid = |field, reason: String| AgentError::Invalid { field, reason };
+        let keys = Keys::with_prefix(&self.prefix, &self.namespace)
+            .map_err(|e| invalid("namespace", e.to_string()))?;
+        let id = self.instance_id.clone().unwrap_or_else(default_instance_id);
+        validate_name("instance id", &id).map_err(|e| invalid("instance_id", e.to_string()))?;
+        for (k, v) in &self.labels {
+            validate_label(k, v).map_err(|e| invalid("label", e.to_string()))?;
+        }
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(invalid(
+                "weight",
+                format!("{} is outside 1..={MAX_WEIGHT}", self.weight),
+            ));
+        }
+        if self.ttl < MIN_TTL || self.ttl > MAX_TTL || self.ttl.subsec_nanos() != 0 {
+            return Err(invalid(
+                "ttl",
+                format!("{:?} is outside 2..=300 s (whole seconds)", self.ttl),
+            ));
+        }
+        if self.max_concurrent == Some(0) {
+            return Err(invalid(
+                "max_concurrent_executions",
+                "0 would never run anything".into(),
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err(invalid("endpoints", "no etcd endpoint given".into()));
+        }
+        let mut handlers: BTreeMap<String, Arc<dyn DynJob>> = BTreeMap::new();
+        let mut configs = Vec::new();
+        let mut job_limits = BTreeMap::new();
+        for (spec, handler) in &self.jobs {
+            let config = spec.validate()?;
+            let name = config.handler_name(&spec.name).to_owned();
+            if handlers.insert(name.clone(), handler.clone()).is_some() {
+                return Err(AgentError::DuplicateHandler(name));
+            }
+            if let Some(n) = spec.max_concurrency {
+                job_limits.insert(spec.name.clone(), n);
+            }
+            configs.push((spec.name.clone(), config));
+        }
+        for (name, handler) in &self.handlers {
+            validate_name("handler name", name).map_err(|e| invalid("handler", e.to_string()))?;
+            if handlers.insert(name.clone(), handler.clone()).is_some() {
+                return Err(AgentError::DuplicateHandler(name.clone()));
+            }
+        }
+        let exec_log = match &self.exec_log {
+            Some(path) => Some(Arc::new(ExecLog::open(path).map_err(|e| {
+                AgentError::ExecLog {
+                    path: path.display().to_string(),
+                    cause: e.to_string(),
+                }
+            })?)),
+            None => None,
+        };
+
+        let client = connect(&self.endpoints, self.user.clone()).await?;
+        for (job, config) in &configs {
+            publish(&client, &keys, job, config).await?;
+        }
+        let config = AgentConfig {
+            id,
+            keys,
+            labels: self.labels,
+            weight: self.weight,
+            ttl: self.ttl,
+            handlers,
+            job_limits,
+            max_concurrent: self.max_concurrent,
+            exec_log,
+            shutdown_timeout: self.shutdown_timeout,
+            rebalance: self.rebalance,
+            leader_eligible: self.leader_eligible,
+        };
+        Ok(Core::spawn(client, config))
+    }
+}
+
+/// Connects and proves etcd answers, so a wrong endpoint is an error at start, not a silent hang.
+pub(crate) async fn connect(
+    endpoints: &[String],
+    user: Option<(String, String)>,
+) -> Result<Client, AgentError> {
+    let err = |cause: String| AgentError::Connect {
+        endpoints: endpoints.to_vec(),
+        cause,
+    };
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+    if let Some((name, password)) = user {
+        opts = opts.with_user(name, password).with_auto_token_refresh(true);
+    }
+    let connecting = Client::connect(endpoints, Some(opts));
+    let mut client = timeout(Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| err("no answer within 10s".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    timeout(Duration::from_secs(10), client.status())
+        .await
+        .map_err(|_| err("no answer within 10s".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    Ok(client)
+}
+
+/// Writes the job config if absent, or always with `overwrite`.
+async fn publish(
+    client: &Client,
+    keys: &Keys,
+    job: &str,
+    config: &shardjob_coordinator::model::JobConfig,
+) -> Result<(), AgentError> {
+    let err = |cause: String| AgentError::Publish {
+        job: job.to_owned(),
+        cause,
+    };
+    let value = serde_json::to_vec(config).map_err(|e| err(e.to_string()))?;
+    let key = keys.job(job);
+    let put = TxnOp::put(key.clone(), value, None);
+    let txn = if config.overwrite {
+        Txn::new().and_then(vec![put])
+    } else {
+        Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![put])
+    };
+    timeout(Duration::from_secs(10), client.clone().txn(txn))
+        .await
+        .map_err(|_| err("no answer within 10s".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// `<host>-<pid>-<random>`, reduced to the allowed characters.
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_else(|| "host".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(80)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let random = shardjob_sharding::hash::fnv1a64(&[
+        &nanos.to_le_bytes(),
+        &std::process::id().to_le_bytes(),
+    ]);
+    format!(
+        "{}-{}-{:06x}",
+        if host.is_empty() { "host" } else { &host },
+        std::process::id(),
+        random & 0xff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_instance_ids_are_valid_names() {
+        let id = default_instance_id();
+        assert!(validate_name("instance id", &id).is_ok(), "{id}");
+    }
+
+    #[tokio::test]
+    async fn bad_settings_fail_before_connecting_and_name_the_field() {
+        let base = || AgentBuilder::default().endpoints(["http://127.0.0.1:1"]);
+        let table: Vec<(AgentBuilder, &str)> = vec![
+            (base().namespace("a/b"), "namespace"),
+            (base().instance_id("x y"), "instance_id"),
+            (base().weight(0), "weight"),
+            (base().ttl(Duration::from_secs(1)), "ttl"),
+            (base().label("k", "v w"), "label"),
+            (
+                base().max_concurrent_executions(0),
+                "max_concurrent_executions",
+            ),
+        ];
+        for (builder, field) in table {
+            match builder.start().await {
+                Err(AgentError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+}

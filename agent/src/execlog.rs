@@ -1,0 +1,131 @@
+//! The execution log: one JSON line per finished execution, for the fault suite's checker and
+//! for anyone auditing what ran where.
+//!
+//! `{"job","shard","fire_time","instance","token","start","end","outcome"}`, times RFC 3339 UTC
+//! with microseconds. Lines are appended with one `write` each on a file opened `O_APPEND`, so
+//! several processes may share one file.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Timeout,
+    Cancelled,
+}
+
+impl Outcome {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One finished execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub job: String,
+    pub shard: u32,
+    pub fire_time: DateTime<Utc>,
+    pub instance: String,
+    pub token: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub outcome: Outcome,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    job: &'a str,
+    shard: u32,
+    fire_time: String,
+    instance: &'a str,
+    token: i64,
+    start: String,
+    end: String,
+    outcome: Outcome,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl ExecRecord {
+    /// The JSON line (without the newline).
+    pub fn to_json(&self) -> String {
+        let line = Line {
+            job: &self.job,
+            shard: self.shard,
+            fire_time: rfc3339(self.fire_time),
+            instance: &self.instance,
+            token: self.token,
+            start: rfc3339(self.start),
+            end: rfc3339(self.end),
+            outcome: self.outcome,
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+/// An append-only JSON-lines file.
+#[derive(Debug)]
+pub struct ExecLog {
+    file: Mutex<File>,
+}
+
+impl ExecLog {
+    /// Opens (creating if needed) `path` for appending.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends one record; a failing disk is logged, never fatal to the agent.
+    pub fn append(&self, record: &ExecRecord) {
+        let mut line = record.to_json();
+        line.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "writing the execution log failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_has_the_documented_fields_and_microsecond_utc_times() {
+        let r = ExecRecord {
+            job: "orders".into(),
+            shard: 3,
+            fire_time: "2026-11-21T10:00:05Z".parse().unwrap(),
+            instance: "node-a".into(),
+            token: 42,
+            start: "2026-11-21T10:00:05.000123Z".parse().unwrap(),
+            end: "2026-11-21T10:00:05.5Z".parse().unwrap(),
+            outcome: Outcome::Ok,
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"job":"orders","shard":3,"fire_time":"2026-11-21T10:00:05.000000Z","instance":"node-a","token":42,"start":"2026-11-21T10:00:05.000123Z","end":"2026-11-21T10:00:05.500000Z","outcome":"ok"}"#
+        );
+    }
+}

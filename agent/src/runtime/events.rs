@@ -1,0 +1,399 @@
+//! How the core reacts to each event. Every handler updates state, then asks the ownership
+//! engine what to do for the jobs it touched.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use etcd_client::KeyValue;
+use shardjob_coordinator::keys::KeyKind;
+use shardjob_coordinator::model::{AssignmentRecord, Owner, decode, decode_job};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, warn};
+
+use super::exec::{ExecRequest, execute};
+use super::fires::instant_of;
+use super::state::JobEntry;
+use super::txn::ShardClaim;
+use super::{Core, Event, Stream};
+use crate::job::ShardContext;
+use crate::ownership::SeenOwner;
+use crate::schedule::FireSchedule;
+use shardjob_coordinator::watch::WatchEvent;
+
+fn key_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+impl Core {
+    pub(super) fn handle(&mut self, event: Event) {
+        match event {
+            Event::Watch(stream, ev) => self.on_watch(stream, ev),
+            Event::Claimed {
+                job,
+                lease,
+                results,
+            } => self.on_claimed(&job, lease, results),
+            Event::Released { job, shard, lease } => {
+                if lease == self.lease {
+                    if let Some(t) = self.tables.get_mut(&job) {
+                        t.releasing.remove(&shard);
+                    }
+                    if let Some(j) = self.jobs.get_mut(&job) {
+                        j.last_run.remove(&shard);
+                        j.floor.remove(&shard);
+                    }
+                }
+            }
+            Event::ExecDone {
+                job,
+                shard,
+                lease,
+                fire,
+            } => self.on_exec_done(&job, shard, lease, fire),
+            Event::Leader(leading) => self.publish_status(|s| s.is_leader = leading),
+        }
+    }
+
+    fn on_watch(&mut self, stream: Stream, ev: WatchEvent) {
+        let mut touched: Vec<String> = Vec::new();
+        match ev {
+            WatchEvent::Restarted { kvs, .. } => {
+                self.reset(stream);
+                for kv in &kvs {
+                    if let Some(job) = self.apply_put(stream, kv) {
+                        touched.push(job);
+                    }
+                }
+                self.decide_all();
+            }
+            WatchEvent::Put(kv) => touched.extend(self.apply_put(stream, &kv)),
+            WatchEvent::Delete { kv, .. } => {
+                touched.extend(self.apply_delete(stream, &key_of(&kv)))
+            }
+        }
+        for job in &touched {
+            self.decide(job);
+        }
+        if stream != Stream::Jobs {
+            self.publish_status(|_| {});
+        }
+    }
+
+    /// Forgets everything a re-listed prefix held (the listing puts it back).
+    fn reset(&mut self, stream: Stream) {
+        match stream {
+            Stream::Jobs => {
+                self.jobs.clear();
+                self.heap.clear();
+            }
+            Stream::Assignments => self.tables.values_mut().for_each(|t| t.assignment = None),
+            Stream::Owners => self.tables.values_mut().for_each(|t| t.owners.clear()),
+        }
+    }
+
+    fn apply_put(&mut self, stream: Stream, kv: &KeyValue) -> Option<String> {
+        let key = key_of(kv);
+        match (stream, self.cfg.keys.parse(&key)?) {
+            (Stream::Jobs, KeyKind::Job(job)) => {
+                self.upsert_job(&job, &key, kv.value());
+                Some(job)
+            }
+            (Stream::Assignments, KeyKind::Assignment(job)) => {
+                match decode::<AssignmentRecord>(&key, "assignment", kv.value()) {
+                    Ok(r) => {
+                        self.tables.entry(job.clone()).or_default().assignment =
+                            Some((r, kv.mod_revision()))
+                    }
+                    Err(e) => warn!(error = %e, "skipping an assignment that does not decode"),
+                }
+                Some(job)
+            }
+            (Stream::Owners, KeyKind::Owner { job, shard }) => {
+                // An owner key that does not decode still holds the shard: nobody may claim over
+                // it, so it is recorded as held by an unknown instance.
+                let instance = decode::<Owner>(&key, "owner", kv.value())
+                    .map(|o| o.instance.to_string())
+                    .unwrap_or_default();
+                let seen = SeenOwner {
+                    instance,
+                    token: kv.create_revision(),
+                    lease: kv.lease(),
+                };
+                self.tables
+                    .entry(job.clone())
+                    .or_default()
+                    .owners
+                    .insert(shard, seen);
+                Some(job)
+            }
+            _ => None,
+        }
+    }
+
+    fn apply_delete(&mut self, stream: Stream, key: &str) -> Option<String> {
+        match (stream, self.cfg.keys.parse(key)?) {
+            (Stream::Jobs, KeyKind::Job(job)) => {
+                self.jobs.remove(&job);
+                Some(job)
+            }
+            (Stream::Assignments, KeyKind::Assignment(job)) => {
+                if let Some(t) = self.tables.get_mut(&job) {
+                    t.assignment = None;
+                }
+                Some(job)
+            }
+            (Stream::Owners, KeyKind::Owner { job, shard }) => {
+                if let Some(t) = self.tables.get_mut(&job) {
+                    t.owners.remove(&shard);
+                }
+                Some(job)
+            }
+            _ => None,
+        }
+    }
+
+    /// A job config arrived: keep it if this agent has its handler; reschedule on a change.
+    fn upsert_job(&mut self, job: &str, key: &str, value: &[u8]) {
+        let config = match decode_job(key, job, value) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "skipping a job config that does not decode; the last good one stays");
+                return;
+            }
+        };
+        let Some(handler) = self.cfg.handlers.get(config.handler_name(job)).cloned() else {
+            self.jobs.remove(job);
+            return;
+        };
+        let schedule_changed = self.jobs.get(job).is_none_or(|e| {
+            e.config.schedule != config.schedule || e.config.time_zone != config.time_zone
+        });
+        if let Some(entry) = self.jobs.get_mut(job).filter(|_| !schedule_changed) {
+            entry.config = config;
+            return;
+        }
+        let schedule = match FireSchedule::new(&config.schedule, &config.time_zone) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(job, error = %e, "schedule does not compile; job skipped");
+                return;
+            }
+        };
+        self.next_version += 1;
+        let version = self.next_version;
+        let now_utc = Utc::now();
+        if let Some(next) = schedule.next_after(now_utc) {
+            self.heap.push(
+                instant_of(next, Instant::now(), now_utc),
+                job,
+                version,
+                next,
+            );
+        }
+        let limit = self
+            .cfg
+            .job_limits
+            .get(job)
+            .map(|n| Arc::new(Semaphore::new(*n)));
+        let old = self.jobs.remove(job);
+        let mut entry = JobEntry {
+            config,
+            schedule,
+            version,
+            handler,
+            limit,
+            pending_misfire: Default::default(),
+            last_run: Default::default(),
+            floor: Default::default(),
+        };
+        if let Some(old) = old {
+            entry.last_run = old.last_run;
+            entry.floor = old.floor;
+        }
+        self.jobs.insert(job.to_owned(), entry);
+        self.tables.entry(job.to_owned()).or_default();
+    }
+
+    fn on_claimed(&mut self, job: &str, lease: i64, results: Vec<(u32, ShardClaim)>) {
+        if lease != self.lease {
+            return; // a claim of a fenced session: its keys count as someone else's anyway
+        }
+        let now_utc = Utc::now();
+        let mut catch_up = Vec::new();
+        if let Some(table) = self.tables.get_mut(job) {
+            for (shard, result) in results {
+                table.claiming.remove(&shard);
+                match result {
+                    ShardClaim::Won { token, cursor } => {
+                        let seen = SeenOwner {
+                            instance: self.cfg.id.clone(),
+                            token,
+                            lease,
+                        };
+                        table.owners.insert(shard, seen);
+                        let trusted = cursor.filter(|c| c.released).and_then(|c| c.last_fire);
+                        if let (Some(last), Some(entry)) = (trusted, self.jobs.get_mut(job)) {
+                            entry.floor.insert(shard, last);
+                            // Never repeat the previous owner's last fire; run the most recent
+                            // one it missed, once, as a misfire.
+                            let latest = entry.schedule.latest_at_or_before(now_utc);
+                            if let Some(missed) =
+                                latest.filter(|l| *l > last && entry.config.misfire)
+                            {
+                                catch_up.push((shard, token, missed));
+                            }
+                        }
+                        debug!(job, shard, token, "claimed");
+                    }
+                    ShardClaim::Lost => {}
+                    ShardClaim::Failed(e) => {
+                        warn!(job, shard, error = %e, "claim failed; retrying")
+                    }
+                }
+            }
+        }
+        for (shard, token, missed) in catch_up {
+            metrics::counter!("shardjob_misfires_total").increment(1);
+            self.launch(job, shard, token, missed, true);
+        }
+        metrics::counter!("shardjob_shard_claims_total").increment(1);
+        self.decide(job);
+        self.publish_status(|_| {});
+    }
+
+    fn on_exec_done(&mut self, job: &str, shard: u32, lease: i64, fire: DateTime<Utc>) {
+        self.execs.remove(&(job.to_owned(), shard));
+        if lease != self.lease {
+            return;
+        }
+        if let Some(t) = self.tables.get_mut(job) {
+            t.running.remove(&shard);
+        }
+        let pending = self.jobs.get_mut(job).and_then(|e| {
+            let last = e.last_run.entry(shard).or_insert(fire);
+            *last = (*last).max(fire);
+            e.pending_misfire.remove(&shard)
+        });
+        self.status.send_modify(|s| s.executions += 1);
+        if let Some(fire) = pending {
+            let me = self.me();
+            let token = self
+                .tables
+                .get(job)
+                .and_then(|t| t.fireable(me).into_iter().find(|(s, _)| *s == shard));
+            if let Some((_, token)) = token {
+                self.launch(job, shard, token, fire, true);
+            }
+        }
+        self.decide(job);
+    }
+
+    /// Fires every due entry of the heap.
+    pub(super) fn fire_due(&mut self) {
+        let now = Instant::now();
+        while let Some(f) = self.heap.pop_due(now) {
+            let Some(entry) = self.jobs.get(&f.job).filter(|e| e.version == f.version) else {
+                continue; // the job was removed or rescheduled
+            };
+            let now_utc = Utc::now();
+            let lateness = (now_utc - f.fire_time).to_std().unwrap_or_default();
+            metrics::histogram!("shardjob_fire_lateness_seconds").record(lateness.as_secs_f64());
+            metrics::counter!("shardjob_fires_total").increment(1);
+            if let Some(next) = entry.schedule.next_after(f.fire_time) {
+                self.heap
+                    .push(instant_of(next, now, now_utc), &f.job, f.version, next);
+            }
+            if entry.config.disabled || self.stopping.is_some() {
+                continue;
+            }
+            let misfire_on = entry.config.misfire;
+            let me = self.me();
+            let Some(table) = self.tables.get(&f.job) else {
+                continue;
+            };
+            let mut starts = Vec::new();
+            let mut coalesced = Vec::new();
+            for (shard, token) in table.fireable(me) {
+                if table.running.contains(&shard) {
+                    if misfire_on {
+                        coalesced.push(shard);
+                    }
+                    metrics::counter!("shardjob_misfires_total").increment(1);
+                } else {
+                    starts.push((shard, token));
+                }
+            }
+            if let Some(entry) = self.jobs.get_mut(&f.job) {
+                for shard in coalesced {
+                    entry.pending_misfire.insert(shard, f.fire_time);
+                }
+            }
+            for (shard, token) in starts {
+                self.launch(&f.job, shard, token, f.fire_time, false);
+            }
+        }
+    }
+
+    /// Starts one execution, if the lease is still proven.
+    fn launch(&mut self, job: &str, shard: u32, token: i64, fire: DateTime<Utc>, is_misfire: bool) {
+        if !self.session_valid() {
+            warn!(
+                job,
+                shard, "not starting: the lease is not proven long enough"
+            );
+            return;
+        }
+        let Some(entry) = self.jobs.get(job) else {
+            return;
+        };
+        let ctx = ShardContext {
+            job: job.to_owned(),
+            shard,
+            total: entry.config.total,
+            shard_param: entry.config.shard_param(shard).to_owned(),
+            job_param: entry.config.job_param.clone(),
+            fire_time: fire,
+            token,
+            attempt: 1,
+            is_failover: false,
+            is_misfire,
+            cancel: self.fence.child_token(),
+        };
+        let permits = self
+            .global_limit
+            .iter()
+            .chain(entry.limit.iter())
+            .cloned()
+            .collect();
+        let req = ExecRequest {
+            handler: entry.handler.clone(),
+            ctx,
+            timeout: entry.config.timeout.map(|t| t.0),
+            retries: entry.config.max_retries,
+            permits,
+            instance: self.cfg.id.clone(),
+            log: self.cfg.exec_log.clone(),
+        };
+        if let Some(t) = self.tables.get_mut(job) {
+            t.running.insert(shard);
+        }
+        let (tx, lease, job_name) = (self.tx.clone(), self.lease, job.to_owned());
+        let task = tokio::spawn(
+            async move {
+                execute(req).await;
+                let _ = tx
+                    .send(Event::ExecDone {
+                        job: job_name,
+                        shard,
+                        lease,
+                        fire,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+        self.execs
+            .insert((job.to_owned(), shard), task.abort_handle());
+    }
+}

@@ -1,0 +1,245 @@
+//! One execution of one shard: concurrency permits, attempts with timeout, retries with
+//! exponential backoff and jitter, the execution log and metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, info_span, warn};
+
+use crate::execlog::{ExecLog, ExecRecord, Outcome};
+use crate::job::{DynJob, JobError, ShardContext};
+
+/// Everything an execution needs.
+pub(crate) struct ExecRequest {
+    pub handler: Arc<dyn DynJob>,
+    pub ctx: ShardContext,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub permits: Vec<Arc<Semaphore>>,
+    pub instance: String,
+    pub log: Option<Arc<ExecLog>>,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Runs the request to its end and returns how it ended.
+pub(crate) async fn execute(req: ExecRequest) -> Outcome {
+    let span = info_span!("execution", job = %req.ctx.job, shard = req.ctx.shard,
+        fire_time = %req.ctx.fire_time, token = req.ctx.token);
+    async move {
+        let cancel = req.ctx.cancel.clone();
+        let Some(_permits) = acquire(&req.permits, &cancel).await else {
+            return finish(&req, Utc::now(), Outcome::Cancelled);
+        };
+        let start = Utc::now();
+        let mut outcome = Outcome::Cancelled;
+        for attempt in 1..=req.retries.saturating_add(1) {
+            let mut ctx = req.ctx.clone();
+            ctx.attempt = attempt;
+            // Each attempt has its own token, so a timeout cancels only that attempt.
+            ctx.cancel = cancel.child_token();
+            outcome = run_once(&req.handler, ctx, req.timeout).await;
+            if outcome != Outcome::Failed || attempt > req.retries {
+                break;
+            }
+            let delay = backoff(attempt, &req.ctx);
+            tokio::select! {
+                _ = cancel.cancelled() => { outcome = Outcome::Cancelled; break; }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        finish(&req, start, outcome)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn acquire(
+    semaphores: &[Arc<Semaphore>],
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut permits = Vec::with_capacity(semaphores.len());
+    for s in semaphores {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            p = s.clone().acquire_owned() => permits.push(p.ok()?),
+        }
+    }
+    Some(permits)
+}
+
+async fn run_once(
+    handler: &Arc<dyn DynJob>,
+    ctx: ShardContext,
+    timeout: Option<Duration>,
+) -> Outcome {
+    let cancel = ctx.cancel.clone();
+    let mut run = handler.run_boxed(ctx);
+    let limit = timeout.unwrap_or(Duration::MAX);
+    let result = tokio::select! {
+        r = &mut run => r,
+        // Lost lease or shutdown: stop now (dropping the future aborts it at its next await).
+        _ = cancel.cancelled() => return Outcome::Cancelled,
+        _ = tokio::time::sleep(limit) => {
+            // Timeout: ask the handler to stop, give it a moment, then abort.
+            cancel.cancel();
+            let grace = (limit / 4).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(grace, &mut run).await;
+            return Outcome::Timeout;
+        }
+    };
+    match result {
+        Ok(()) => Outcome::Ok,
+        Err(JobError::Cancelled) => Outcome::Cancelled,
+        Err(JobError::Failed(cause)) => {
+            warn!(%cause, "execution failed");
+            Outcome::Failed
+        }
+    }
+}
+
+/// 100 ms doubling per attempt, capped at 30 s, times a jitter in [0.5, 1).
+fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(BACKOFF_CAP);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let h = shardjob_sharding::hash::fnv1a64(&[
+        ctx.job.as_bytes(),
+        &ctx.shard.to_le_bytes(),
+        &attempt.to_le_bytes(),
+        &nanos.to_le_bytes(),
+    ]);
+    let jitter = 0.5 + (h % 1000) as f64 / 2000.0;
+    exp.mul_f64(jitter)
+}
+
+fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
+    let end = Utc::now();
+    metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str()).increment(1);
+    metrics::histogram!("shardjob_execution_seconds")
+        .record((end - start).to_std().unwrap_or_default().as_secs_f64());
+    if let Some(log) = &req.log {
+        log.append(&ExecRecord {
+            job: req.ctx.job.clone(),
+            shard: req.ctx.shard,
+            fire_time: req.ctx.fire_time,
+            instance: req.instance.clone(),
+            token: req.ctx.token,
+            start,
+            end,
+            outcome,
+        });
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx() -> ShardContext {
+        ShardContext {
+            job: "j".into(),
+            shard: 0,
+            total: 1,
+            shard_param: String::new(),
+            job_param: String::new(),
+            fire_time: Utc::now(),
+            token: 1,
+            attempt: 0,
+            is_failover: false,
+            is_misfire: false,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn request(handler: impl crate::Job, timeout: Option<Duration>, retries: u32) -> ExecRequest {
+        ExecRequest {
+            handler: Arc::new(handler),
+            ctx: ctx(),
+            timeout,
+            retries,
+            permits: vec![],
+            instance: "me".into(),
+            log: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_exponentially_then_succeed() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let job = crate::job_fn(move |ctx: ShardContext| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                if ctx.attempt < 3 {
+                    Err(JobError::failed("not yet"))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(execute(request(job, None, 5)).await, Outcome::Ok);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // Two backoffs: at least 50 ms + 100 ms (jitter >= 0.5), less than 100 + 200 ms.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_millis(300),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_retries_is_failed() {
+        let job = crate::job_fn(|_| async { Err(JobError::failed("always")) });
+        assert_eq!(execute(request(job, None, 2)).await, Outcome::Failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_cancels_the_token_then_aborts() {
+        let saw_cancel = Arc::new(AtomicU32::new(0));
+        let flag = saw_cancel.clone();
+        let job = crate::job_fn(move |ctx: ShardContext| {
+            let flag = flag.clone();
+            async move {
+                ctx.cancel.cancelled().await;
+                flag.store(1, Ordering::SeqCst);
+                // Ignores the request to stop: must be aborted after the grace period.
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            execute(request(job, Some(Duration::from_secs(2)), 0)).await,
+            Outcome::Timeout
+        );
+        assert_eq!(saw_cancel.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(2500),
+            "2 s timeout + 0.5 s grace"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_execution_stops_at_once() {
+        let job = crate::job_fn(|_| std::future::pending::<Result<(), JobError>>());
+        let req = request(job, None, 0);
+        let fence = req.ctx.cancel.clone();
+        let run = tokio::spawn(execute(req));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fence.cancel();
+        assert_eq!(run.await.unwrap(), Outcome::Cancelled);
+    }
+}

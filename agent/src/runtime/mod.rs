@@ -1,0 +1,564 @@
+//! The agent's runtime: one task that owns all state and reacts to events; the decisions come
+//! from [`crate::ownership`] and [`crate::schedule`], the I/O is in the small modules here.
+//!
+//! Events: the three namespace-wide watches (`jobs/`, `assignments/`, `owners/`), results of
+//! claim/release txns, finished executions, the fire heap's next instant, a 1 s re-check, the
+//! session's `lost` token, and shutdown.
+//!
+//! Session life: grant a lease, register `instances/<id>` under it, start campaigning. When the
+//! lease is lost the agent **self-fences**: it cancels and aborts every execution, forgets its
+//! in-flight claims and releases, stops leading, and opens a new session. Owner keys of the old
+//! lease are then someone else's (see [`crate::ownership`]): shards are claimed again only after
+//! those keys vanish with the old lease.
+
+mod events;
+mod exec;
+mod fires;
+mod lead;
+mod state;
+mod txn;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use etcd_client::{Client, PutOptions};
+use shardjob_coordinator::keys::Keys;
+use shardjob_coordinator::model::InstanceInfo;
+use shardjob_coordinator::rebalance::RebalanceOptions;
+use shardjob_coordinator::session::Session;
+use shardjob_coordinator::watch::{PrefixWatcher, WatchEvent};
+use shardjob_sharding::InstanceId;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::builder::AgentError;
+use crate::execlog::ExecLog;
+use crate::handle::{AgentHandle, AgentStatus};
+use crate::job::DynJob;
+use crate::ownership::{Decision, Me, ShardTable};
+use fires::FireHeap;
+use state::JobEntry;
+use txn::ShardClaim;
+
+/// Everything the builder validated.
+pub(crate) struct AgentConfig {
+    pub id: String,
+    pub keys: Keys,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub ttl: Duration,
+    pub handlers: BTreeMap<String, Arc<dyn DynJob>>,
+    pub job_limits: BTreeMap<String, usize>,
+    pub max_concurrent: Option<usize>,
+    pub exec_log: Option<Arc<ExecLog>>,
+    pub shutdown_timeout: Duration,
+    pub rebalance: RebalanceOptions,
+    pub leader_eligible: bool,
+}
+
+/// Which watch an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Jobs,
+    Assignments,
+    Owners,
+}
+
+/// What the core reacts to.
+pub(crate) enum Event {
+    Watch(Stream, WatchEvent),
+    Claimed {
+        job: String,
+        lease: i64,
+        results: Vec<(u32, ShardClaim)>,
+    },
+    Released {
+        job: String,
+        shard: u32,
+        lease: i64,
+    },
+    ExecDone {
+        job: String,
+        shard: u32,
+        lease: i64,
+        fire: chrono::DateTime<Utc>,
+    },
+    Leader(bool),
+}
+
+pub(crate) struct Core {
+    client: Client,
+    cfg: Arc<AgentConfig>,
+    id: InstanceId,
+    tx: mpsc::Sender<Event>,
+    tables: BTreeMap<String, ShardTable>,
+    jobs: BTreeMap<String, JobEntry>,
+    heap: FireHeap,
+    session: Option<Session>,
+    lease: i64,
+    fence: CancellationToken,
+    execs: BTreeMap<(String, u32), AbortHandle>,
+    leader: Option<(CancellationToken, JoinHandle<()>)>,
+    global_limit: Option<Arc<Semaphore>>,
+    status: watch::Sender<AgentStatus>,
+    stopping: Option<Instant>,
+    next_version: u64,
+}
+
+impl Core {
+    /// Starts the agent's task.
+    pub(crate) fn spawn(client: Client, cfg: AgentConfig) -> AgentHandle {
+        let (tx, rx) = mpsc::channel(4096);
+        let id = cfg.id.clone();
+        let (status, status_rx) = watch::channel(AgentStatus {
+            instance: id.clone(),
+            ..AgentStatus::default()
+        });
+        let shutdown = CancellationToken::new();
+        let crash = CancellationToken::new();
+        let core = Core {
+            client,
+            id: InstanceId::new(id.clone())
+                .unwrap_or_else(|_| unreachable!("validated by the builder")),
+            global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
+            cfg: Arc::new(cfg),
+            tx,
+            tables: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            heap: FireHeap::default(),
+            session: None,
+            lease: 0,
+            fence: CancellationToken::new(),
+            execs: BTreeMap::new(),
+            leader: None,
+            status,
+            stopping: None,
+            next_version: 0,
+        };
+        let span = info_span!("agent", instance = %id);
+        let task = tokio::spawn(
+            core.run(rx, shutdown.clone(), crash.clone())
+                .instrument(span),
+        );
+        AgentHandle {
+            id,
+            shutdown,
+            crash,
+            task,
+            status: status_rx,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+        crash: CancellationToken,
+    ) -> Result<(), AgentError> {
+        let keys = &self.cfg.keys;
+        let watchers: Vec<JoinHandle<()>> = [
+            (Stream::Jobs, keys.jobs_prefix()),
+            (Stream::Assignments, keys.assignments_prefix()),
+            (Stream::Owners, keys.owners_root()),
+        ]
+        .into_iter()
+        .map(|(stream, prefix)| {
+            tokio::spawn(forward(
+                self.client.clone(),
+                stream,
+                prefix,
+                self.tx.clone(),
+            ))
+        })
+        .collect();
+        let mut recheck = tokio::time::interval(Duration::from_secs(1));
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if crash.is_cancelled() {
+                self.crash();
+                for w in watchers {
+                    w.abort();
+                }
+                return Ok(());
+            }
+            if self.session.is_none()
+                && self.stopping.is_none()
+                && !self.open_session(&shutdown, &crash).await
+            {
+                if crash.is_cancelled() {
+                    continue;
+                }
+                break; // shut down while etcd was unreachable
+            }
+            let has_session = self.session.is_some();
+            let lost = self
+                .session
+                .as_ref()
+                .map(|s| s.handle().lost())
+                .unwrap_or_default();
+            let next_fire = self.heap.next_due();
+            tokio::select! {
+                biased;
+                _ = crash.cancelled() => continue,
+                _ = lost.cancelled(), if has_session => self.self_fence("the lease was lost"),
+                _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                _ = sleep_until(next_fire.unwrap_or_else(Instant::now)), if next_fire.is_some() => self.fire_due(),
+                _ = recheck.tick() => self.decide_all(),
+                _ = sleep_until(self.stopping.unwrap_or_else(Instant::now)), if self.stopping.is_some() => {
+                    warn!("shutdown timeout: cancelling what still runs");
+                    break;
+                }
+            }
+            if self.stopping.is_some() && self.drained() {
+                break;
+            }
+        }
+        self.finish().await;
+        for w in watchers {
+            w.abort();
+        }
+        Ok(())
+    }
+
+    /// Grants a lease, registers the instance and starts campaigning; retries until it works
+    /// or shutdown is requested (returns false then).
+    async fn open_session(
+        &mut self,
+        shutdown: &CancellationToken,
+        crash: &CancellationToken,
+    ) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.try_open_session().await {
+                Ok(()) => return true,
+                Err(e) => warn!(error = %e, retry_in = ?delay, "could not open a session"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = crash.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn try_open_session(&mut self) -> Result<(), String> {
+        let session = Session::grant(&self.client, self.cfg.ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = InstanceInfo {
+            id: self.id.clone(),
+            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            labels: self.cfg.labels.clone(),
+            weight: self.cfg.weight,
+            handlers: self.cfg.handlers.keys().cloned().collect(),
+            started_at: Utc::now(),
+        };
+        let value = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
+        let mut client = self.client.clone();
+        let put = client.put(
+            self.cfg.keys.instance(&self.cfg.id),
+            value,
+            Some(PutOptions::new().with_lease(session.lease())),
+        );
+        timeout(Duration::from_secs(5), put)
+            .await
+            .map_err(|_| "registering: no answer within 5s".to_owned())?
+            .map_err(|e| format!("registering: {e}"))?;
+        self.lease = session.lease();
+        self.fence = CancellationToken::new();
+        if self.cfg.leader_eligible {
+            let stop = CancellationToken::new();
+            let task = lead::LeadTask {
+                client: self.client.clone(),
+                keys: self.cfg.keys.clone(),
+                id: self.cfg.id.clone(),
+                session: session.handle(),
+                options: self.cfg.rebalance.clone(),
+                stop: stop.clone(),
+                events: self.tx.clone(),
+            };
+            self.leader = Some((stop, tokio::spawn(task.run().in_current_span())));
+        }
+        info!(lease = %format!("{:x}", session.lease()), "registered");
+        self.session = Some(session);
+        self.decide_all();
+        self.publish_status(|_| {});
+        Ok(())
+    }
+
+    /// Lease lost: stop everything done under it, then (next loop turn) open a new session.
+    fn self_fence(&mut self, reason: &str) {
+        warn!(
+            reason,
+            "self-fencing: cancelling executions and dropping ownership"
+        );
+        metrics::counter!("shardjob_session_losses_total").increment(1);
+        self.fence.cancel();
+        for (_, h) in std::mem::take(&mut self.execs) {
+            h.abort();
+        }
+        for t in self.tables.values_mut() {
+            t.running.clear();
+            t.claiming.clear();
+            t.releasing.clear();
+        }
+        for j in self.jobs.values_mut() {
+            j.forget_shard_state();
+        }
+        if let Some((stop, _)) = self.leader.take() {
+            stop.cancel();
+        }
+        self.session = None;
+        self.lease = 0;
+        self.publish_status(|s| {
+            s.session_losses += 1;
+            s.is_leader = false;
+        });
+    }
+
+    /// Simulated process death: stop everything, release nothing, let the lease expire.
+    fn crash(&mut self) {
+        warn!("aborting as if the process died");
+        self.fence.cancel();
+        for (_, h) in std::mem::take(&mut self.execs) {
+            h.abort();
+        }
+        if let Some((_, task)) = self.leader.take() {
+            task.abort(); // no resign: leadership ends with the lease
+        }
+        if let Some(session) = self.session.take() {
+            let _ = session.orphan();
+        }
+    }
+
+    fn me(&self) -> Me<'_> {
+        Me {
+            id: &self.cfg.id,
+            lease: self.lease,
+        }
+    }
+
+    fn session_valid(&self) -> bool {
+        // Act on the lease only while it is proven for a tenth of the TTL more.
+        let margin = self.cfg.ttl / 10;
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.handle().is_valid(Instant::now(), margin))
+    }
+
+    fn publish_status(&self, change: impl FnOnce(&mut AgentStatus)) {
+        let me = self.me();
+        let owned: BTreeMap<String, Vec<u32>> = self
+            .tables
+            .iter()
+            .filter_map(|(job, t)| {
+                let shards: Vec<u32> = t.fireable(me).into_iter().map(|(s, _)| s).collect();
+                (!shards.is_empty()).then(|| (job.clone(), shards))
+            })
+            .collect();
+        let count: usize = owned.values().map(Vec::len).sum();
+        metrics::gauge!("shardjob_owned_shards").set(count as f64);
+        let lease = self.lease;
+        let stopping = self.stopping.is_some();
+        self.status.send_modify(|s| {
+            s.owned = owned;
+            s.lease = lease;
+            s.stopping = stopping;
+            change(s);
+        });
+    }
+
+    /// Decisions for every job (after a re-list, a new session, or the periodic re-check).
+    fn decide_all(&mut self) {
+        let jobs: Vec<String> = self.tables.keys().cloned().collect();
+        for job in jobs {
+            self.decide(&job);
+        }
+    }
+
+    fn decide(&mut self, job: &str) {
+        if self.lease == 0 {
+            return;
+        }
+        let may_claim =
+            self.stopping.is_none() && self.session_valid() && self.jobs.contains_key(job);
+        let me = Me {
+            id: &self.cfg.id,
+            lease: self.lease,
+        };
+        let Some(table) = self.tables.get(job) else {
+            return;
+        };
+        let decisions = table.decide(me, may_claim);
+        for d in decisions {
+            self.carry_out(job, d);
+        }
+    }
+
+    fn carry_out(&mut self, job: &str, decision: Decision) {
+        let Some(table) = self.tables.get_mut(job) else {
+            return;
+        };
+        let (client, keys, lease, tx) = (
+            self.client.clone(),
+            self.cfg.keys.clone(),
+            self.lease,
+            self.tx.clone(),
+        );
+        match decision {
+            Decision::Claim {
+                shards,
+                assignment_revision,
+                generation,
+            } => {
+                table.claiming.extend(shards.iter().copied());
+                let (job, id) = (job.to_owned(), self.id.clone());
+                tokio::spawn(
+                    async move {
+                        let req = txn::ClaimRequest {
+                            keys: &keys,
+                            job: &job,
+                            assignment_revision,
+                            generation,
+                            instance: &id,
+                            lease,
+                        };
+                        let results = txn::claim(&client, &req, &shards).await;
+                        let _ = tx
+                            .send(Event::Claimed {
+                                job,
+                                lease,
+                                results,
+                            })
+                            .await;
+                    }
+                    .in_current_span(),
+                );
+            }
+            Decision::Release { shard, token } => {
+                table.releasing.insert(shard);
+                let last_fire = self.jobs.get(job).and_then(|j| j.cursor_value(shard));
+                let job = job.to_owned();
+                tokio::spawn(
+                    async move {
+                        let span = info_span!("release", job = %job, shard, token);
+                        match txn::release(&client, &keys, &job, shard, token, last_fire)
+                            .instrument(span)
+                            .await
+                        {
+                            Ok(true) => info!(job = %job, shard, "released"),
+                            Ok(false) => info!(job = %job, shard, "owner key already gone"),
+                            Err(e) => {
+                                warn!(job = %job, shard, error = %e, "release failed; retrying")
+                            }
+                        }
+                        let _ = tx.send(Event::Released { job, shard, lease }).await;
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        let me = self.me();
+        self.execs.is_empty()
+            && self
+                .tables
+                .values()
+                .all(|t| t.held(me).is_empty() && t.releasing.is_empty())
+    }
+
+    /// Graceful shutdown, step 1: stop firing and leave the instance list (the leader moves
+    /// this instance's shards at once); the loop then releases them as they are reassigned.
+    async fn begin_shutdown(&mut self) {
+        info!("shutting down: handing shards over");
+        self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
+        self.heap.clear();
+        let mut client = self.client.clone();
+        let delete = client.delete(self.cfg.keys.instance(&self.cfg.id), None);
+        let result = match timeout(Duration::from_secs(5), delete).await {
+            Err(_) => Err("no answer within 5s".to_owned()),
+            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "could not remove the instance key; shards move at lease expiry");
+        }
+        self.publish_status(|_| {});
+    }
+
+    /// Graceful shutdown, last step: cancel what still runs, release what is still held,
+    /// stop leading (resign), revoke the lease.
+    async fn finish(&mut self) {
+        self.fence.cancel();
+        for (_, h) in std::mem::take(&mut self.execs) {
+            h.abort();
+        }
+        let me = Me {
+            id: &self.cfg.id,
+            lease: self.lease,
+        };
+        let held: Vec<(String, u32, i64)> = self
+            .tables
+            .iter()
+            .flat_map(|(job, t)| {
+                t.held(me)
+                    .into_iter()
+                    .map(move |(s, tok)| (job.clone(), s, tok))
+            })
+            .collect();
+        for (job, shard, token) in held {
+            let last_fire = self.jobs.get(&job).and_then(|j| j.cursor_value(shard));
+            if let Err(e) =
+                txn::release(&self.client, &self.cfg.keys, &job, shard, token, last_fire).await
+            {
+                warn!(job = %job, shard, error = %e, "release at shutdown failed; the lease's end frees it");
+            }
+        }
+        if let Some((stop, task)) = self.leader.take() {
+            stop.cancel();
+            let _ = timeout(Duration::from_secs(5), task).await;
+        }
+        if let Some(session) = self.session.take() {
+            if let Err(e) = session.close().await {
+                warn!(error = %e, "revoking the lease failed; it expires by itself");
+            }
+        }
+        self.lease = 0;
+        self.publish_status(|s| s.is_leader = false);
+        info!("stopped");
+    }
+}
+
+/// Feeds one prefix's watch events into the core, forever (a refused watch is retried).
+async fn forward(client: Client, stream: Stream, prefix: String, tx: mpsc::Sender<Event>) {
+    loop {
+        let mut watcher = PrefixWatcher::new(&client, prefix.clone());
+        loop {
+            match watcher.next().await {
+                Ok(ev) => {
+                    if tx.send(Event::Watch(stream, ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "watch refused; starting over in 1s");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -48,6 +48,18 @@ pub struct ExecRecord {
     pub outcome: Outcome,
 }
 
+#[derive(serde::Deserialize)]
+struct OwnedLine {
+    job: String,
+    shard: u32,
+    fire_time: DateTime<Utc>,
+    instance: String,
+    token: i64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    outcome: String,
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     job: &'a str,
@@ -65,6 +77,28 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl ExecRecord {
+    /// Parses one line of the log.
+    pub fn from_json(line: &str) -> Result<Self, String> {
+        let l: OwnedLine = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
+        let outcome = match l.outcome.as_str() {
+            "ok" => Outcome::Ok,
+            "failed" => Outcome::Failed,
+            "timeout" => Outcome::Timeout,
+            "cancelled" => Outcome::Cancelled,
+            other => return Err(format!("unknown outcome {other:?}: {line}")),
+        };
+        Ok(Self {
+            job: l.job,
+            shard: l.shard,
+            fire_time: l.fire_time,
+            instance: l.instance,
+            token: l.token,
+            start: l.start,
+            end: l.end,
+            outcome,
+        })
+    }
+
     /// The JSON line (without the newline).
     pub fn to_json(&self) -> String {
         let line = Line {
@@ -127,5 +161,7 @@ mod tests {
             r.to_json(),
             r#"{"job":"orders","shard":3,"fire_time":"2026-11-21T10:00:05.000000Z","instance":"node-a","token":42,"start":"2026-11-21T10:00:05.000123Z","end":"2026-11-21T10:00:05.500000Z","outcome":"ok"}"#
         );
+        assert_eq!(ExecRecord::from_json(&r.to_json()).unwrap(), r);
+        assert!(ExecRecord::from_json("{}").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! started when dropped (also while a test panics). Tests live in `tests/`, benchmarks are the
 //! `bench-*` binaries in `src/bin/`.
 
+pub mod agents;
 mod cluster;
 pub mod fixtures;
 mod health;

@@ -1,28 +1,19 @@
 //! In-process agents against real etcd.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shardjob_agent::{Agent, AgentHandle, AgentStatus, JobSpec, ShardContext, job_fn};
+use shardjob_agent::{AgentHandle, JobSpec};
 use shardjob_integration::EtcdCluster;
+use shardjob_integration::agents::{
+    Ran, Slow, assert_no_double_runs_and_rising_tokens, builder, drain_until, recorder,
+    shards_per_fire, wait_owned,
+};
 use shardjob_integration::fixtures::PATIENCE;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
-
-/// One execution as a handler saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ran {
-    instance: String,
-    shard: u32,
-    fire: DateTime<Utc>,
-    token: i64,
-    misfire: bool,
-}
-
-/// Makes one (instance, fire) run slowly, to hold an execution across a later fire.
-type Slow = std::sync::Arc<std::sync::Mutex<Option<(String, DateTime<Utc>)>>>;
 
 async fn start(
     endpoints: &[String],
@@ -42,88 +33,11 @@ async fn start_with(
     ran: mpsc::UnboundedSender<Ran>,
     slow: Slow,
 ) -> AgentHandle {
-    let instance = id.to_owned();
-    Agent::builder()
-        .endpoints(endpoints.to_vec())
-        .namespace(ns)
-        .instance_id(id)
-        .ttl(Duration::from_secs(2))
-        .job(
-            spec,
-            job_fn(move |ctx: ShardContext| {
-                let (ran, instance) = (ran.clone(), instance.clone());
-                let is_slow =
-                    slow.lock().unwrap().as_ref() == Some(&(instance.clone(), ctx.fire_time));
-                async move {
-                    let _ = ran.send(Ran {
-                        instance,
-                        shard: ctx.shard,
-                        fire: ctx.fire_time,
-                        token: ctx.token,
-                        misfire: ctx.is_misfire,
-                    });
-                    if is_slow {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
-                    }
-                    Ok(())
-                }
-            }),
-        )
+    builder(endpoints, ns, id)
+        .job(spec, recorder(id, ran, slow))
         .start()
         .await
         .unwrap()
-}
-
-/// Waits until the agents' statuses together own exactly `shards` of `job`, each once, and
-/// `pred` accepts the split.
-async fn wait_owned(
-    statuses: &[watch::Receiver<AgentStatus>],
-    job: &str,
-    shards: u32,
-    pred: impl Fn(&BTreeMap<String, Vec<u32>>) -> bool,
-) -> BTreeMap<String, Vec<u32>> {
-    let mut statuses = statuses.to_vec();
-    timeout(PATIENCE, async {
-        loop {
-            let by_instance: BTreeMap<String, Vec<u32>> = statuses
-                .iter()
-                .map(|s| {
-                    let s = s.borrow();
-                    (
-                        s.instance.clone(),
-                        s.owned.get(job).cloned().unwrap_or_default(),
-                    )
-                })
-                .collect();
-            let all: Vec<u32> = by_instance.values().flatten().copied().collect();
-            let distinct: BTreeSet<u32> = all.iter().copied().collect();
-            if all.len() == shards as usize
-                && distinct.len() == shards as usize
-                && pred(&by_instance)
-            {
-                return by_instance;
-            }
-            // Wake on any agent's next status change.
-            let changes = statuses.iter_mut().map(|s| Box::pin(s.changed()));
-            let _ = futures_select_any(changes).await;
-        }
-    })
-    .await
-    .expect("shards never converged")
-}
-
-/// Resolves when the first of `futs` does.
-async fn futures_select_any<F: std::future::Future + Unpin>(futs: impl Iterator<Item = F>) {
-    let mut futs: Vec<F> = futs.collect();
-    std::future::poll_fn(move |cx| {
-        for f in futs.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// Collects executions until every shard of `fires` consecutive fires after `after` ran.
@@ -133,31 +47,27 @@ async fn collect_fires(
     shards: u32,
     fires: usize,
 ) -> Vec<Ran> {
-    let mut seen: Vec<Ran> = Vec::new();
-    timeout(PATIENCE, async {
-        loop {
-            let r = rx.recv().await.unwrap();
-            if r.fire <= after {
-                continue;
-            }
-            seen.push(r);
-            let mut per_fire: BTreeMap<DateTime<Utc>, BTreeSet<u32>> = BTreeMap::new();
-            for r in &seen {
-                per_fire.entry(r.fire).or_default().insert(r.shard);
-            }
-            let complete = per_fire
-                .values()
-                .take(fires)
-                .filter(|s| s.len() == shards as usize)
-                .count();
-            if complete == fires {
-                let cut: Vec<DateTime<Utc>> = per_fire.keys().take(fires).copied().collect();
-                return seen.into_iter().filter(|r| cut.contains(&r.fire)).collect();
-            }
-        }
+    let mut runs = Vec::new();
+    drain_until(rx, &mut runs, |runs| {
+        let per_fire = shards_per_fire(runs);
+        per_fire
+            .range(after..)
+            .filter(|(f, _)| **f > after)
+            .take(fires)
+            .filter(|(_, s)| s.len() == shards as usize)
+            .count()
+            == fires
     })
-    .await
-    .expect("fires did not complete")
+    .await;
+    let keep: Vec<DateTime<Utc>> = shards_per_fire(&runs)
+        .range(after..)
+        .filter(|(f, _)| **f > after)
+        .take(fires)
+        .map(|(f, _)| *f)
+        .collect();
+    runs.into_iter()
+        .filter(|r| keep.contains(&r.fire))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,30 +103,6 @@ async fn three_agents_share_eight_shards_and_each_fire_runs_every_shard_once() {
     }
     for a in agents {
         a.shutdown().await.unwrap();
-    }
-}
-
-/// Every (fire, shard) ran at most once, and a shard's tokens never go down in fire order.
-fn assert_no_double_runs_and_rising_tokens(runs: &[Ran]) {
-    let mut per: BTreeMap<(DateTime<Utc>, u32), Vec<&Ran>> = BTreeMap::new();
-    for r in runs {
-        per.entry((r.fire, r.shard)).or_default().push(r);
-    }
-    for ((fire, shard), rs) in &per {
-        assert_eq!(
-            rs.len(),
-            1,
-            "fire {fire} of shard {shard} ran twice: {rs:?}"
-        );
-    }
-    let mut last_token: BTreeMap<u32, i64> = BTreeMap::new();
-    for ((_, shard), rs) in &per {
-        let t = last_token.entry(*shard).or_insert(0);
-        assert!(
-            rs[0].token >= *t,
-            "token of shard {shard} went down: {rs:?}"
-        );
-        *t = rs[0].token;
     }
 }
 
@@ -276,30 +162,6 @@ async fn a_crashed_agents_shards_move_after_its_lease_and_never_run_twice() {
     }
 }
 
-/// Receives runs into `runs` until `done(runs)` holds.
-async fn drain_until(
-    rx: &mut mpsc::UnboundedReceiver<Ran>,
-    runs: &mut Vec<Ran>,
-    done: impl Fn(&[Ran]) -> bool,
-) {
-    timeout(PATIENCE, async {
-        while !done(runs) {
-            runs.push(rx.recv().await.unwrap());
-        }
-    })
-    .await
-    .expect("the expected runs did not arrive");
-}
-
-/// Shards that ran per fire.
-fn shards_per_fire(runs: &[Ran]) -> BTreeMap<DateTime<Utc>, BTreeSet<u32>> {
-    let mut per_fire: BTreeMap<DateTime<Utc>, BTreeSet<u32>> = BTreeMap::new();
-    for r in runs {
-        per_fire.entry(r.fire).or_default().insert(r.shard);
-    }
-    per_fire
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_hands_off_without_a_missed_fire() {
     let etcd = EtcdCluster::single().unwrap();
@@ -326,7 +188,7 @@ async fn graceful_shutdown_hands_off_without_a_missed_fire() {
     // must catch it up from b's cursor, once.
     let now = Utc::now();
     let t = DateTime::<Utc>::from_timestamp(now.timestamp() + 2, 0).unwrap();
-    *slow.lock().unwrap() = Some(("b".to_owned(), t));
+    *slow.lock().unwrap() = Some(("b".to_owned(), t, Duration::from_millis(1500)));
     let mut runs = Vec::new();
     drain_until(&mut rx, &mut runs, |runs| {
         runs.iter().any(|r| r.instance == "b" && r.fire == t)

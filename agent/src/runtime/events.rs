@@ -6,12 +6,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use etcd_client::KeyValue;
 use shardjob_coordinator::keys::KeyKind;
-use shardjob_coordinator::model::{AssignmentRecord, Owner, decode, decode_job};
+use shardjob_coordinator::model::{AssignmentRecord, Owner, Trigger, decode, decode_job};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
-use super::exec::{ExecRequest, execute};
+use super::exec::{ExecRequest, MarkerSink, execute};
 use super::fires::instant_of;
 use super::state::JobEntry;
 use super::txn::ShardClaim;
@@ -20,6 +20,18 @@ use crate::job::ShardContext;
 use crate::ownership::SeenOwner;
 use crate::schedule::FireSchedule;
 use shardjob_coordinator::watch::WatchEvent;
+
+/// Why an execution runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunKind {
+    OnTime,
+    /// Coalesced while the previous run went on, or caught up after a hand-off.
+    Misfire,
+    /// Replays a fire whose owner died mid-execution.
+    Failover,
+    /// Asked for through `triggers/<job>`.
+    Trigger,
+}
 
 fn key_of(kv: &KeyValue) -> String {
     String::from_utf8_lossy(kv.key()).into_owned()
@@ -58,6 +70,16 @@ impl Core {
     fn on_watch(&mut self, stream: Stream, ev: WatchEvent) {
         let mut touched: Vec<String> = Vec::new();
         match ev {
+            WatchEvent::Restarted { kvs, .. } if stream == Stream::Triggers => {
+                // Triggers present at (re)start are history: remember their ids, run nothing.
+                for kv in &kvs {
+                    if let Some((job, t)) = self.decode_trigger(kv) {
+                        self.triggers_seen.insert(job, t.id);
+                    }
+                }
+            }
+            WatchEvent::Put(kv) if stream == Stream::Triggers => self.on_trigger(&kv),
+            WatchEvent::Delete { .. } if stream == Stream::Triggers => {}
             WatchEvent::Restarted { kvs, .. } => {
                 self.reset(stream);
                 for kv in &kvs {
@@ -89,6 +111,69 @@ impl Core {
             }
             Stream::Assignments => self.tables.values_mut().for_each(|t| t.assignment = None),
             Stream::Owners => self.tables.values_mut().for_each(|t| t.owners.clear()),
+            Stream::Triggers => {}
+        }
+    }
+
+    fn decode_trigger(&self, kv: &KeyValue) -> Option<(String, Trigger)> {
+        let key = key_of(kv);
+        let Some(KeyKind::Trigger(job)) = self.cfg.keys.parse(&key) else {
+            return None;
+        };
+        match decode::<Trigger>(&key, "trigger", kv.value()) {
+            Ok(t) => Some((job, t)),
+            Err(e) => {
+                warn!(error = %e, "skipping a trigger that does not decode");
+                None
+            }
+        }
+    }
+
+    /// A new trigger id: run every shard this agent may fire, once.
+    fn on_trigger(&mut self, kv: &KeyValue) {
+        let Some((job, trigger)) = self.decode_trigger(kv) else {
+            return;
+        };
+        if self.triggers_seen.get(&job) == Some(&trigger.id) {
+            return;
+        }
+        self.triggers_seen.insert(job.clone(), trigger.id.clone());
+        if self.stopping.is_some() || !self.jobs.contains_key(&job) {
+            return;
+        }
+        let me = self.me();
+        let shards = self
+            .tables
+            .get(&job)
+            .map(|t| t.fireable(me))
+            .unwrap_or_default();
+        tracing::info!(job, id = %trigger.id, shards = shards.len(), "triggered");
+        for (shard, token) in shards {
+            self.start_or_queue(&job, shard, token, trigger.requested_at, RunKind::Trigger);
+        }
+    }
+
+    /// Starts a run now, or, while the shard's previous run goes on, queues it as the one
+    /// coalesced misfire (if the job allows misfires).
+    fn start_or_queue(
+        &mut self,
+        job: &str,
+        shard: u32,
+        token: i64,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+    ) {
+        let running = self
+            .tables
+            .get(job)
+            .is_some_and(|t| t.running.contains(&shard));
+        if !running {
+            self.launch(job, shard, token, fire, kind);
+            return;
+        }
+        metrics::counter!("shardjob_misfires_total").increment(1);
+        if let Some(entry) = self.jobs.get_mut(job).filter(|e| e.config.misfire) {
+            entry.pending_misfire.insert(shard, fire);
         }
     }
 
@@ -220,18 +305,27 @@ impl Core {
             return; // a claim of a fenced session: its keys count as someone else's anyway
         }
         let now_utc = Utc::now();
-        let mut catch_up = Vec::new();
+        let mut runs: Vec<(u32, i64, DateTime<Utc>, RunKind)> = Vec::new();
         if let Some(table) = self.tables.get_mut(job) {
             for (shard, result) in results {
                 table.claiming.remove(&shard);
                 match result {
-                    ShardClaim::Won { token, cursor } => {
+                    ShardClaim::Won {
+                        token,
+                        cursor,
+                        running,
+                    } => {
                         let seen = SeenOwner {
                             instance: self.cfg.id.clone(),
                             token,
                             lease,
                         };
                         table.owners.insert(shard, seen);
+                        // A marker left behind: the previous owner died mid-execution.
+                        let failover = self.jobs.get(job).is_some_and(|e| e.config.failover);
+                        if let Some(r) = running.filter(|_| failover) {
+                            runs.push((shard, token, r.fire_time, RunKind::Failover));
+                        }
                         let trusted = cursor.filter(|c| c.released).and_then(|c| c.last_fire);
                         if let (Some(last), Some(entry)) = (trusted, self.jobs.get_mut(job)) {
                             entry.floor.insert(shard, last);
@@ -241,7 +335,7 @@ impl Core {
                             if let Some(missed) =
                                 latest.filter(|l| *l > last && entry.config.misfire)
                             {
-                                catch_up.push((shard, token, missed));
+                                runs.push((shard, token, missed, RunKind::Misfire));
                             }
                         }
                         debug!(job, shard, token, "claimed");
@@ -253,9 +347,8 @@ impl Core {
                 }
             }
         }
-        for (shard, token, missed) in catch_up {
-            metrics::counter!("shardjob_misfires_total").increment(1);
-            self.launch(job, shard, token, missed, true);
+        for (shard, token, fire, kind) in runs {
+            self.start_or_queue(job, shard, token, fire, kind);
         }
         metrics::counter!("shardjob_shard_claims_total").increment(1);
         self.decide(job);
@@ -283,7 +376,7 @@ impl Core {
                 .get(job)
                 .and_then(|t| t.fireable(me).into_iter().find(|(s, _)| *s == shard));
             if let Some((_, token)) = token {
-                self.launch(job, shard, token, fire, true);
+                self.launch(job, shard, token, fire, RunKind::Misfire);
             }
         }
         self.decide(job);
@@ -307,36 +400,20 @@ impl Core {
             if entry.config.disabled || self.stopping.is_some() {
                 continue;
             }
-            let misfire_on = entry.config.misfire;
             let me = self.me();
-            let Some(table) = self.tables.get(&f.job) else {
-                continue;
-            };
-            let mut starts = Vec::new();
-            let mut coalesced = Vec::new();
-            for (shard, token) in table.fireable(me) {
-                if table.running.contains(&shard) {
-                    if misfire_on {
-                        coalesced.push(shard);
-                    }
-                    metrics::counter!("shardjob_misfires_total").increment(1);
-                } else {
-                    starts.push((shard, token));
-                }
-            }
-            if let Some(entry) = self.jobs.get_mut(&f.job) {
-                for shard in coalesced {
-                    entry.pending_misfire.insert(shard, f.fire_time);
-                }
-            }
-            for (shard, token) in starts {
-                self.launch(&f.job, shard, token, f.fire_time, false);
+            let shards = self
+                .tables
+                .get(&f.job)
+                .map(|t| t.fireable(me))
+                .unwrap_or_default();
+            for (shard, token) in shards {
+                self.start_or_queue(&f.job, shard, token, f.fire_time, RunKind::OnTime);
             }
         }
     }
 
     /// Starts one execution, if the lease is still proven.
-    fn launch(&mut self, job: &str, shard: u32, token: i64, fire: DateTime<Utc>, is_misfire: bool) {
+    fn launch(&mut self, job: &str, shard: u32, token: i64, fire: DateTime<Utc>, kind: RunKind) {
         if !self.session_valid() {
             warn!(
                 job,
@@ -356,8 +433,8 @@ impl Core {
             fire_time: fire,
             token,
             attempt: 1,
-            is_failover: false,
-            is_misfire,
+            is_failover: kind == RunKind::Failover,
+            is_misfire: kind == RunKind::Misfire,
             cancel: self.fence.child_token(),
         };
         let permits = self
@@ -366,7 +443,12 @@ impl Core {
             .chain(entry.limit.iter())
             .cloned()
             .collect();
+        let marker = entry.config.failover.then(|| MarkerSink {
+            client: self.client.clone(),
+            keys: self.cfg.keys.clone(),
+        });
         let req = ExecRequest {
+            marker,
             handler: entry.handler.clone(),
             ctx,
             timeout: entry.config.timeout.map(|t| t.0),

@@ -11,8 +11,16 @@ use tracing::{Instrument, info_span, warn};
 use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::job::{DynJob, JobError, ShardContext};
 
+/// Where to keep the running marker of a failover job.
+pub(crate) struct MarkerSink {
+    pub client: etcd_client::Client,
+    pub keys: shardjob_coordinator::keys::Keys,
+}
+
 /// Everything an execution needs.
 pub(crate) struct ExecRequest {
+    /// Set for failover jobs: a running marker is kept for the whole execution.
+    pub marker: Option<MarkerSink>,
     pub handler: Arc<dyn DynJob>,
     pub ctx: ShardContext,
     pub timeout: Option<Duration>,
@@ -34,6 +42,20 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
         let Some(_permits) = acquire(&req.permits, &cancel).await else {
             return finish(&req, Utc::now(), Outcome::Cancelled);
         };
+        let marker = match &req.marker {
+            Some(sink) => match mark(sink, &req).await {
+                Ok(Some(rev)) => Some(rev),
+                Ok(None) => {
+                    warn!("not running: the shard is no longer owned with this token");
+                    return finish(&req, Utc::now(), Outcome::Cancelled);
+                }
+                Err(e) => {
+                    warn!(error = %e, "not running: the running marker could not be written");
+                    return finish(&req, Utc::now(), Outcome::Cancelled);
+                }
+            },
+            None => None,
+        };
         let start = Utc::now();
         let mut outcome = Outcome::Cancelled;
         for attempt in 1..=req.retries.saturating_add(1) {
@@ -51,10 +73,29 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+        if let (Some(sink), Some(rev)) = (&req.marker, marker) {
+            let ctx = &req.ctx;
+            if let Err(e) =
+                super::txn::delete_marker(&sink.client, &sink.keys, &ctx.job, ctx.shard, rev).await
+            {
+                warn!(error = %e, "the running marker stays; the next owner will re-run this fire");
+            }
+        }
         finish(&req, start, outcome)
     }
     .instrument(span)
     .await
+}
+
+async fn mark(sink: &MarkerSink, req: &ExecRequest) -> Result<Option<i64>, String> {
+    let ctx = &req.ctx;
+    let marker = shardjob_coordinator::model::Running {
+        instance: shardjob_sharding::InstanceId::new(req.instance.clone())
+            .map_err(|e| e.to_string())?,
+        fire_time: ctx.fire_time,
+        token: ctx.token,
+    };
+    super::txn::put_marker(&sink.client, &sink.keys, &ctx.job, ctx.shard, &marker).await
 }
 
 async fn acquire(
@@ -163,6 +204,7 @@ mod tests {
 
     fn request(handler: impl crate::Job, timeout: Option<Duration>, retries: u32) -> ExecRequest {
         ExecRequest {
+            marker: None,
             handler: Arc::new(handler),
             ctx: ctx(),
             timeout,

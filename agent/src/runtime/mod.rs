@@ -67,6 +67,7 @@ pub(crate) enum Stream {
     Jobs,
     Assignments,
     Owners,
+    Triggers,
 }
 
 /// What the core reacts to.
@@ -108,6 +109,8 @@ pub(crate) struct Core {
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
     next_version: u64,
+    /// The last trigger id seen per job (a trigger runs once per id).
+    triggers_seen: BTreeMap<String, String>,
 }
 
 impl Core {
@@ -139,6 +142,7 @@ impl Core {
             status,
             stopping: None,
             next_version: 0,
+            triggers_seen: BTreeMap::new(),
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -165,6 +169,7 @@ impl Core {
             (Stream::Jobs, keys.jobs_prefix()),
             (Stream::Assignments, keys.assignments_prefix()),
             (Stream::Owners, keys.owners_root()),
+            (Stream::Triggers, keys.triggers_prefix()),
         ]
         .into_iter()
         .map(|(stream, prefix)| {

@@ -1,0 +1,252 @@
+//! Live job features of in-process agents against real etcd: triggers, disabling, live
+//! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use etcd_client::Client;
+use shardjob_agent::{AgentHandle, JobSpec};
+use shardjob_coordinator::keys::Keys;
+use shardjob_coordinator::model::JobConfig;
+use shardjob_integration::EtcdCluster;
+use shardjob_integration::agents::{
+    Ran, Slow, builder, drain_until, recorder, shards_per_fire, shutdown_all, wait_owned,
+};
+use tokio::sync::mpsc;
+
+async fn agent(
+    endpoints: &[String],
+    ns: &str,
+    id: &str,
+    spec: JobSpec,
+    ran: &mpsc::UnboundedSender<Ran>,
+    slow: &Slow,
+) -> AgentHandle {
+    builder(endpoints, ns, id)
+        .job(spec, recorder(id, ran.clone(), slow.clone()))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn edit_job(client: &Client, keys: &Keys, job: &str, change: impl FnOnce(&mut JobConfig)) {
+    let mut c = client.clone();
+    let current = c.get(keys.job(job), None).await.unwrap();
+    let mut config: JobConfig = serde_json::from_slice(current.kvs()[0].value()).unwrap();
+    change(&mut config);
+    c.put(keys.job(job), serde_json::to_vec(&config).unwrap(), None)
+        .await
+        .unwrap();
+}
+
+fn next_whole_second(after: DateTime<Utc>, plus: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(after.timestamp() + plus, 0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_runs_every_shard_once_per_id() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("trig").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slow = Slow::default();
+    // A schedule that does not fire during the test: only triggers run.
+    let spec = || JobSpec::new("j", "0 0 0 1 1 * 2099").unwrap().shards(4);
+    let a = agent(&endpoints, "trig", "a", spec(), &tx, &slow).await;
+    let b = agent(&endpoints, "trig", "b", spec(), &tx, &slow).await;
+    wait_owned(&[a.status(), b.status()], "j", 4, |o| {
+        o.values().all(|s| s.len() == 2)
+    })
+    .await;
+
+    let put_trigger = |id: &'static str, at: DateTime<Utc>| {
+        let (mut c, key) = (client.clone(), keys.trigger("j"));
+        async move {
+            let v = serde_json::json!({"id": id, "requested_at": at}).to_string();
+            c.put(key, v, None).await.unwrap();
+        }
+    };
+    let t1 = "2026-01-01T00:00:01Z".parse().unwrap();
+    let t2 = "2026-01-01T00:00:02Z".parse().unwrap();
+    put_trigger("t1", t1).await;
+    put_trigger("t1", t1).await; // the same id again: no second run
+    put_trigger("t2", t2).await;
+    let mut runs = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| {
+        shards_per_fire(r).get(&t2).is_some_and(|s| s.len() == 4)
+    })
+    .await;
+    let per_fire = shards_per_fire(&runs);
+    assert_eq!(per_fire[&t1].len(), 4);
+    assert_eq!(
+        runs.iter().filter(|r| r.fire == t1).count(),
+        4,
+        "t1 ran more than once per shard: {runs:?}"
+    );
+    shutdown_all([a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_stops_fires_and_a_new_total_reshards_live() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("live").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slow = Slow::default();
+    let spec = || {
+        JobSpec::every("j", Duration::from_secs(1))
+            .unwrap()
+            .shards(4)
+    };
+    let a = agent(&endpoints, "live", "a", spec(), &tx, &slow).await;
+    let b = agent(&endpoints, "live", "b", spec(), &tx, &slow).await;
+    let statuses = [a.status(), b.status()];
+    wait_owned(&statuses, "j", 4, |o| o.values().all(|s| s.len() == 2)).await;
+
+    edit_job(&client, &keys, "j", |c| c.total = 6).await;
+    wait_owned(&statuses, "j", 6, |o| o.values().all(|s| s.len() == 3)).await;
+    let mut runs = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| {
+        shards_per_fire(r).values().any(|s| s.len() == 6)
+    })
+    .await;
+
+    edit_job(&client, &keys, "j", |c| c.disabled = true).await;
+    let disabled_at = Utc::now();
+    // Stopping can only be shown by time passing without runs: 2.5 s, two fires or more.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    while let Ok(r) = rx.try_recv() {
+        runs.push(r);
+    }
+    let late: Vec<&Ran> = runs
+        .iter()
+        .filter(|r| r.fire > disabled_at + chrono::Duration::seconds(1))
+        .collect();
+    assert!(late.is_empty(), "a disabled job fired: {late:?}");
+
+    edit_job(&client, &keys, "j", |c| c.disabled = false).await;
+    let enabled_at = Utc::now();
+    drain_until(&mut rx, &mut runs, |r| {
+        shards_per_fire(r)
+            .range(enabled_at..)
+            .any(|(_, s)| s.len() == 6)
+    })
+    .await;
+    shutdown_all([a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fires_during_a_long_run_coalesce_into_one_misfire_run() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slow = Slow::default();
+    let a = agent(
+        &endpoints,
+        "misfire",
+        "a",
+        JobSpec::every("j", Duration::from_secs(1)).unwrap(),
+        &tx,
+        &slow,
+    )
+    .await;
+    wait_owned(&[a.status()], "j", 1, |_| true).await;
+
+    // The run of fire T takes 2.5 s: fires T+1 and T+2 arrive while it goes on and become one
+    // run (of the latest, T+2) right after it; T+3 is on time again.
+    let t = next_whole_second(Utc::now(), 2);
+    *slow.lock().unwrap() = Some(("a".to_owned(), t, Duration::from_millis(2500)));
+    let mut runs = Vec::new();
+    let t3 = t + chrono::Duration::seconds(3);
+    drain_until(&mut rx, &mut runs, |r| r.iter().any(|r| r.fire >= t3)).await;
+    let window: Vec<(i64, bool)> = runs
+        .iter()
+        .filter(|r| r.fire >= t && r.fire <= t3)
+        .map(|r| ((r.fire - t).num_seconds(), r.misfire))
+        .collect();
+    assert_eq!(window, [(0, false), (2, true), (3, false)], "{runs:?}");
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_cut_short_by_a_crash_is_rerun_once_by_the_next_owner() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slow = Slow::default();
+    let spec = || {
+        JobSpec::every("j", Duration::from_secs(1))
+            .unwrap()
+            .shards(2)
+            .failover(true)
+    };
+    let a = agent(&endpoints, "fo", "a", spec(), &tx, &slow).await;
+    let b = agent(&endpoints, "fo", "b", spec(), &tx, &slow).await;
+    let owned = wait_owned(&[a.status(), b.status()], "j", 2, |o| {
+        o.values().all(|s| s.len() == 1)
+    })
+    .await;
+    let a_shard = owned["a"][0];
+
+    // a's run of fire T hangs; a dies while it runs, leaving its running marker behind.
+    let t = next_whole_second(Utc::now(), 2);
+    *slow.lock().unwrap() = Some(("a".to_owned(), t, Duration::from_secs(60)));
+    let mut runs = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| {
+        r.iter().any(|r| r.instance == "a" && r.fire == t)
+    })
+    .await;
+    a.abort().await;
+
+    // b takes the shard over after a's lease and re-runs fire T once, as a failover run.
+    wait_owned(&[b.status()], "j", 2, |_| true).await;
+    let settle = Utc::now() + chrono::Duration::seconds(2);
+    drain_until(&mut rx, &mut runs, |r| r.iter().any(|r| r.fire > settle)).await;
+    let failovers: Vec<&Ran> = runs.iter().filter(|r| r.failover).collect();
+    assert_eq!(failovers.len(), 1, "{failovers:?}");
+    let f = failovers[0];
+    assert_eq!((f.instance.as_str(), f.shard, f.fire), ("b", a_shard, t));
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_job_created_at_runtime_runs_once_on_handler_only_agents() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("oneshot").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut agents = Vec::new();
+    for id in ["a", "b"] {
+        let handle = builder(&endpoints, "oneshot", id)
+            .handler("send-reminders", recorder(id, tx.clone(), Slow::default()))
+            .start()
+            .await
+            .unwrap();
+        agents.push(handle);
+    }
+    // An operator creates a one-shot job with a plain etcd put.
+    let at = next_whole_second(Utc::now(), 3);
+    let config = serde_json::json!({"handler": "send-reminders", "schedule": {"at": at}, "total": 2,
+        "job_param": "{\"list\":\"december\"}"});
+    client
+        .clone()
+        .put(keys.job("reminders-2026-12-01"), config.to_string(), None)
+        .await
+        .unwrap();
+
+    let mut runs = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| r.len() >= 2).await;
+    // Nothing else may run: a one-shot is finished after its fire (shown by waiting two more
+    // seconds, the only way to show an absence).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(r) = rx.try_recv() {
+        runs.push(r);
+    }
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.fire == at
+        && r.job == "reminders-2026-12-01"
+        && r.job_param.contains("december")));
+    assert_eq!(shards_per_fire(&runs)[&at].len(), 2);
+    shutdown_all(agents).await;
+}

@@ -29,6 +29,7 @@ pub mod builder;
 pub mod execlog;
 pub mod handle;
 pub mod job;
+pub mod kinds;
 pub mod ownership;
 mod runtime;
 pub mod schedule;

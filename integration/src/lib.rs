@@ -10,6 +10,7 @@ mod cluster;
 pub mod fixtures;
 mod health;
 mod ports;
+pub use ports::free_ports;
 pub mod rng;
 
 pub use cluster::{ClusterOptions, EtcdCluster, HarnessError};

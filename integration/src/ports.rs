@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 
 /// `n` distinct ports that were free a moment ago.
-pub(crate) fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     // Hold every listener until all are chosen, so the OS cannot hand out one port twice.
     let listeners = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0"))

@@ -1,0 +1,55 @@
+//! prometheus: an agent whose metrics are served for Prometheus to scrape.
+//!
+//! ```sh
+//! SHARDJOB_METRICS_ADDR=127.0.0.1:9898 cargo run -p shardjob-examples --bin prometheus
+//! curl -s http://127.0.0.1:9898/metrics | grep shardjob_
+//! ```
+//! Exported: `shardjob_fires_total`, `shardjob_executions_total{outcome}`,
+//! `shardjob_execution_seconds`, `shardjob_fire_lateness_seconds`, `shardjob_misfires_total`,
+//! `shardjob_owned_shards`, `shardjob_shard_moves_total`, `shardjob_rebalances_total`,
+//! `shardjob_is_leader`, `shardjob_lease_keepalive_failures_total`,
+//! `shardjob_session_losses_total`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use shardjob_agent::{JobSpec, ShardContext, job_fn};
+use shardjob_examples::{builder_from_env, init_logging, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prometheus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let addr: SocketAddr = std::env::var("SHARDJOB_METRICS_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:9898".into())
+        .parse()
+        .map_err(|e| format!("SHARDJOB_METRICS_ADDR: {e}"))?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("starting the exporter on {addr}: {e}"))?;
+    let spec = JobSpec::every("metered", Duration::from_secs(1))
+        .map_err(|e| e.to_string())?
+        .shards(8);
+    let agent = builder_from_env()?
+        .job(spec, job_fn(|_ctx: ShardContext| async { Ok(()) }))
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}: metrics at http://{addr}/metrics", agent.instance_id());
+    agent
+        .run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

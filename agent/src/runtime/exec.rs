@@ -36,7 +36,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Runs the request to its end and returns how it ended.
 pub(crate) async fn execute(req: ExecRequest) -> Outcome {
     let span = info_span!("execution", job = %req.ctx.job, shard = req.ctx.shard,
-        fire_time = %req.ctx.fire_time, token = req.ctx.token);
+        fire_time = %req.ctx.fire_time, token = req.ctx.token, max_attempts = req.retries + 1,
+        failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
     async move {
         let cancel = req.ctx.cancel.clone();
         let Some(_permits) = acquire(&req.permits, &cancel).await else {
@@ -63,7 +64,9 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
             ctx.attempt = attempt;
             // Each attempt has its own token, so a timeout cancels only that attempt.
             ctx.cancel = cancel.child_token();
-            outcome = run_once(&req.handler, ctx, req.timeout).await;
+            outcome = run_once(&req.handler, ctx, req.timeout)
+                .instrument(info_span!("attempt", attempt))
+                .await;
             if outcome != Outcome::Failed || attempt > req.retries {
                 break;
             }

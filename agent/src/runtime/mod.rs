@@ -440,7 +440,9 @@ impl Core {
                             instance: &id,
                             lease,
                         };
-                        let results = txn::claim(&client, &req, &shards).await;
+                        let span =
+                            info_span!("claim", job = %job, shards = shards.len(), generation);
+                        let results = txn::claim(&client, &req, &shards).instrument(span).await;
                         let _ = tx
                             .send(Event::Claimed {
                                 job,

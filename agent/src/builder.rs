@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use shardjob_coordinator::connect::{ConnectConfig, ConnectError, connect};
 use shardjob_coordinator::keys::{DEFAULT_PREFIX, Keys};
 use shardjob_coordinator::model::{ConfigError, MAX_WEIGHT};
 use shardjob_coordinator::rebalance::RebalanceOptions;
@@ -28,11 +29,8 @@ pub enum AgentError {
     InvalidJob(#[from] ConfigError),
     #[error("two handlers are named {0:?}")]
     DuplicateHandler(String),
-    #[error("connecting to etcd at {endpoints:?}: {cause}")]
-    Connect {
-        endpoints: Vec<String>,
-        cause: String,
-    },
+    #[error("connecting to etcd: {0}")]
+    Connect(#[from] ConnectError),
     #[error("publishing the config of job {job}: {cause}")]
     Publish { job: String, cause: String },
     #[error("opening the execution log {path}: {cause}")]
@@ -43,14 +41,13 @@ pub enum AgentError {
 
 /// Configures an agent; see [`crate::Agent::builder`].
 pub struct AgentBuilder {
-    endpoints: Vec<String>,
+    connect: ConnectConfig,
     namespace: String,
     prefix: String,
     instance_id: Option<String>,
     labels: BTreeMap<String, String>,
     weight: u32,
     ttl: Duration,
-    user: Option<(String, String)>,
     jobs: Vec<(JobSpec, Arc<dyn DynJob>)>,
     handlers: Vec<(String, Arc<dyn DynJob>)>,
     max_concurrent: Option<usize>,
@@ -63,7 +60,7 @@ pub struct AgentBuilder {
 impl std::fmt::Debug for AgentBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentBuilder")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.connect.endpoints)
             .field("namespace", &self.namespace)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
@@ -73,14 +70,13 @@ impl std::fmt::Debug for AgentBuilder {
 impl Default for AgentBuilder {
     fn default() -> Self {
         Self {
-            endpoints: vec!["http://127.0.0.1:2379".into()],
+            connect: ConnectConfig::default(),
             namespace: "default".into(),
             prefix: DEFAULT_PREFIX.into(),
             instance_id: None,
             labels: BTreeMap::new(),
             weight: 1,
             ttl: DEFAULT_TTL,
-            user: None,
             jobs: Vec::new(),
             handlers: Vec::new(),
             max_concurrent: None,
@@ -95,7 +91,28 @@ impl Default for AgentBuilder {
 impl AgentBuilder {
     /// etcd endpoints (default `http://127.0.0.1:2379`).
     pub fn endpoints<S: Into<String>>(mut self, endpoints: impl IntoIterator<Item = S>) -> Self {
-        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self.connect.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// TLS: the CA certificate to verify etcd with, and optionally a client certificate and key
+    /// (PEM files). Endpoints must then be `https://`.
+    pub fn tls(
+        mut self,
+        ca: impl Into<PathBuf>,
+        client_cert_and_key: Option<(PathBuf, PathBuf)>,
+    ) -> Self {
+        self.connect.ca = Some(ca.into());
+        if let Some((cert, key)) = client_cert_and_key {
+            self.connect.cert = Some(cert);
+            self.connect.key = Some(key);
+        }
+        self
+    }
+
+    /// How long to wait for etcd to answer when connecting (default 5 s).
+    pub fn dial_timeout(mut self, timeout: Duration) -> Self {
+        self.connect.dial_timeout = timeout;
         self
     }
 
@@ -138,7 +155,7 @@ impl AgentBuilder {
 
     /// etcd user and password (tokens are refreshed automatically).
     pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
-        self.user = Some((name.into(), password.into()));
+        self.connect.user = Some((name.into(), password.into()));
         self
     }
 
@@ -212,7 +229,7 @@ impl AgentBuilder {
                 "0 would never run anything".into(),
             ));
         }
-        if self.endpoints.is_empty() {
+        if self.connect.endpoints.is_empty() {
             return Err(invalid("endpoints", "no etcd endpoint given".into()));
         }
         let mut handlers: BTreeMap<String, Arc<dyn DynJob>> = BTreeMap::new();
@@ -245,7 +262,7 @@ impl AgentBuilder {
             None => None,
         };
 
-        let client = connect(&self.endpoints, self.user.clone()).await?;
+        let client = connect(&self.connect).await?;
         for (job, config) in &configs {
             publish(&client, &keys, job, config).await?;
         }
@@ -265,33 +282,6 @@ impl AgentBuilder {
         };
         Ok(Core::spawn(client, config))
     }
-}
-
-/// Connects and proves etcd answers, so a wrong endpoint is an error at start, not a silent hang.
-pub(crate) async fn connect(
-    endpoints: &[String],
-    user: Option<(String, String)>,
-) -> Result<Client, AgentError> {
-    let err = |cause: String| AgentError::Connect {
-        endpoints: endpoints.to_vec(),
-        cause,
-    };
-    let mut opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
-    if let Some((name, password)) = user {
-        opts = opts.with_user(name, password).with_auto_token_refresh(true);
-    }
-    let connecting = Client::connect(endpoints, Some(opts));
-    let mut client = timeout(Duration::from_secs(10), connecting)
-        .await
-        .map_err(|_| err("no answer within 10s".into()))?
-        .map_err(|e| err(e.to_string()))?;
-    timeout(Duration::from_secs(10), client.status())
-        .await
-        .map_err(|_| err("no answer within 10s".into()))?
-        .map_err(|e| err(e.to_string()))?;
-    Ok(client)
 }
 
 /// Writes the job config if absent, or always with `overwrite`.

@@ -11,10 +11,12 @@
 //! - [`watch`]: a list-then-watch helper that re-lists after a compaction.
 //! - [`view`]: a read-only snapshot of a namespace for the CLI and tests.
 
+pub mod connect;
 pub mod election;
 pub mod keys;
 pub mod kv;
 pub mod model;
+pub mod ops;
 pub mod rebalance;
 pub mod session;
 pub mod view;

@@ -89,6 +89,16 @@ pub struct JobConfig {
     pub description: String,
 }
 
+/// The cron crate's errors point at the input with a caret on a second line; keep one line.
+fn one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^'))
+        .collect();
+    parts.join(" ")
+}
+
 fn utc() -> String {
     "UTC".to_owned()
 }
@@ -174,7 +184,10 @@ impl JobConfig {
                 let parsed = cron::Schedule::from_str(expr).map_err(|e| {
                     err(
                         "schedule.cron",
-                        format!("{expr:?} does not parse ({e}); use 6 or 7 fields: sec min hour day month weekday [year]"),
+                        format!(
+                            "{expr:?} does not parse ({}); use 6 or 7 fields: sec min hour day month weekday [year]",
+                            one_line(&e.to_string())
+                        ),
                     )
                 })?;
                 // Reject expressions that can never fire (e.g. 30 February), evaluated in the
@@ -311,6 +324,7 @@ mod tests {
             (cron("* * * * * *", 0), "total", "0 is outside 1..=10000"),
             (cron("* * * * * *", 10_001), "total", "10001"),
             (cron("* * * *", 1), "schedule.cron", "does not parse"),
+            (cron("* *", 1), "schedule.cron", "use 6 or 7 fields"),
             (cron("0 0 0 30 2 *", 1), "schedule.cron", "never fires"),
             (
                 JobConfig::new(Schedule::Every("10ms".parse().unwrap()), 1),
@@ -330,6 +344,7 @@ mod tests {
             let err = config.validate("orders").unwrap_err();
             assert_eq!(err.field, field, "{err}");
             let text = err.to_string();
+            assert_eq!(text.lines().count(), 1, "{text}");
             assert!(
                 text.contains(reason) && text.starts_with("job \"orders\""),
                 "{text}"

@@ -1,0 +1,206 @@
+//! The command line, as clap definitions.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shardjob_coordinator::model::HumanDuration;
+
+/// Inspect and steer shardjob namespaces stored in etcd.
+#[derive(Debug, Parser)]
+#[command(name = "shardjob", version)]
+pub struct Cli {
+    /// etcd endpoints, comma separated (also SHARDJOB_ENDPOINTS, then ETCDCTL_ENDPOINTS).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub endpoints: Option<Vec<String>>,
+    /// Namespace.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDJOB_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// Key prefix in front of the namespace.
+    #[arg(
+        long,
+        global = true,
+        env = "SHARDJOB_PREFIX",
+        default_value = "/shardjob/"
+    )]
+    pub prefix: String,
+    /// CA certificate to verify etcd with (PEM).
+    #[arg(long, global = true, env = "ETCDCTL_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true, env = "ETCDCTL_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, global = true, env = "ETCDCTL_KEY")]
+    pub key: Option<PathBuf>,
+    /// user:password (the password is prompted for when omitted).
+    #[arg(long, global = true, env = "ETCDCTL_USER")]
+    pub user: Option<String>,
+    /// How long to wait for etcd to answer.
+    #[arg(long, global = true, default_value = "5s", value_parser = duration)]
+    pub dial_timeout: Duration,
+    /// Machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Leader, instances, and per job: shards assigned, owned, converged.
+    Status,
+    /// Live instances.
+    Instances,
+    /// Jobs and their configs.
+    Jobs,
+    /// One job: show, create, delete.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
+    /// Run every shard of a job once now.
+    Trigger { job: String },
+    /// Disable a job (stops firing) or drain an instance (the leader assigns it nothing).
+    Disable {
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// Undo `disable`.
+    Enable {
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// Change a job's config (validated as agents validate it).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// The whole namespace as one JSON document.
+    Dump,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Config, assignment with generation, owners with tokens, running markers, cursors.
+    Show { job: String },
+    /// Create a job for a handler that agents registered.
+    Create {
+        job: String,
+        /// The handler that runs it (default: the job's name).
+        #[arg(long)]
+        handler: Option<String>,
+        #[command(flatten)]
+        schedule: Box<ScheduleArgs>,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+    /// Remove every key of a job (refused while it is enabled or running, unless --force).
+    Delete {
+        job: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Set fields of a job's config.
+    Set {
+        job: String,
+        /// A new handler.
+        #[arg(long)]
+        handler: Option<String>,
+        #[command(flatten)]
+        schedule: Box<ScheduleArgs>,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Target {
+    Job {
+        name: String,
+    },
+    Instance {
+        id: String,
+        /// Why (stored as the value of disabled/<id>).
+        #[arg(long, default_value = "drained with shardjob")]
+        reason: String,
+    },
+}
+
+/// One of the three kinds of schedule.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct ScheduleArgs {
+    /// Cron expression with seconds: "sec min hour day month weekday [year]".
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// IANA time zone of the cron expression.
+    #[arg(long)]
+    pub time_zone: Option<String>,
+    /// A fixed interval, e.g. 30s, 5m.
+    #[arg(long)]
+    pub every: Option<HumanDuration>,
+    /// Once, at this RFC 3339 instant.
+    #[arg(long)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Settable fields.
+#[derive(Debug, Args)]
+pub struct Settings {
+    /// Number of shards.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// The job parameter.
+    #[arg(long)]
+    pub param: Option<String>,
+    /// A shard parameter, SHARD=VALUE (repeatable).
+    #[arg(long = "shard-param", value_parser = shard_param)]
+    pub shard_params: Vec<(u32, String)>,
+    /// Strategy: sticky, average, odevity, round_robin, consistent_hash.
+    #[arg(long)]
+    pub strategy: Option<shardjob_coordinator::sharding::StrategyKind>,
+    /// Required instance labels, key=value,key=value.
+    #[arg(long)]
+    pub selector: Option<shardjob_coordinator::sharding::Selector>,
+    /// Re-run a fire whose owner died mid-execution.
+    #[arg(long)]
+    pub failover: Option<bool>,
+    /// Coalesce fires that arrive during a run (true) or skip them (false).
+    #[arg(long)]
+    pub misfire: Option<bool>,
+    /// Execution timeout, e.g. 30s.
+    #[arg(long)]
+    pub timeout: Option<HumanDuration>,
+    /// Retries of a failed execution.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    s.parse::<HumanDuration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+fn shard_param(s: &str) -> Result<(u32, String), String> {
+    let (shard, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not SHARD=VALUE"))?;
+    let shard = shard
+        .trim()
+        .parse()
+        .map_err(|_| format!("{shard:?} is not a shard number"))?;
+    Ok((shard, value.to_owned()))
+}

@@ -59,6 +59,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// The etcd binary; `None`: `ETCD_BIN`, else `etcd` from `PATH`.
     pub bin: Option<PathBuf>,
+    /// Serve clients over TLS with these files (client certificates required when `client_ca`
+    /// is set). Health checks use a separate plain metrics port either way.
+    pub tls: Option<TlsFiles>,
     /// How long to wait for every member to report healthy.
     pub ready_timeout: Duration,
 }
@@ -69,9 +72,19 @@ impl Default for ClusterOptions {
             members: 1,
             extra_args: Vec::new(),
             bin: None,
+            tls: None,
             ready_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Certificate files for a TLS cluster (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (`--client-cert-auth`).
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -79,6 +92,7 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     data_dir: PathBuf,
     child: Option<Child>,
 }
@@ -141,14 +155,15 @@ impl EtcdCluster {
             .prefix(DATA_DIR_PREFIX)
             .tempdir()
             .map_err(HarnessError::TempDir)?;
-        let ports = free_ports(2 * n).map_err(HarnessError::Ports)?;
+        let ports = free_ports(3 * n).map_err(HarnessError::Ports)?;
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed);
         let token = format!("shardjob-test-{}-{seq}", std::process::id());
         let members = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 data_dir: dir.path().join(format!("m{i}")),
                 child: None,
             })
@@ -182,7 +197,7 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.url(i)).collect()
     }
 
-    /// Client URL of member `i` (`http://127.0.0.1:<port>`).
+    /// Client URL of member `i` (`http://127.0.0.1:<port>`, `https://` with TLS).
     pub fn endpoint(&self, i: usize) -> String {
         self.url(i)
     }
@@ -242,7 +257,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&mut self, i: usize) -> Result<(), HarnessError> {
         let timeout = self.options.ready_timeout;
         let start = Instant::now();
-        let port = self.member_mut(i)?.client_port;
+        let port = self.member_mut(i)?.metrics_port;
         loop {
             self.check_alive(i)?;
             if is_healthy(port) {
@@ -281,7 +296,20 @@ impl EtcdCluster {
     }
 
     fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.client_port(i))
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port(i))
+    }
+
+    /// URL of member `i`'s plain-HTTP metrics endpoint (`/metrics`, `/health`).
+    pub fn metrics_url(&self, i: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.members.get(i).map_or(0, |m| m.metrics_port)
+        )
     }
 
     fn member_mut(&mut self, i: usize) -> Result<&mut Member, HarnessError> {
@@ -322,13 +350,27 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let bin = self.bin.clone();
-        let extra = self.options.extra_args.clone();
+        let mut extra = self.options.extra_args.clone();
         let token = self.token.clone();
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if let Some(tls) = &self.options.tls {
+            extra.push(format!("--cert-file={}", tls.cert.display()));
+            extra.push(format!("--key-file={}", tls.key.display()));
+            if let Some(ca) = &tls.client_ca {
+                extra.push(format!("--trusted-ca-file={}", ca.display()));
+                extra.push("--client-cert-auth".into());
+            }
+        }
         let m = self.member_mut(i)?;
         std::fs::create_dir_all(&m.data_dir).map_err(HarnessError::TempDir)?;
         let log = File::create(log_path(&m.data_dir)).map_err(HarnessError::TempDir)?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
         let child = Command::new(&bin)
             .arg("--name")
             .arg(&m.name)
@@ -349,6 +391,7 @@ impl EtcdCluster {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", &token])
             .args(["--initial-cluster-state", "new"])
+            .args(["--listen-metrics-urls", &metrics])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -6,6 +6,7 @@
 //! `bench-*` binaries in `src/bin/`.
 
 pub mod agents;
+pub mod certs;
 mod cluster;
 pub mod fixtures;
 mod health;
@@ -13,4 +14,4 @@ mod ports;
 pub use ports::free_ports;
 pub mod rng;
 
-pub use cluster::{ClusterOptions, EtcdCluster, HarnessError};
+pub use cluster::{ClusterOptions, EtcdCluster, HarnessError, TlsFiles};

@@ -312,14 +312,19 @@ async fn publish(
     Ok(())
 }
 
+/// This machine's host name (`HOSTNAME`, else `/etc/hostname`), or `""`.
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// `<host>-<pid>-<random>`, reduced to the allowed characters.
 fn default_instance_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .unwrap_or_else(|| "host".into());
-    let host: String = host
-        .trim()
+    let host: String = hostname()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {

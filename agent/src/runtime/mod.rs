@@ -262,7 +262,7 @@ impl Core {
             .map_err(|e| e.to_string())?;
         let info = InstanceInfo {
             id: self.id.clone(),
-            host: std::env::var("HOSTNAME").unwrap_or_default(),
+            host: crate::builder::hostname(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             labels: self.cfg.labels.clone(),

@@ -318,9 +318,7 @@ async fn status(client: &Client, keys: &Keys, as_json: bool) -> Result<String, S
                 j.config
                     .as_ref()
                     .map_or("(no valid config)".into(), schedule_text),
-                j.config.as_ref().map_or("-".into(), |c| {
-                    if c.disabled { "disabled" } else { "enabled" }.into()
-                }),
+                state(j),
             ]
         })
         .collect();
@@ -344,6 +342,21 @@ async fn status(client: &Client, keys: &Keys, as_json: bool) -> Result<String, S
         }
     }
     Ok(out)
+}
+
+/// enabled/disabled, and what keeps shards from running.
+fn state(j: &JobView) -> String {
+    let Some(c) = &j.config else {
+        return "-".into();
+    };
+    let mut s = if c.disabled { "disabled" } else { "enabled" }.to_owned();
+    let unassigned = (c.total as usize).saturating_sub(j.assigned());
+    if j.assignment.is_some() && unassigned > 0 {
+        s.push_str(&format!(
+            ", {unassigned} shard(s) with no eligible instance"
+        ));
+    }
+    s
 }
 
 fn instances(view: &ClusterView, as_json: bool) -> String {

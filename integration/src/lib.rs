@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod certs;
+pub mod checker;
 mod cluster;
 pub mod fixtures;
 mod health;

@@ -6,12 +6,14 @@
 //! `bench-*` binaries in `src/bin/`.
 
 pub mod agents;
+pub mod campaign;
 pub mod certs;
 pub mod checker;
 mod cluster;
 pub mod fixtures;
 mod health;
 mod ports;
+pub mod proxy;
 pub use ports::free_ports;
 pub mod rng;
 

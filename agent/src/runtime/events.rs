@@ -54,6 +54,7 @@ impl Core {
                     if let Some(j) = self.jobs.get_mut(&job) {
                         j.last_run.remove(&shard);
                         j.floor.remove(&shard);
+                        j.claimed_at.remove(&shard);
                     }
                 }
             }
@@ -291,10 +292,12 @@ impl Core {
             pending_misfire: Default::default(),
             last_run: Default::default(),
             floor: Default::default(),
+            claimed_at: Default::default(),
         };
         if let Some(old) = old {
             entry.last_run = old.last_run;
             entry.floor = old.floor;
+            entry.claimed_at = old.claimed_at;
         }
         self.jobs.insert(job.to_owned(), entry);
         self.tables.entry(job.to_owned()).or_default();
@@ -321,6 +324,9 @@ impl Core {
                             lease,
                         };
                         table.owners.insert(shard, seen);
+                        if let Some(entry) = self.jobs.get_mut(job) {
+                            entry.claimed_at.insert(shard, now_utc);
+                        }
                         // A marker left behind: the previous owner died mid-execution.
                         let failover = self.jobs.get(job).is_some_and(|e| e.config.failover);
                         if let Some(r) = running.filter(|_| failover) {

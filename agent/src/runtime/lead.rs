@@ -36,10 +36,12 @@ impl LeadTask {
                     Ok(l) => l,
                     Err(ElectionError::SessionLost { .. }) => return,
                     Err(e) => {
+                        // Usually a transient etcd error (a raft election): every moment without
+                        // a leader delays reassignments, so try again soon.
                         warn!(error = %e, "campaign failed; retrying");
                         tokio::select! {
                             _ = self.stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                         }
                     }
                 },

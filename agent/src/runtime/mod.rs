@@ -111,6 +111,8 @@ pub(crate) struct Core {
     next_version: u64,
     /// The last trigger id seen per job (a trigger runs once per id).
     triggers_seen: BTreeMap<String, String>,
+    /// The lease of the session lost in the last self-fence, to revoke once a new session exists.
+    fenced_lease: Option<i64>,
 }
 
 impl Core {
@@ -143,6 +145,7 @@ impl Core {
             stopping: None,
             next_version: 0,
             triggers_seen: BTreeMap::new(),
+            fenced_lease: None,
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -297,10 +300,30 @@ impl Core {
             self.leader = Some((stop, tokio::spawn(task.run().in_current_span())));
         }
         info!(lease = %format!("{:x}", session.lease()), "registered");
+        if let Some(old) = self.fenced_lease.take() {
+            self.revoke_fenced(old).await;
+        }
         self.session = Some(session);
         self.decide_all();
         self.publish_status(|_| {});
         Ok(())
+    }
+
+    /// Revokes the lease of a fenced session. The server may still hold it (an etcd leader
+    /// change renews every lease; a partition may end before the server expires it), and with it
+    /// this agent's old owner keys, which block re-claims of its own shards for up to a TTL.
+    /// Everything run under that lease was cancelled at the fence, and no one else ever uses it,
+    /// so deleting its keys now is safe; it also frees the old leader key at once.
+    async fn revoke_fenced(&self, lease: i64) {
+        let mut client = self.client.clone();
+        match timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
+            Ok(Ok(_)) => info!(lease = %format!("{lease:x}"), "revoked the fenced lease"),
+            Ok(Err(e)) if e.to_string().contains("not found") => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "revoking the fenced lease failed; it expires by itself")
+            }
+            Err(_) => warn!("revoking the fenced lease timed out; it expires by itself"),
+        }
     }
 
     /// Lease lost: stop everything done under it, then (next loop turn) open a new session.
@@ -326,6 +349,7 @@ impl Core {
             stop.cancel();
         }
         self.session = None;
+        self.fenced_lease = Some(self.lease);
         self.lease = 0;
         self.publish_status(|s| {
             s.session_losses += 1;

@@ -175,19 +175,27 @@ impl Session {
         self.stop_refresh.cancel();
         let lease = self.lease();
         let mut client = self.client.clone();
-        let result = timeout(self.handle.ttl(), client.lease_revoke(lease)).await;
+        // Short attempts until the TTL is used up: a connection broken by an etcd member
+        // restart fails one request, and a retry on a fresh connection usually succeeds.
+        let deadline = Instant::now() + self.handle.ttl();
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt =
+                timeout(left.min(Duration::from_secs(1)), client.lease_revoke(lease)).await;
+            match attempt {
+                Ok(Ok(_)) => break Ok(()),
+                Ok(Err(e)) if e.to_string().contains("not found") => break Ok(()),
+                Ok(Err(e)) if Instant::now() + Duration::from_millis(200) >= deadline => {
+                    break Err(e.to_string());
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    break Err("no answer within the TTL".into());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
         self.handle.shared.lost.cancel();
-        match result {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(SessionError::Revoke {
-                lease,
-                cause: e.to_string(),
-            }),
-            Err(_) => Err(SessionError::Revoke {
-                lease,
-                cause: "no answer within the TTL".into(),
-            }),
-        }
+        result.map_err(|cause| SessionError::Revoke { lease, cause })
     }
 }
 

@@ -263,6 +263,13 @@ impl Core {
         let session = Session::grant(&self.client, self.cfg.ttl)
             .await
             .map_err(|e| e.to_string())?;
+        // A grant answered late (etcd slow, or a partition that held the request) comes with
+        // little proof left: claiming shards with it would only lose their next fires. Let it
+        // expire and ask again.
+        if !session.handle().is_valid(Instant::now(), self.cfg.ttl / 2) {
+            session.orphan();
+            return Err("the lease was granted too late to be of use; asking again".into());
+        }
         let info = InstanceInfo {
             id: self.id.clone(),
             host: crate::builder::hostname(),
@@ -518,13 +525,22 @@ impl Core {
         info!("shutting down: handing shards over");
         self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
         self.heap.clear();
-        let mut client = self.client.clone();
-        let delete = client.delete(self.cfg.keys.instance(&self.cfg.id), None);
-        let result = match timeout(Duration::from_secs(5), delete).await {
-            Err(_) => Err("no answer within 5s".to_owned()),
-            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
+        // Leaving the instance list is what makes the leader move this instance's shards at
+        // once; a connection broken by an etcd restart must not turn that into a wait for the
+        // shutdown timeout, so it is retried.
+        let key = self.cfg.keys.instance(&self.cfg.id);
+        let client = self.client.clone();
+        let left = retry("removing the instance key", || {
+            let (mut c, key) = (client.clone(), key.clone());
+            async move {
+                c.delete(key, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        if let Err(e) = left {
             warn!(error = %e, "could not remove the instance key; shards move at lease expiry");
         }
         self.publish_status(|_| {});
@@ -552,9 +568,12 @@ impl Core {
             .collect();
         for (job, shard, token) in held {
             let last_fire = self.jobs.get(&job).and_then(|j| j.cursor_value(shard));
-            if let Err(e) =
-                txn::release(&self.client, &self.cfg.keys, &job, shard, token, last_fire).await
-            {
+            let (client, keys) = (&self.client, &self.cfg.keys);
+            let released = retry("releasing at shutdown", || {
+                txn::release(client, keys, &job, shard, token, last_fire)
+            })
+            .await;
+            if let Err(e) = released {
                 warn!(job = %job, shard, error = %e, "release at shutdown failed; the lease's end frees it");
             }
         }
@@ -571,6 +590,27 @@ impl Core {
         self.publish_status(|s| s.is_leader = false);
         info!("stopped");
     }
+}
+
+/// Runs `op` up to 5 times, 200 ms apart, each attempt bounded by 1 s: for the few writes of a
+/// graceful shutdown, where a transient etcd error (a connection broken by a member restart)
+/// would otherwise cost a whole lease TTL or the shutdown timeout.
+async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for attempt in 1..=5 {
+        match timeout(Duration::from_secs(1), op()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "no answer within 1s".into(),
+        }
+        warn!(what, attempt, error = %last, "retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
 }
 
 /// Feeds one prefix's watch events into the core, forever (a refused watch is retried).

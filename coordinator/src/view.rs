@@ -28,6 +28,9 @@ pub struct OwnerView {
     /// The owner key's create revision: the fencing token of its executions.
     pub token: i64,
     pub lease: i64,
+    /// The key is bound to the lease its instance is registered with now (false: a key left by
+    /// an earlier session of that instance, which it no longer acts on).
+    pub current: bool,
 }
 
 /// Everything stored for one job.
@@ -121,6 +124,7 @@ impl ClusterView {
             ..Default::default()
         };
         let mut candidates: Vec<LeaderView> = Vec::new();
+        let mut instance_leases: BTreeMap<String, i64> = BTreeMap::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = kv.value();
@@ -136,6 +140,7 @@ impl ClusterView {
                     .map_err(|e| e.to_string())
                     .and_then(|info| {
                         info.validate(&id).map_err(|e| format!("{key}: {e}"))?;
+                        instance_leases.insert(id.clone(), kv.lease());
                         view.instances.insert(id, info);
                         Ok(())
                     }),
@@ -160,6 +165,7 @@ impl ClusterView {
                             owner,
                             token: kv.create_revision(),
                             lease: kv.lease(),
+                            current: false, // settled below, once every instance is read
                         };
                         view.jobs.entry(job).or_default().owners.insert(shard, o);
                     })
@@ -184,6 +190,11 @@ impl ClusterView {
             };
             if let Err(error) = result {
                 view.problems.push(Problem { key, error });
+            }
+        }
+        for job in view.jobs.values_mut() {
+            for o in job.owners.values_mut() {
+                o.current = instance_leases.get(o.owner.instance.as_str()) == Some(&o.lease);
             }
         }
         // The candidate created first leads (etcd's election rule).

@@ -322,14 +322,21 @@ impl Core {
     /// Everything run under that lease was cancelled at the fence, and no one else ever uses it,
     /// so deleting its keys now is safe; it also frees the old leader key at once.
     async fn revoke_fenced(&self, lease: i64) {
-        let mut client = self.client.clone();
-        match timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
-            Ok(Ok(_)) => info!(lease = %format!("{lease:x}"), "revoked the fenced lease"),
-            Ok(Err(e)) if e.to_string().contains("not found") => {}
-            Ok(Err(e)) => {
-                warn!(error = %e, "revoking the fenced lease failed; it expires by itself")
+        let client = self.client.clone();
+        let revoked = retry("revoking the fenced lease", || {
+            let mut c = client.clone();
+            async move {
+                match c.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.to_string().contains("not found") => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-            Err(_) => warn!("revoking the fenced lease timed out; it expires by itself"),
+        })
+        .await;
+        match revoked {
+            Ok(()) => info!(lease = %format!("{lease:x}"), "revoked the fenced lease"),
+            Err(e) => warn!(error = %e, "revoking the fenced lease failed; it expires by itself"),
         }
     }
 

@@ -1,6 +1,7 @@
 //! chaos: the fault-injection campaign with its independent checker.
 //!
-//! `chaos --seed S --faults K [--ttl SECS] [--agent-bin PATH] [--agents N] [--keep DIR]`
+//! `chaos --seed S --faults K [--ttl SECS] [--agent-bin PATH] [--agents N] [--keep DIR]
+//! [--kinds kill,pause,etcd_leader,partition,rolling,leader_kill]` (default: every kind)
 //!
 //! Starts a 3-member etcd cluster and N (default 4) `chaos_agent` processes (each behind its own
 //! proxies to the members), injects K faults drawn by a RNG seeded with S — SIGKILL and restart
@@ -31,6 +32,7 @@ struct Args {
     agents: usize,
     agent_bin: PathBuf,
     keep: Option<PathBuf>,
+    kinds: Vec<FaultKind>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -45,6 +47,7 @@ fn parse() -> Result<Args, String> {
         agents: 4,
         agent_bin: default_bin,
         keep: None,
+        kinds: FaultKind::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,10 +63,21 @@ fn parse() -> Result<Args, String> {
             "--agents" => a.agents = num(&v)? as usize,
             "--agent-bin" => a.agent_bin = PathBuf::from(v),
             "--keep" => a.keep = Some(PathBuf::from(v)),
+            "--kinds" => {
+                a.kinds = v
+                    .split(',')
+                    .map(|k| {
+                        FaultKind::ALL
+                            .into_iter()
+                            .find(|f| f.name() == k.trim())
+                            .ok_or_else(|| format!("--kinds: unknown fault {k:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    if a.agents < 2 || !(2..=300).contains(&a.ttl) {
+    if a.agents < 2 || !(2..=300).contains(&a.ttl) || a.kinds.is_empty() {
         return Err("--agents must be at least 2 and --ttl within 2..=300".into());
     }
     if !a.agent_bin.exists() {
@@ -117,7 +131,7 @@ async fn run(args: &Args) -> Result<bool, String> {
     let window_start = Utc::now();
     let mut rng = SplitMix64::new(args.seed);
     for k in 0..args.faults {
-        let kind = FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize];
+        let kind = args.kinds[rng.below(args.kinds.len() as u64) as usize];
         eprintln!("chaos: fault {}/{}: {}", k + 1, args.faults, kind.name());
         campaign
             .inject(kind, &mut rng)

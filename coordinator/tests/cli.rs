@@ -1,7 +1,9 @@
 //! The `shardjob` CLI end to end: a real etcd, in-process agents, the real binary.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+mod common;
+
+use common::{Out, args, shardjob};
 
 use chrono::{DateTime, Utc};
 use shardjob_agent::JobSpec;
@@ -13,26 +15,11 @@ use shardjob_integration::agents::{
 };
 use tokio::sync::mpsc;
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `shardjob --endpoints .. --namespace ns args..`.
-async fn sj(endpoints: &[String], ns: &str, args: &[&str]) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardjob"));
-    cmd.args(["--endpoints", &endpoints.join(","), "--namespace", ns])
-        .args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn sj(endpoints: &[String], ns: &str, extra: &[&str]) -> Out {
+    let mut a = args(&["--endpoints", &endpoints.join(","), "--namespace", ns]);
+    a.extend(args(extra));
+    shardjob(a).await
 }
 
 async fn ok(endpoints: &[String], ns: &str, args: &[&str]) -> String {

@@ -2,7 +2,9 @@
 //! client certificates, and under a role that may only touch its namespace prefix.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+mod common;
+
+use common::{args, shardjob as sj};
 
 use etcd_client::Permission;
 use shardjob_agent::JobSpec;
@@ -10,30 +12,6 @@ use shardjob_integration::agents::{Slow, builder, recorder, shutdown_all, wait_o
 use shardjob_integration::certs::TestPki;
 use shardjob_integration::{ClusterOptions, EtcdCluster, TlsFiles};
 use tokio::sync::mpsc;
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn sj(args: Vec<String>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardjob"));
-    cmd.args(args).env_remove("ETCDCTL_USER");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_and_cli_work_over_tls_and_a_wrong_ca_is_one_clear_line() {

@@ -53,6 +53,17 @@ pub fn init_logging() {
         .init();
 }
 
+/// The end of every example's `main`: success, or the error on one line and exit code 1.
+pub fn exit(program: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM (what `kill` and process supervisors send).
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -7,18 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use shardjob_agent::{JobSpec, ShardContext, job_fn};
-use shardjob_examples::{builder_from_env, init_logging, shutdown_signal};
+use shardjob_examples::{builder_from_env, exit, init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chaos_agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("chaos_agent", run().await)
 }
 
 /// Some work that takes `base` plus a spread that depends on shard and fire.

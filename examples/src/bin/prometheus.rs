@@ -16,18 +16,12 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shardjob_agent::{JobSpec, ShardContext, job_fn};
-use shardjob_examples::{builder_from_env, init_logging, shutdown_signal};
+use shardjob_examples::{builder_from_env, exit, init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("prometheus: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("prometheus", run().await)
 }
 
 async fn run() -> Result<(), String> {

@@ -13,19 +13,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardjob_agent::{JobSpec, ShardContext, job_fn};
-use shardjob_examples::{builder_from_env, init_logging, shutdown_signal};
+use shardjob_examples::{builder_from_env, exit, init_logging, shutdown_signal};
 use tokio::sync::mpsc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("quickstart: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("quickstart", run().await)
 }
 
 async fn run() -> Result<(), String> {

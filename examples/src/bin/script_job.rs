@@ -13,18 +13,12 @@ use std::time::Duration;
 
 use shardjob_agent::JobSpec;
 use shardjob_agent::kinds::ScriptJob;
-use shardjob_examples::{builder_from_env, init_logging, shutdown_signal};
+use shardjob_examples::{builder_from_env, exit, init_logging, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     init_logging();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("script_job: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit("script_job", run().await)
 }
 
 async fn run() -> Result<(), String> {

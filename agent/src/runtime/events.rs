@@ -452,6 +452,7 @@ impl Core {
         let marker = entry.config.failover.then(|| MarkerSink {
             client: self.client.clone(),
             keys: self.cfg.keys.clone(),
+            timeout: super::txn::txn_timeout(self.cfg.ttl),
         });
         let req = ExecRequest {
             marker,

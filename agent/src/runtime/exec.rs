@@ -15,6 +15,8 @@ use crate::job::{DynJob, JobError, ShardContext};
 pub(crate) struct MarkerSink {
     pub client: etcd_client::Client,
     pub keys: shardjob_coordinator::keys::Keys,
+    /// Limit of one marker write.
+    pub timeout: Duration,
 }
 
 /// Everything an execution needs.
@@ -77,12 +79,16 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
             }
         }
         if let (Some(sink), Some(rev)) = (&req.marker, marker) {
-            let ctx = &req.ctx;
-            if let Err(e) =
-                super::txn::delete_marker(&sink.client, &sink.keys, &ctx.job, ctx.shard, rev).await
-            {
-                warn!(error = %e, "the running marker stays; the next owner will re-run this fire");
-            }
+            // In the background: a delete stuck on a broken connection must not keep the shard
+            // "running" (and its next fires waiting). It is guarded by the marker's revision, so
+            // it can never remove a later execution's marker.
+            let (client, keys, limit) = (sink.client.clone(), sink.keys.clone(), sink.timeout);
+            let (job, shard) = (req.ctx.job.clone(), req.ctx.shard);
+            tokio::spawn(async move {
+                if let Err(e) = super::txn::delete_marker(&client, &keys, &job, shard, rev, limit).await {
+                    warn!(job, shard, error = %e, "the running marker stays; the next owner will re-run this fire");
+                }
+            });
         }
         finish(&req, start, outcome)
     }
@@ -98,7 +104,15 @@ async fn mark(sink: &MarkerSink, req: &ExecRequest) -> Result<Option<i64>, Strin
         fire_time: ctx.fire_time,
         token: ctx.token,
     };
-    super::txn::put_marker(&sink.client, &sink.keys, &ctx.job, ctx.shard, &marker).await
+    super::txn::put_marker(
+        &sink.client,
+        &sink.keys,
+        &ctx.job,
+        ctx.shard,
+        &marker,
+        sink.timeout,
+    )
+    .await
 }
 
 async fn acquire(

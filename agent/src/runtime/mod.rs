@@ -460,6 +460,7 @@ impl Core {
             self.lease,
             self.tx.clone(),
         );
+        let limit = txn::txn_timeout(self.cfg.ttl);
         match decision {
             Decision::Claim {
                 shards,
@@ -477,6 +478,7 @@ impl Core {
                             generation,
                             instance: &id,
                             lease,
+                            timeout: limit,
                         };
                         let span =
                             info_span!("claim", job = %job, shards = shards.len(), generation);
@@ -499,7 +501,7 @@ impl Core {
                 tokio::spawn(
                     async move {
                         let span = info_span!("release", job = %job, shard, token);
-                        match txn::release(&client, &keys, &job, shard, token, last_fire)
+                        match txn::release(&client, &keys, &job, shard, token, last_fire, limit)
                             .instrument(span)
                             .await
                         {
@@ -564,6 +566,7 @@ impl Core {
             id: &self.cfg.id,
             lease: self.lease,
         };
+        let limit = txn::txn_timeout(self.cfg.ttl);
         let held: Vec<(String, u32, i64)> = self
             .tables
             .iter()
@@ -577,7 +580,7 @@ impl Core {
             let last_fire = self.jobs.get(&job).and_then(|j| j.cursor_value(shard));
             let (client, keys) = (&self.client, &self.cfg.keys);
             let released = retry("releasing at shutdown", || {
-                txn::release(client, keys, &job, shard, token, last_fire)
+                txn::release(client, keys, &job, shard, token, last_fire, limit)
             })
             .await;
             if let Err(e) = released {

@@ -27,7 +27,12 @@ use tokio::time::timeout;
 /// Shards per claim txn: 4 ops each within etcd's default 128 ops per txn.
 pub(crate) const CLAIM_CHUNK: usize = 32;
 const OPS_PER_SHARD: usize = 4;
-const TXN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one ownership write may take: at most 5 s, and never more than the lease TTL, so a
+/// request stuck on a broken connection is retried within one lease rather than after several.
+pub(crate) fn txn_timeout(ttl: Duration) -> Duration {
+    ttl.min(Duration::from_secs(5))
+}
 
 /// How claiming one shard went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +58,7 @@ pub(crate) struct ClaimRequest<'a> {
     pub generation: u64,
     pub instance: &'a InstanceId,
     pub lease: i64,
+    pub timeout: Duration,
 }
 
 pub(crate) async fn claim(
@@ -115,9 +121,9 @@ async fn claim_batch(
         ));
     }
     let txn = Txn::new().when(compares).and_then(ops);
-    let resp = timeout(TXN_TIMEOUT, client.clone().txn(txn))
+    let resp = timeout(req.timeout, client.clone().txn(txn))
         .await
-        .map_err(|_| "claim: no answer within 5s".to_owned())?
+        .map_err(|_| format!("claim: no answer within {:?}", req.timeout))?
         .map_err(|e| format!("claim: {e}"))?;
     if !resp.succeeded() {
         return Ok(None);
@@ -162,6 +168,7 @@ pub(crate) async fn put_marker(
     job: &str,
     shard: u32,
     marker: &Running,
+    limit: Duration,
 ) -> Result<Option<i64>, String> {
     let value = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
     let txn = Txn::new()
@@ -171,9 +178,9 @@ pub(crate) async fn put_marker(
             marker.token,
         )])
         .and_then(vec![TxnOp::put(keys.running(job, shard), value, None)]);
-    let resp = timeout(TXN_TIMEOUT, client.clone().txn(txn))
+    let resp = timeout(limit, client.clone().txn(txn))
         .await
-        .map_err(|_| "marker: no answer within 5s".to_owned())?
+        .map_err(|_| format!("marker: no answer within {limit:?}"))?
         .map_err(|e| format!("marker: {e}"))?;
     Ok(resp
         .succeeded()
@@ -187,6 +194,7 @@ pub(crate) async fn delete_marker(
     job: &str,
     shard: u32,
     revision: i64,
+    limit: Duration,
 ) -> Result<(), String> {
     let key = keys.running(job, shard);
     let txn = Txn::new()
@@ -196,9 +204,9 @@ pub(crate) async fn delete_marker(
             revision,
         )])
         .and_then(vec![TxnOp::delete(key, None)]);
-    timeout(TXN_TIMEOUT, client.clone().txn(txn))
+    timeout(limit, client.clone().txn(txn))
         .await
-        .map_err(|_| "marker delete: no answer within 5s".to_owned())?
+        .map_err(|_| format!("marker delete: no answer within {limit:?}"))?
         .map_err(|e| format!("marker delete: {e}"))?;
     Ok(())
 }
@@ -212,6 +220,7 @@ pub(crate) async fn release(
     shard: u32,
     token: i64,
     last_fire: Option<DateTime<Utc>>,
+    limit: Duration,
 ) -> Result<bool, String> {
     let cursor = serde_json::to_vec(&Cursor {
         last_fire,
@@ -229,9 +238,9 @@ pub(crate) async fn release(
             TxnOp::delete(key, None),
             TxnOp::put(keys.cursor(job, shard), cursor, None),
         ]);
-    let resp = timeout(TXN_TIMEOUT, client.clone().txn(txn))
+    let resp = timeout(limit, client.clone().txn(txn))
         .await
-        .map_err(|_| "release: no answer within 5s".to_owned())?
+        .map_err(|_| format!("release: no answer within {limit:?}"))?
         .map_err(|e| format!("release: {e}"))?;
     Ok(resp.succeeded())
 }

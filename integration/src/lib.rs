@@ -6,6 +6,7 @@
 //! `bench-*` binaries in `src/bin/`.
 
 pub mod agents;
+pub mod benchkit;
 pub mod campaign;
 pub mod certs;
 pub mod checker;

@@ -76,9 +76,13 @@ impl AgentProc {
         self.signal(Signal::SIGCONT)
     }
 
-    /// SIGTERM (graceful shutdown) and wait up to `limit` for the exit; SIGKILL after that.
-    pub fn stop(&mut self, limit: Duration) -> Result<(), String> {
-        self.signal(Signal::SIGTERM)?;
+    /// SIGTERM: ask for a graceful shutdown, without waiting.
+    pub fn terminate(&self) -> Result<(), String> {
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Waits up to `limit` for the process to exit; SIGKILL after that.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         while let Some(c) = self.child.as_mut() {
             if let Ok(Some(_)) = c.try_wait() {
@@ -93,6 +97,12 @@ impl AgentProc {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// SIGTERM (graceful shutdown) and wait up to `limit` for the exit; SIGKILL after that.
+    pub fn stop(&mut self, limit: Duration) -> Result<(), String> {
+        self.terminate()?;
+        self.wait_exit(limit)
     }
 }
 

@@ -1,0 +1,202 @@
+//! Shared pieces of the process benchmarks: a namespace of `quickstart` agent processes, waiting
+//! for convergence, watching owner keys, reading the execution log, and percentiles.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardjob_agent::execlog::ExecRecord;
+use shardjob_coordinator::connect::{ConnectConfig, connect};
+use shardjob_coordinator::keys::{KeyKind, Keys};
+use shardjob_coordinator::model::Owner;
+use shardjob_coordinator::view::ClusterView;
+use shardjob_coordinator::watch::{PrefixWatcher, WatchEvent};
+use tokio::time::{Instant, sleep};
+
+use crate::EtcdCluster;
+use crate::campaign::AgentProc;
+
+/// The job every benchmark agent runs.
+pub const JOB: &str = "bench";
+
+/// `quickstart` agents sharing one job in one namespace.
+pub struct Fleet {
+    pub agents: Vec<AgentProc>,
+    pub keys: Keys,
+    pub client: etcd_client::Client,
+    pub exec_log: PathBuf,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Starts `n` agents of a `shards`-shard job firing every second, lease `ttl`.
+    pub async fn start(
+        etcd: &EtcdCluster,
+        bin: &Path,
+        dir: &Path,
+        ns: &str,
+        n: usize,
+        shards: u32,
+        ttl: Duration,
+    ) -> Result<Self, String> {
+        let exec_log = dir.join(format!("{ns}.log"));
+        let envs = vec![
+            ("SHARDJOB_ENDPOINTS".to_owned(), etcd.endpoints().join(",")),
+            ("SHARDJOB_NAMESPACE".to_owned(), ns.to_owned()),
+            ("SHARDJOB_TTL".to_owned(), ttl.as_secs().to_string()),
+            (
+                "SHARDJOB_EXEC_LOG".to_owned(),
+                exec_log.display().to_string(),
+            ),
+            ("SHARDJOB_SHARDS".to_owned(), shards.to_string()),
+            ("SHARDJOB_JOB".to_owned(), JOB.to_owned()),
+        ];
+        let mut agents = Vec::new();
+        for i in 0..n {
+            let mut a = AgentProc::new(&format!("{ns}-{i}"), bin, envs.clone(), dir);
+            a.start()?;
+            agents.push(a);
+        }
+        let client = connect(&ConnectConfig {
+            endpoints: etcd.endpoints(),
+            ..ConnectConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let keys = Keys::new(ns).map_err(|e| e.to_string())?;
+        Ok(Self {
+            agents,
+            keys,
+            client,
+            exec_log,
+        })
+    }
+
+    /// Waits until `instances` agents are registered and the job is converged (polls: the
+    /// benchmark driver has no better event for "everything settled").
+    pub async fn converged(&self, instances: usize) -> Result<ClusterView, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(v) = ClusterView::load(&self.client, &self.keys).await {
+                let ok = v
+                    .jobs
+                    .get(JOB)
+                    .is_some_and(|j| j.converged() && j.assigned() > 0);
+                if ok && v.instances.len() == instances {
+                    return Ok(v);
+                }
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        Err("the fleet did not converge within 60 s".into())
+    }
+
+    /// A watcher of the job's owner keys from now on.
+    pub fn owner_watch(&self) -> PrefixWatcher {
+        PrefixWatcher::new(&self.client, self.keys.owners_prefix(JOB))
+    }
+
+    /// Shard → owning instance, from a view.
+    pub fn owners(view: &ClusterView) -> BTreeMap<u32, String> {
+        view.jobs
+            .get(JOB)
+            .map(|j| {
+                j.owners
+                    .iter()
+                    .map(|(s, o)| (*s, o.owner.instance.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The next owner-key event: `(shard, Some(instance))` for a put, `(shard, None)` for a delete.
+    pub async fn next_owner_event(
+        &self,
+        watcher: &mut PrefixWatcher,
+    ) -> Result<Vec<(u32, Option<String>)>, String> {
+        let ev = watcher.next().await.map_err(|e| e.to_string())?;
+        let parse = |key: &[u8]| match self.keys.parse(&String::from_utf8_lossy(key)) {
+            Some(KeyKind::Owner { shard, .. }) => Some(shard),
+            _ => None,
+        };
+        Ok(match ev {
+            WatchEvent::Restarted { kvs, .. } => kvs
+                .iter()
+                .filter_map(|kv| {
+                    let o: Owner = serde_json::from_slice(kv.value()).ok()?;
+                    Some((parse(kv.key())?, Some(o.instance.to_string())))
+                })
+                .collect(),
+            WatchEvent::Put(kv) => {
+                let o: Option<Owner> = serde_json::from_slice(kv.value()).ok();
+                parse(kv.key())
+                    .map(|s| (s, o.map(|o| o.instance.to_string())))
+                    .into_iter()
+                    .collect()
+            }
+            WatchEvent::Delete { kv, .. } => {
+                parse(kv.key()).map(|s| (s, None)).into_iter().collect()
+            }
+        })
+    }
+
+    /// Every complete line of the execution log so far.
+    pub fn records(&self) -> Vec<ExecRecord> {
+        std::fs::read_to_string(&self.exec_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| ExecRecord::from_json(l).ok())
+            .collect()
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `values` in seconds (nearest rank), 0 when empty.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// The `quickstart` binary next to the running benchmark (same profile), or an explicit path.
+pub fn agent_bin(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+    let bin = explicit.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("quickstart")))
+            .unwrap_or_else(|| PathBuf::from("quickstart"))
+    });
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it with `cargo build --release -p shardjob-examples --bin quickstart` or pass --agent-bin",
+            bin.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}

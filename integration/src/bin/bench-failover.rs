@@ -1,0 +1,159 @@
+//! bench-failover: how long a SIGKILLed agent's shards stay unowned, and until they run again.
+//!
+//! 4 `quickstart` agent processes share a 32-shard job firing every second. Per trial one agent
+//! is SIGKILLed (no hand-off, no revoke). Measured from the kill, as seen by this process:
+//! - ownership gap: until the last of the victim's shards has a new owner key (watch events);
+//! - run gap: until the last of them has started a run elsewhere (execution log).
+//!
+//! Then the victim is restarted and the fleet re-converges. Ends with, per TTL:
+//! `bench=failover ttl=2 trials=20 gap_p50=.. gap_p99=.. gap_max=.. run_gap_p99=..` (seconds).
+//!
+//! Usage: `bench-failover [--trials-2 20] [--trials-10 5] [--shards 32] [--agent-bin PATH]`
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+use shardjob_integration::EtcdCluster;
+use shardjob_integration::benchkit::{Fleet, agent_bin, percentile};
+use tokio::time::{Instant, timeout};
+
+fn main() -> ExitCode {
+    let mut trials = [(2u64, 20usize), (10, 5)];
+    let mut shards = 32u32;
+    let mut bin = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_default();
+        let parsed = match flag.as_str() {
+            "--trials-2" => v.parse().map(|n| trials[0].1 = n).is_ok(),
+            "--trials-10" => v.parse().map(|n| trials[1].1 = n).is_ok(),
+            "--shards" => v.parse().map(|n| shards = n).is_ok(),
+            "--agent-bin" => {
+                bin = Some(v.clone().into());
+                true
+            }
+            _ => false,
+        };
+        if !parsed {
+            eprintln!("bench-failover: bad flag {flag} {v}");
+            return ExitCode::from(2);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench-failover: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let bin = agent_bin(bin)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
+        let mut lines = Vec::new();
+        for (ttl, n) in trials.into_iter().filter(|(_, n)| *n > 0) {
+            lines.push(run(&etcd, &bin, dir.path(), ttl, n, shards).await?);
+        }
+        Ok::<_, String>(lines)
+    });
+    match result {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench-failover: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    etcd: &EtcdCluster,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    ttl: u64,
+    trials: usize,
+    shards: u32,
+) -> Result<String, String> {
+    let ttl_d = Duration::from_secs(ttl);
+    let mut fleet =
+        Fleet::start(etcd, bin, dir, &format!("failover{ttl}"), 4, shards, ttl_d).await?;
+    let (mut gaps, mut run_gaps) = (Vec::new(), Vec::new());
+    for trial in 0..trials {
+        let view = fleet.converged(4).await?;
+        let victim = trial % fleet.agents.len();
+        let id = fleet.agents[victim].id.clone();
+        let mine: BTreeSet<u32> = Fleet::owners(&view)
+            .into_iter()
+            .filter(|(_, o)| *o == id)
+            .map(|(s, _)| s)
+            .collect();
+        let mut watcher = fleet.owner_watch();
+        fleet.next_owner_event(&mut watcher).await?; // the initial listing
+        let (killed, killed_utc) = (Instant::now(), Utc::now());
+        fleet.agents[victim].kill();
+        let mut moved = BTreeSet::new();
+        timeout(ttl_d * 3 + Duration::from_secs(10), async {
+            while moved.len() < mine.len() {
+                for (shard, owner) in fleet.next_owner_event(&mut watcher).await? {
+                    if mine.contains(&shard) && owner.as_ref().is_some_and(|o| *o != id) {
+                        moved.insert(shard);
+                    }
+                }
+            }
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|_| format!("trial {trial}: shards of {id} were not taken over"))??;
+        gaps.push(killed.elapsed().as_secs_f64());
+        // Runs elsewhere: from the log (records are written at the end of each run).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let run_gap = loop {
+            let records = fleet.records();
+            let firsts: Vec<f64> = mine
+                .iter()
+                .filter_map(|s| {
+                    records
+                        .iter()
+                        .filter(|r| r.shard == *s && r.instance != id && r.start > killed_utc)
+                        .map(|r| (r.start - killed_utc).num_milliseconds() as f64 / 1000.0)
+                        .reduce(f64::min)
+                })
+                .collect();
+            if firsts.len() == mine.len() {
+                break firsts.into_iter().fold(0.0, f64::max);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("trial {trial}: moved shards did not run"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        run_gaps.push(run_gap);
+        eprintln!(
+            "bench-failover: ttl={ttl} trial={trial} moved={} gap={:.3} run_gap={run_gap:.3}",
+            mine.len(),
+            gaps[trial]
+        );
+        fleet.agents[victim].start()?;
+    }
+    fleet.converged(4).await?;
+    for a in &mut fleet.agents {
+        let _ = a.stop(Duration::from_secs(20));
+    }
+    Ok(format!(
+        "bench=failover ttl={ttl} trials={trials} gap_p50={:.3} gap_p99={:.3} gap_max={:.3} run_gap_p99={:.3}",
+        percentile(&gaps, 50.0),
+        percentile(&gaps, 99.0),
+        percentile(&gaps, 100.0),
+        percentile(&run_gaps, 99.0)
+    ))
+}

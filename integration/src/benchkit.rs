@@ -157,6 +157,32 @@ impl Fleet {
     }
 }
 
+/// The `main` of a process benchmark: runs `fut` on a 2-thread runtime, prints its summary lines,
+/// or its error (prefixed by `name`) with a failing exit code.
+pub fn run_main(
+    name: &str,
+    fut: impl Future<Output = Result<Vec<String>, String>>,
+) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(fut));
+    match result {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The `p`-th percentile (0..=100) of `values` in seconds (nearest rank), 0 when empty.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {

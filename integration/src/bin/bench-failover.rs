@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{Fleet, agent_bin, percentile};
+use shardjob_integration::benchkit::{Fleet, agent_bin, percentile, run_main};
 use tokio::time::{Instant, timeout};
 
 fn main() -> ExitCode {
@@ -41,18 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-failover: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = rt.block_on(async {
+    run_main("bench-failover", async move {
         let bin = agent_bin(bin)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
@@ -60,20 +49,8 @@ fn main() -> ExitCode {
         for (ttl, n) in trials.into_iter().filter(|(_, n)| *n > 0) {
             lines.push(run(&etcd, &bin, dir.path(), ttl, n, shards).await?);
         }
-        Ok::<_, String>(lines)
-    });
-    match result {
-        Ok(lines) => {
-            for l in lines {
-                println!("{l}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench-failover: {e}");
-            ExitCode::FAILURE
-        }
-    }
+        Ok(lines)
+    })
 }
 
 async fn run(

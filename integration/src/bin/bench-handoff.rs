@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{Fleet, agent_bin, percentile};
+use shardjob_integration::benchkit::{Fleet, agent_bin, percentile, run_main};
 use tokio::time::{Instant, timeout};
 
 fn main() -> ExitCode {
@@ -37,27 +37,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-handoff: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(bin, trials, shards)) {
-        Ok(line) => {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bench-handoff: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("bench-handoff", async move {
+        run(bin, trials, shards).await.map(|l| vec![l])
+    })
 }
 
 async fn run(

@@ -207,7 +207,8 @@ impl AgentBuilder {
         let keys = Keys::with_prefix(&self.prefix, &self.namespace)
             .map_err(|e| invalid("namespace", e.to_string()))?;
         let id = self.instance_id.clone().unwrap_or_else(default_instance_id);
-        validate_name("instance id", &id).map_err(|e| invalid("instance_id", e.to_string()))?;
+        let instance = shardjob_sharding::InstanceId::new(id.clone())
+            .map_err(|e| invalid("instance_id", e.to_string()))?;
         for (k, v) in &self.labels {
             validate_label(k, v).map_err(|e| invalid("label", e.to_string()))?;
         }
@@ -268,6 +269,7 @@ impl AgentBuilder {
         }
         let config = AgentConfig {
             id,
+            instance,
             keys,
             labels: self.labels,
             weight: self.weight,

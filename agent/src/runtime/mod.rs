@@ -48,6 +48,8 @@ use txn::ShardClaim;
 /// Everything the builder validated.
 pub(crate) struct AgentConfig {
     pub id: String,
+    /// `id`, validated.
+    pub instance: InstanceId,
     pub keys: Keys,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
@@ -128,8 +130,7 @@ impl Core {
         let crash = CancellationToken::new();
         let core = Core {
             client,
-            id: InstanceId::new(id.clone())
-                .unwrap_or_else(|_| unreachable!("validated by the builder")),
+            id: cfg.instance.clone(),
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             cfg: Arc::new(cfg),
             tx,

@@ -71,9 +71,13 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         return Err(ConnectError::NoEndpoint);
     }
     let endpoints = config.endpoints.join(",");
+    // require_leader: a member that has lost its raft leader answers at once with an error
+    // (which callers retry, possibly on another member) instead of holding the request until
+    // an election ends.
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(config.dial_timeout)
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_require_leader(true);
     let tls = config.ca.is_some() || config.cert.is_some();
     if tls {
         let mut t = TlsOptions::new();

@@ -134,6 +134,11 @@ impl PrefixWatcher {
                         if resp.compact_revision() > 0 {
                             warn!(prefix = %self.prefix, compacted = resp.compact_revision(), "watch compacted; re-listing");
                             self.state = State::List;
+                        } else if resp.cancel_reason().contains("no leader") {
+                            // The member lost its raft leader (clients connect with require_leader): transient;
+                            // resume from the last revision seen once there is a leader again.
+                            self.backoff(resp.cancel_reason(), State::Watch { from: last + 1 })
+                                .await;
                         } else {
                             return Err(WatchError::Canceled {
                                 prefix: self.prefix.clone(),

@@ -82,13 +82,13 @@ impl Core {
             WatchEvent::Put(kv) if stream == Stream::Triggers => self.on_trigger(&kv),
             WatchEvent::Delete { .. } if stream == Stream::Triggers => {}
             WatchEvent::Restarted { kvs, .. } => {
+                // A whole prefix was replaced: decide and publish everything once.
                 self.reset(stream);
                 for kv in &kvs {
-                    if let Some(job) = self.apply_put(stream, kv) {
-                        touched.push(job);
-                    }
+                    self.apply_put(stream, kv);
                 }
                 self.decide_all();
+                self.publish_status(|_| {});
             }
             WatchEvent::Put(kv) => touched.extend(self.apply_put(stream, &kv)),
             WatchEvent::Delete { kv, .. } => {
@@ -98,8 +98,8 @@ impl Core {
         for job in &touched {
             self.decide(job);
         }
-        if stream != Stream::Jobs {
-            self.publish_status(|_| {});
+        if stream != Stream::Jobs && !touched.is_empty() {
+            self.publish_owned(&touched);
         }
     }
 
@@ -358,7 +358,7 @@ impl Core {
         }
         metrics::counter!("shardjob_shard_claims_total").increment(1);
         self.decide(job);
-        self.publish_status(|_| {});
+        self.publish_owned(&[job.to_owned()]);
     }
 
     fn on_exec_done(&mut self, job: &str, shard: u32, lease: i64, fire: DateTime<Utc>) {

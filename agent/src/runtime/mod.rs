@@ -424,6 +424,28 @@ impl Core {
         });
     }
 
+    /// Refreshes the published shards of `jobs` only: an event about one job must not cost a
+    /// walk over every shard of every job (the full rebuild is `publish_status`).
+    fn publish_owned(&self, jobs: &[String]) {
+        let me = self.me();
+        self.status.send_modify(|s| {
+            for job in jobs {
+                let shards: Vec<u32> = self
+                    .tables
+                    .get(job)
+                    .map(|t| t.fireable(me).into_iter().map(|(shard, _)| shard).collect())
+                    .unwrap_or_default();
+                if shards.is_empty() {
+                    s.owned.remove(job);
+                } else {
+                    s.owned.insert(job.clone(), shards);
+                }
+            }
+            let count: usize = s.owned.values().map(Vec::len).sum();
+            metrics::gauge!("shardjob_owned_shards").set(count as f64);
+        });
+    }
+
     /// Decisions for every job (after a re-list, a new session, or the periodic re-check).
     fn decide_all(&mut self) {
         let jobs: Vec<String> = self.tables.keys().cloned().collect();

@@ -2,9 +2,9 @@
 //! recent at or before one. Time is passed in, never read.
 //!
 //! - cron: evaluated in the job's IANA time zone (the `cron` crate; seconds field required);
-//! - fixed interval: aligned to the Unix epoch (every 30 s fires at :00 and :30), so every agent
-//!   computes the same fire times and a new owner agrees with the old one about which fire is
-//!   which;
+//! - fixed interval: aligned to the Unix epoch plus the job's `offset` (every 30 s fires at :00
+//!   and :30; with offset 10s at :10 and :40), so every agent computes the same fire times and a
+//!   new owner agrees with the old one about which fire is which;
 //! - one-shot: once at its instant.
 
 use std::str::FromStr;
@@ -29,7 +29,8 @@ pub enum ScheduleError {
 #[derive(Debug, Clone)]
 pub enum FireSchedule {
     Cron(Box<cron::Schedule>, Tz),
-    Every(Duration),
+    /// Period and offset from the epoch (offset < period).
+    Every(Duration, Duration),
     At(DateTime<Utc>),
 }
 
@@ -47,8 +48,21 @@ impl FireSchedule {
                 Ok(Self::Cron(Box::new(parsed), tz))
             }
             Schedule::Every(d) if d.0.as_millis() == 0 => Err(ScheduleError::ZeroInterval),
-            Schedule::Every(d) => Ok(Self::Every(d.0)),
+            Schedule::Every(d) => Ok(Self::Every(d.0, Duration::ZERO)),
             Schedule::At(t) => Ok(Self::At(*t)),
+        }
+    }
+
+    /// Shifts an interval schedule by `offset` from the epoch (taken modulo the period); other
+    /// schedules are unchanged.
+    pub fn with_offset(self, offset: Duration) -> Self {
+        match self {
+            Self::Every(period, _) => {
+                let p = period.as_millis().max(1);
+                let off = offset.as_millis() % p;
+                Self::Every(period, Duration::from_millis(off as u64))
+            }
+            other => other,
         }
     }
 
@@ -59,11 +73,11 @@ impl FireSchedule {
                 .after(&t.with_timezone(tz))
                 .next()
                 .map(|f| f.with_timezone(&Utc)),
-            Self::Every(d) => {
-                let period = d.as_millis() as i64;
-                let ms = t.timestamp_millis();
+            Self::Every(d, off) => {
+                let (period, off) = (d.as_millis() as i64, off.as_millis() as i64);
+                let ms = t.timestamp_millis() - off;
                 let next = (ms.div_euclid(period) + 1).checked_mul(period)?;
-                Utc.timestamp_millis_opt(next).single()
+                Utc.timestamp_millis_opt(next.checked_add(off)?).single()
             }
             Self::At(at) => (*at > t).then_some(*at),
         }
@@ -79,13 +93,11 @@ impl FireSchedule {
                     .next_back()
                     .map(|f| f.with_timezone(&Utc))
             }
-            Self::Every(d) => {
-                let period = d.as_millis() as i64;
-                let start = t
-                    .timestamp_millis()
-                    .div_euclid(period)
-                    .checked_mul(period)?;
-                Utc.timestamp_millis_opt(start).single()
+            Self::Every(d, off) => {
+                let (period, off) = (d.as_millis() as i64, off.as_millis() as i64);
+                let ms = t.timestamp_millis() - off;
+                let start = ms.div_euclid(period).checked_mul(period)?;
+                Utc.timestamp_millis_opt(start.checked_add(off)?).single()
             }
             Self::At(at) => (*at <= t).then_some(*at),
         }
@@ -150,6 +162,48 @@ mod tests {
         assert_eq!(
             s.next_after(t("2026-07-10T00:00:00Z")),
             Some(t("2026-07-10T13:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn an_offset_shifts_every_fire_of_an_interval() {
+        let s = every("30s").with_offset(Duration::from_millis(10_250));
+        let table = [
+            // (at, next after, latest at or before)
+            (
+                "2026-11-21T10:00:00Z",
+                "2026-11-21T10:00:10.250Z",
+                "2026-11-21T09:59:40.250Z",
+            ),
+            (
+                "2026-11-21T10:00:10.250Z",
+                "2026-11-21T10:00:40.250Z",
+                "2026-11-21T10:00:10.250Z",
+            ),
+            (
+                "2026-11-21T10:00:39Z",
+                "2026-11-21T10:00:40.250Z",
+                "2026-11-21T10:00:10.250Z",
+            ),
+        ];
+        for (at, next, latest) in table {
+            assert_eq!(s.next_after(t(at)), Some(t(next)), "next after {at}");
+            assert_eq!(
+                s.latest_at_or_before(t(at)),
+                Some(t(latest)),
+                "latest at {at}"
+            );
+        }
+        // Taken modulo the period; cron and one-shot schedules ignore it.
+        let wrapped = every("30s").with_offset(Duration::from_secs(40));
+        assert_eq!(
+            wrapped.next_after(t("2026-11-21T10:00:00Z")),
+            Some(t("2026-11-21T10:00:10Z"))
+        );
+        let c = cron("0 * * * * *", "UTC").with_offset(Duration::from_secs(5));
+        assert_eq!(
+            c.next_after(t("2026-11-21T10:00:00Z")),
+            Some(t("2026-11-21T10:01:00Z"))
         );
     }
 

@@ -89,6 +89,13 @@ impl JobSpec {
         self
     }
 
+    /// Interval schedules: fire at this offset past each aligned interval (e.g. every 1 min at
+    /// :15), to spread jobs of the same interval. Must be shorter than the interval.
+    pub fn offset(mut self, offset: Duration) -> Self {
+        self.config.offset = Some(HumanDuration(offset));
+        self
+    }
+
     /// IANA time zone of the cron schedule.
     pub fn time_zone(mut self, tz: impl Into<String>) -> Self {
         self.config.time_zone = tz.into();

@@ -54,6 +54,10 @@ pub struct JobConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
     pub schedule: Schedule,
+    /// Interval schedules only: fire at `offset` past each aligned interval (every 1m with offset
+    /// 15s fires at :15 of every minute), to spread jobs with the same interval over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<HumanDuration>,
     /// IANA time zone of a cron schedule, e.g. `Europe/Berlin`.
     #[serde(default = "utc")]
     pub time_zone: String,
@@ -122,6 +126,7 @@ impl JobConfig {
         Self {
             handler: None,
             schedule,
+            offset: None,
             time_zone: utc(),
             total,
             shard_params: BTreeMap::new(),
@@ -204,6 +209,22 @@ impl JobConfig {
                 ));
             }
             Schedule::Every(_) | Schedule::At(_) => {}
+        }
+        match (&self.schedule, &self.offset) {
+            (_, None) => {}
+            (Schedule::Every(d), Some(off)) if off.0 >= d.0 => {
+                return Err(err(
+                    "offset",
+                    format!("{off} is not shorter than the interval {d}"),
+                ));
+            }
+            (Schedule::Every(_), Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(err(
+                    "offset",
+                    "only interval schedules (schedule.every) take an offset".into(),
+                ));
+            }
         }
         if let Some(s) = self.shard_params.keys().find(|s| **s >= self.total) {
             return Err(err(
@@ -320,6 +341,10 @@ mod tests {
         zero_timeout.timeout = Some("0s".parse().unwrap());
         let mut retries = cron("* * * * * *", 1);
         retries.max_retries = 1000;
+        let mut cron_offset = cron("* * * * * *", 1);
+        cron_offset.offset = Some("1s".parse().unwrap());
+        let mut long_offset = JobConfig::new(Schedule::Every("5s".parse().unwrap()), 1);
+        long_offset.offset = Some("5s".parse().unwrap());
         let table: Vec<(JobConfig, &str, &str)> = vec![
             (cron("* * * * * *", 0), "total", "0 is outside 1..=10000"),
             (cron("* * * * * *", 10_001), "total", "10001"),
@@ -339,6 +364,8 @@ mod tests {
             (handler, "handler", "handler name"),
             (zero_timeout, "timeout", "0s"),
             (retries, "max_retries", "1000"),
+            (cron_offset, "offset", "only interval schedules"),
+            (long_offset, "offset", "not shorter than the interval 5s"),
         ];
         for (config, field, reason) in table {
             let err = config.validate("orders").unwrap_err();

@@ -34,6 +34,8 @@ pub mod ownership;
 mod runtime;
 pub mod schedule;
 pub mod spec;
+#[doc(hidden)]
+pub mod testing;
 
 pub use builder::{AgentBuilder, AgentError};
 pub use handle::{AgentHandle, AgentStatus};

@@ -89,6 +89,13 @@ impl ShardTable {
             .collect()
     }
 
+    /// True when some owner key is mine (cheaper than `held(me).is_empty()`).
+    pub fn holds_any(&self, me: Me<'_>) -> bool {
+        self.owners
+            .values()
+            .any(|o| o.instance == me.id && o.lease == me.lease)
+    }
+
     /// What to do now. `may_claim` is false while shutting down or without a valid session.
     pub fn decide(&self, me: Me<'_>, may_claim: bool) -> Vec<Decision> {
         let mut out = Vec::new();

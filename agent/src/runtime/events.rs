@@ -17,7 +17,7 @@ use super::state::JobEntry;
 use super::txn::ShardClaim;
 use super::{Core, Event, Stream};
 use crate::job::ShardContext;
-use crate::ownership::SeenOwner;
+use crate::ownership::{SeenOwner, ShardTable};
 use crate::schedule::FireSchedule;
 use shardjob_coordinator::watch::WatchEvent;
 
@@ -31,6 +31,14 @@ pub(super) enum RunKind {
     Failover,
     /// Asked for through `triggers/<job>`.
     Trigger,
+}
+
+/// True when `table`'s assignment gives `me` any shard.
+fn mentions(table: &ShardTable, me: &str) -> bool {
+    table
+        .assignment
+        .as_ref()
+        .is_some_and(|(r, _)| r.instances.iter().any(|i| i.as_str() == me))
 }
 
 fn key_of(kv: &KeyValue) -> String {
@@ -48,6 +56,9 @@ impl Core {
             } => self.on_claimed(&job, lease, results),
             Event::Released { job, shard, lease } => {
                 if lease == self.lease {
+                    // A failed release leaves the key held and not releasing: the re-check
+                    // decides this job again (a successful one makes that a no-op).
+                    self.retry.insert(job.clone());
                     if let Some(t) = self.tables.get_mut(&job) {
                         t.releasing.remove(&shard);
                     }
@@ -186,14 +197,15 @@ impl Core {
                 Some(job)
             }
             (Stream::Assignments, KeyKind::Assignment(job)) => {
+                let me = self.cfg.id.as_str();
+                let table = self.tables.entry(job.clone()).or_default();
+                let before = mentions(table, me);
                 match decode::<AssignmentRecord>(&key, "assignment", kv.value()) {
-                    Ok(r) => {
-                        self.tables.entry(job.clone()).or_default().assignment =
-                            Some((r, kv.mod_revision()))
-                    }
+                    Ok(r) => table.assignment = Some((r, kv.mod_revision())),
                     Err(e) => warn!(error = %e, "skipping an assignment that does not decode"),
                 }
-                Some(job)
+                // Another instance's change cannot change what this one does: skip deciding.
+                (before || mentions(table, me)).then_some(job)
             }
             (Stream::Owners, KeyKind::Owner { job, shard }) => {
                 // An owner key that does not decode still holds the shard: nobody may claim over
@@ -206,12 +218,13 @@ impl Core {
                     token: kv.create_revision(),
                     lease: kv.lease(),
                 };
-                self.tables
-                    .entry(job.clone())
-                    .or_default()
-                    .owners
-                    .insert(shard, seen);
-                Some(job)
+                let me = self.cfg.id.as_str();
+                let table = self.tables.entry(job.clone()).or_default();
+                let relevant = seen.instance == me
+                    || table.assigned_to(shard, me)
+                    || table.owners.get(&shard).is_some_and(|o| o.instance == me);
+                table.owners.insert(shard, seen);
+                relevant.then_some(job)
             }
             _ => None,
         }
@@ -224,16 +237,19 @@ impl Core {
                 Some(job)
             }
             (Stream::Assignments, KeyKind::Assignment(job)) => {
-                if let Some(t) = self.tables.get_mut(&job) {
-                    t.assignment = None;
-                }
-                Some(job)
+                let t = self.tables.get_mut(&job)?;
+                let before = mentions(t, &self.cfg.id);
+                t.assignment = None;
+                before.then_some(job)
             }
             (Stream::Owners, KeyKind::Owner { job, shard }) => {
-                if let Some(t) = self.tables.get_mut(&job) {
-                    t.owners.remove(&shard);
-                }
-                Some(job)
+                let t = self.tables.get_mut(&job)?;
+                let relevant = t.assigned_to(shard, &self.cfg.id)
+                    || t.owners
+                        .get(&shard)
+                        .is_some_and(|o| o.instance == self.cfg.id);
+                t.owners.remove(&shard);
+                relevant.then_some(job)
             }
             _ => None,
         }
@@ -351,7 +367,8 @@ impl Core {
                     }
                     ShardClaim::Lost => {}
                     ShardClaim::Failed(e) => {
-                        warn!(job, shard, error = %e, "claim failed; retrying")
+                        warn!(job, shard, error = %e, "claim failed; retrying");
+                        self.retry.insert(job.to_owned());
                     }
                 }
             }
@@ -400,13 +417,15 @@ impl Core {
             let Some(entry) = self.jobs.get(&f.job).filter(|e| e.version == f.version) else {
                 continue; // the job was removed or rescheduled
             };
-            let now_utc = Utc::now();
+            // Both clocks read together: pairing this fire's wall time with the instant read
+            // before the burst would schedule the next fire early by the time the burst took.
+            let (mono, now_utc) = (Instant::now(), Utc::now());
             let lateness = (now_utc - f.fire_time).to_std().unwrap_or_default();
             metrics::histogram!("shardjob_fire_lateness_seconds").record(lateness.as_secs_f64());
             metrics::counter!("shardjob_fires_total").increment(1);
             if let Some(next) = entry.schedule.next_after(f.fire_time) {
                 self.heap
-                    .push(instant_of(next, now, now_utc), &f.job, f.version, next);
+                    .push(instant_of(next, mono, now_utc), &f.job, f.version, next);
             }
             if entry.config.disabled || self.stopping.is_some() {
                 continue;

@@ -19,7 +19,7 @@ mod lead;
 mod state;
 pub(crate) mod txn;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +126,8 @@ pub(crate) struct Core {
     fenced_lease: Option<i64>,
     /// A job that still held shards at the last `drained` check.
     drain_hint: Option<String>,
+    /// Jobs to decide again at the next re-check (see `recheck`).
+    retry: HashSet<String>,
 }
 
 impl Core {
@@ -174,6 +176,7 @@ impl Core {
             triggers_seen: BTreeMap::new(),
             fenced_lease: None,
             drain_hint: None,
+            retry: HashSet::new(),
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -248,7 +251,7 @@ impl Core {
                     None => break,
                 },
                 _ = sleep_until(next_fire.unwrap_or_else(Instant::now)), if next_fire.is_some() => self.fire_due(),
-                _ = recheck.tick() => self.decide_all(),
+                _ = recheck.tick() => self.recheck(),
                 _ = sleep_until(self.stopping.unwrap_or_else(Instant::now)), if self.stopping.is_some() => {
                     warn!("shutdown timeout: cancelling what still runs");
                     break;
@@ -494,12 +497,22 @@ impl Core {
         }
     }
 
+    /// The periodic re-check: decides again only the jobs whose last decision could not be
+    /// carried out (a claim deferred for lack of lease proof, a failed claim or release). A walk
+    /// over every job each second would stall fires for milliseconds at 10k jobs.
+    fn recheck(&mut self) {
+        let jobs: Vec<String> = self.retry.drain().collect();
+        for job in jobs {
+            self.decide(&job);
+        }
+    }
+
     fn decide(&mut self, job: &str) {
         if self.lease == 0 {
             return;
         }
-        let may_claim =
-            self.stopping.is_none() && self.session_valid() && self.jobs.contains_key(job);
+        let may_claim = self.stopping.is_none() && self.jobs.contains_key(job);
+        let proven = self.session_valid();
         let me = Me {
             id: &self.cfg.id,
             lease: self.lease,
@@ -509,6 +522,11 @@ impl Core {
         };
         let decisions = table.decide(me, may_claim);
         for d in decisions {
+            if !proven && matches!(d, Decision::Claim { .. }) {
+                // Not now: the lease is not proven long enough. Try again at the re-check.
+                self.retry.insert(job.to_owned());
+                continue;
+            }
             self.carry_out(job, d);
         }
     }

@@ -304,6 +304,14 @@ impl EtcdCluster {
         format!("{scheme}://127.0.0.1:{}", self.client_port(i))
     }
 
+    /// The value of Prometheus metric `name` on member `i` (summed over its series), read from
+    /// its metrics endpoint; `None` when the member does not answer or has no such metric.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let port = self.members.get(i)?.metrics_port;
+        let text = crate::health::get(port, "/metrics").ok()?;
+        crate::health::metric_sum(&text, name)
+    }
+
     /// URL of member `i`'s plain-HTTP metrics endpoint (`/metrics`, `/health`).
     pub fn metrics_url(&self, i: usize) -> String {
         format!(

@@ -83,6 +83,22 @@ impl FireSchedule {
         }
     }
 
+    /// The fire to schedule after `fired` ran (late) at `now`: the next one after `fired`, or,
+    /// when that one is already past too (the agent fell a whole interval behind: a stall, an
+    /// overload), the first one after `now`, with `true` for "fires in between were coalesced
+    /// into this run". Replaying every missed fire instead would keep an overloaded agent
+    /// behind for good.
+    pub fn following(
+        &self,
+        fired: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (Option<DateTime<Utc>>, bool) {
+        match self.next_after(fired) {
+            Some(next) if next <= now => (self.next_after(now), true),
+            next => (next, false),
+        }
+    }
+
     /// The most recent fire at or before `t`, if any.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
@@ -162,6 +178,32 @@ mod tests {
         assert_eq!(
             s.next_after(t("2026-07-10T00:00:00Z")),
             Some(t("2026-07-10T13:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_fire_run_more_than_an_interval_late_skips_to_the_first_fire_after_now() {
+        let s = every("1s");
+        let fired = t("2026-11-21T10:00:00Z");
+        // On time or less than an interval late: the next fire follows it.
+        assert_eq!(
+            s.following(fired, t("2026-11-21T10:00:00.900Z")),
+            (Some(t("2026-11-21T10:00:01Z")), false)
+        );
+        // Exactly at the next fire: that one is due now, coalesced into this late run.
+        assert_eq!(
+            s.following(fired, t("2026-11-21T10:00:01Z")),
+            (Some(t("2026-11-21T10:00:02Z")), true)
+        );
+        // 80 s behind: not 80 replays, the next fire after now.
+        assert_eq!(
+            s.following(fired, t("2026-11-21T10:01:20.300Z")),
+            (Some(t("2026-11-21T10:01:21Z")), true)
+        );
+        let once = FireSchedule::new(&Schedule::At(fired), "UTC").unwrap();
+        assert_eq!(
+            once.following(fired, t("2026-11-21T10:05:00Z")),
+            (None, false)
         );
     }
 

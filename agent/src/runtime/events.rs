@@ -413,6 +413,7 @@ impl Core {
     /// Fires every due entry of the heap.
     pub(super) fn fire_due(&mut self) {
         let now = Instant::now();
+        let mut coalesced = 0u64;
         while let Some(f) = self.heap.pop_due(now) {
             let Some(entry) = self.jobs.get(&f.job).filter(|e| e.version == f.version) else {
                 continue; // the job was removed or rescheduled
@@ -423,7 +424,9 @@ impl Core {
             let lateness = (now_utc - f.fire_time).to_std().unwrap_or_default();
             metrics::histogram!("shardjob_fire_lateness_seconds").record(lateness.as_secs_f64());
             metrics::counter!("shardjob_fires_total").increment(1);
-            if let Some(next) = entry.schedule.next_after(f.fire_time) {
+            let (next, skipped) = entry.schedule.following(f.fire_time, now_utc);
+            coalesced += u64::from(skipped);
+            if let Some(next) = next {
                 self.heap
                     .push(instant_of(next, mono, now_utc), &f.job, f.version, next);
             }
@@ -439,6 +442,13 @@ impl Core {
             for (shard, token) in shards {
                 self.start_or_queue(&f.job, shard, token, f.fire_time, RunKind::OnTime);
             }
+        }
+        if coalesced > 0 {
+            metrics::counter!("shardjob_fires_coalesced_total").increment(coalesced);
+            warn!(
+                jobs = coalesced,
+                "the scheduler fell a whole interval behind; fires older than now were coalesced into the late run"
+            );
         }
     }
 

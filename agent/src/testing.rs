@@ -60,3 +60,17 @@ pub async fn claim_parts(
         })
         .collect()
 }
+
+/// Runs the batched release txn for `items` (`(job, shard, token)`, no `last_fire`) and returns
+/// each item's result: `Ok(true)` released, `Ok(false)` no longer held with that token.
+pub async fn release_shards(
+    client: &Client,
+    keys: &Keys,
+    items: &[(&str, u32, i64)],
+) -> Vec<Result<bool, String>> {
+    let items: Vec<crate::runtime::txn::ReleaseItem> = items
+        .iter()
+        .map(|(job, shard, token)| ((*job).to_owned(), *shard, *token, None))
+        .collect();
+    crate::runtime::txn::release_many(client, keys, &items, Duration::from_secs(5)).await
+}

@@ -1,8 +1,8 @@
-//! The batched claim txn against real etcd: jobs packed into one txn get one token, and a
-//! part that cannot be claimed does not block the others packed with it.
+//! The batched claim and release txns against real etcd: jobs packed into one txn get one
+//! token, and a part that cannot be claimed or released does not block the others packed with it.
 #![allow(clippy::unwrap_used)]
 
-use shardjob_agent::testing::{Claimed, claim_parts};
+use shardjob_agent::testing::{Claimed, claim_parts, release_shards};
 use shardjob_coordinator::keys::Keys;
 use shardjob_integration::EtcdCluster;
 use shardjob_sharding::InstanceId;
@@ -84,4 +84,55 @@ async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() 
     )
     .await;
     assert_eq!(r[0], vec![(0, Claimed::Lost), (1, Claimed::Lost)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let keys = Keys::new("releases").unwrap();
+    let me = InstanceId::new("me").unwrap();
+    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let ra = put(&client, keys.assignment("a")).await;
+    let rb = put(&client, keys.assignment("b")).await;
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[("a", ra, 1, vec![0, 1]), ("b", rb, 1, vec![0])],
+    )
+    .await;
+    let t = token_of(&r[0], 0);
+    let exists = |job: &'static str, shard: u32| {
+        let (c, k) = (client.clone(), keys.owner(job, shard));
+        async move { !c.clone().get(k, None).await.unwrap().kvs().is_empty() }
+    };
+
+    // a/1 with a wrong token: the batch fails, then each alone; a/1 stays held.
+    let out = release_shards(&client, &keys, &[("a", 0, t), ("a", 1, t - 1), ("b", 0, t)]).await;
+    assert_eq!(out, vec![Ok(true), Ok(false), Ok(true)]);
+    assert!(!exists("a", 0).await && exists("a", 1).await && !exists("b", 0).await);
+    let cursor = client.clone().get(keys.cursor("b", 0), None).await.unwrap();
+    let cursor = std::str::from_utf8(cursor.kvs()[0].value())
+        .unwrap()
+        .to_owned();
+    assert!(cursor.contains(r#""released":true"#), "{cursor}");
+
+    // Released keys are free again: a packed claim of both wins.
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[("a", ra, 1, vec![0]), ("b", rb, 1, vec![0])],
+    )
+    .await;
+    let t2 = token_of(&r[0], 0);
+    assert_eq!(token_of(&r[1], 0), t2);
+    let out = release_shards(&client, &keys, &[("a", 0, t2), ("b", 0, t2), ("a", 1, t)]).await;
+    assert_eq!(out, vec![Ok(true), Ok(true), Ok(true)]);
+    assert!(!exists("a", 1).await);
 }

@@ -16,6 +16,7 @@ mod events;
 mod exec;
 mod fires;
 mod lead;
+mod releaser;
 mod state;
 pub(crate) mod txn;
 
@@ -45,6 +46,7 @@ use crate::ownership::{Decision, Me, ShardTable};
 use claimer::{ClaimWork, Claimer};
 use exec::MarkerSink;
 use fires::FireHeap;
+use releaser::{ReleaseWork, Releaser};
 use state::JobEntry;
 use txn::ShardClaim;
 
@@ -115,6 +117,8 @@ pub(crate) struct Core {
     markers: Arc<MarkerSink>,
     /// Claims go through the claimer, which packs many jobs into one txn.
     claims: mpsc::UnboundedSender<ClaimWork>,
+    /// Releases go through the releaser, which packs many shards into one txn.
+    releases: mpsc::UnboundedSender<ReleaseWork>,
     leader: Option<(CancellationToken, JoinHandle<()>)>,
     global_limit: Option<Arc<Semaphore>>,
     status: watch::Sender<AgentStatus>,
@@ -154,10 +158,18 @@ impl Core {
             events: tx.clone(),
         }
         .spawn();
+        let releases = Releaser {
+            client: client.clone(),
+            keys: cfg.keys.clone(),
+            timeout: txn::txn_timeout(cfg.ttl),
+            events: tx.clone(),
+        }
+        .spawn();
         let core = Core {
             client,
             markers,
             claims,
+            releases,
             id: cfg.instance.clone(),
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             cfg: Arc::new(cfg),
@@ -535,13 +547,7 @@ impl Core {
         let Some(table) = self.tables.get_mut(job) else {
             return;
         };
-        let (client, keys, lease, tx) = (
-            self.client.clone(),
-            self.cfg.keys.clone(),
-            self.lease,
-            self.tx.clone(),
-        );
-        let limit = txn::txn_timeout(self.cfg.ttl);
+        let lease = self.lease;
         match decision {
             Decision::Claim {
                 shards,
@@ -563,24 +569,9 @@ impl Core {
             Decision::Release { shard, token } => {
                 table.releasing.insert(shard);
                 let last_fire = self.jobs.get(job).and_then(|j| j.cursor_value(shard));
-                let job = job.to_owned();
-                tokio::spawn(
-                    async move {
-                        let span = info_span!("release", job = %job, shard, token);
-                        match txn::release(&client, &keys, &job, shard, token, last_fire, limit)
-                            .instrument(span)
-                            .await
-                        {
-                            Ok(true) => info!(job = %job, shard, "released"),
-                            Ok(false) => info!(job = %job, shard, "owner key already gone"),
-                            Err(e) => {
-                                warn!(job = %job, shard, error = %e, "release failed; retrying")
-                            }
-                        }
-                        let _ = tx.send(Event::Released { job, shard, lease }).await;
-                    }
-                    .in_current_span(),
-                );
+                let item = (job.to_owned(), shard, token, last_fire);
+                // Unbounded: the releaser lives as long as the core (never a lost release).
+                let _ = self.releases.send(ReleaseWork { lease, item });
             }
         }
     }
@@ -655,15 +646,25 @@ impl Core {
                     .map(move |(s, tok)| (job.clone(), s, tok))
             })
             .collect();
-        for (job, shard, token) in held {
-            let last_fire = self.jobs.get(&job).and_then(|j| j.cursor_value(shard));
+        let items: Vec<txn::ReleaseItem> = held
+            .into_iter()
+            .map(|(job, shard, token)| {
+                let last_fire = self.jobs.get(&job).and_then(|j| j.cursor_value(shard));
+                (job, shard, token, last_fire)
+            })
+            .collect();
+        for chunk in items.chunks(txn::RELEASE_CHUNK) {
             let (client, keys) = (&self.client, &self.cfg.keys);
-            let released = retry("releasing at shutdown", || {
-                txn::release(client, keys, &job, shard, token, last_fire, limit)
+            let released = retry("releasing at shutdown", || async {
+                let results = txn::release_many(client, keys, chunk, limit).await;
+                match results.into_iter().find_map(Result::err) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
             })
             .await;
             if let Err(e) = released {
-                warn!(job = %job, shard, error = %e, "release at shutdown failed; the lease's end frees it");
+                warn!(shards = chunk.len(), error = %e, "release at shutdown failed; the lease's end frees them");
             }
         }
         if let Some((stop, task)) = self.leader.take() {

@@ -9,7 +9,8 @@
 //! free).
 //!
 //! Release: `create_revision(owners/j/s) == token` → `delete owners/j/s; put cursors/j/s
-//! {"last_fire":..,"released":true}`.
+//! {"last_fire":..,"released":true}`; up to [`RELEASE_CHUNK`] shards per txn (all compares
+//! together), each alone if the batch fails.
 //!
 //! Running marker (failover jobs): before the handler runs, `create_revision(owners/j/s) ==
 //! token` → `put running/j/s`; after, `mod_revision(running/j/s) == that put's revision` →
@@ -287,6 +288,65 @@ pub(crate) async fn release(
             TxnOp::delete(key, None),
             TxnOp::put(keys.cursor(job, shard), cursor, None),
         ]);
+    let resp = timeout(limit, client.clone().txn(txn))
+        .await
+        .map_err(|_| format!("release: no answer within {limit:?}"))?
+        .map_err(|e| format!("release: {e}"))?;
+    Ok(resp.succeeded())
+}
+
+/// Shards per release txn: 2 ops each within etcd's default 128.
+pub(crate) const RELEASE_CHUNK: usize = 64;
+
+/// One shard to release: job, shard, token, the cursor's `last_fire`.
+pub(crate) type ReleaseItem = (String, u32, i64, Option<DateTime<Utc>>);
+
+/// Releases `items` (at most [`RELEASE_CHUNK`]) in one txn; if a token no longer matches, each
+/// alone. One result per item, in order, as [`release`] gives it.
+pub(crate) async fn release_many(
+    client: &Client,
+    keys: &Keys,
+    items: &[ReleaseItem],
+    limit: Duration,
+) -> Vec<Result<bool, String>> {
+    if items.len() > 1 {
+        match release_batch(client, keys, items, limit).await {
+            Ok(true) => return items.iter().map(|_| Ok(true)).collect(),
+            Ok(false) => {}
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (job, shard, token, last_fire) in items {
+        out.push(release(client, keys, job, *shard, *token, *last_fire, limit).await);
+    }
+    out
+}
+
+async fn release_batch(
+    client: &Client,
+    keys: &Keys,
+    items: &[ReleaseItem],
+    limit: Duration,
+) -> Result<bool, String> {
+    let mut compares = Vec::with_capacity(items.len());
+    let mut ops = Vec::with_capacity(items.len() * 2);
+    for (job, shard, token, last_fire) in items {
+        let cursor = serde_json::to_vec(&Cursor {
+            last_fire: *last_fire,
+            released: true,
+        })
+        .map_err(|e| e.to_string())?;
+        let key = keys.owner(job, *shard);
+        compares.push(Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            *token,
+        ));
+        ops.push(TxnOp::delete(key, None));
+        ops.push(TxnOp::put(keys.cursor(job, *shard), cursor, None));
+    }
+    let txn = Txn::new().when(compares).and_then(ops);
     let resp = timeout(limit, client.clone().txn(txn))
         .await
         .map_err(|_| format!("release: no answer within {limit:?}"))?

@@ -270,7 +270,10 @@ fn schedule_text(c: &JobConfig) -> String {
     match &c.schedule {
         Schedule::Cron(e) if c.time_zone == "UTC" => format!("cron {e}"),
         Schedule::Cron(e) => format!("cron {e} ({})", c.time_zone),
-        Schedule::Every(d) => format!("every {d}"),
+        Schedule::Every(d) => match c.offset {
+            Some(off) => format!("every {d} +{off}"),
+            None => format!("every {d}"),
+        },
         Schedule::At(t) => format!("at {}", t.to_rfc3339()),
     }
 }

@@ -1,11 +1,10 @@
 //! Packs the claims of many jobs into few txns, with a bounded number in flight.
 //!
 //! The core decides claims job by job; sent one txn each, a cold start of 10k jobs would be 10k
-//! txns and 10k tasks alive at once (each with its own client and request). The claimer takes
-//! the queued claims of one lease, packs them into txns of up to [`CLAIM_CHUNK`] shards, keeps
-//! at most [`IN_FLIGHT`] txns running, and reports each job's results to the core as
-//! `Event::Claimed`. While all txns are in flight, claims queue up, so batches fill when it
-//! matters and a lone claim still goes out at once.
+//! txns and 10k tasks alive at once (each with its own client and request). The claimer packs
+//! queued claims of one lease into txns of up to [`CLAIM_CHUNK`] shards, keeps at most
+//! [`IN_FLIGHT`] running (the loop is `batch::run_packed`), and reports each job's results to
+//! the core as `Event::Claimed`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,11 @@ use std::time::Duration;
 use etcd_client::Client;
 use shardjob_coordinator::keys::Keys;
 use shardjob_sharding::InstanceId;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{Instrument, info_span};
 
 use super::Event;
+use super::batch::{Packable, run_packed};
 use super::txn::{CLAIM_CHUNK, ClaimPart, Claimant, claim};
 
 /// Claim txns running at once.
@@ -27,6 +27,15 @@ pub(crate) const IN_FLIGHT: usize = 8;
 pub(crate) struct ClaimWork {
     pub lease: i64,
     pub part: ClaimPart,
+}
+
+impl Packable for ClaimWork {
+    fn lease(&self) -> i64 {
+        self.lease
+    }
+    fn size(&self) -> usize {
+        self.part.shards.len()
+    }
 }
 
 /// What every claim txn shares.
@@ -42,67 +51,35 @@ impl Claimer {
     /// Starts the claimer; it ends when the sender is dropped.
     pub(crate) fn spawn(self) -> mpsc::UnboundedSender<ClaimWork> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(self.run(rx).in_current_span());
+        let this = Arc::new(self);
+        let task = run_packed(rx, CLAIM_CHUNK, IN_FLIGHT, move |lease, works| {
+            let this = this.clone();
+            let shards: usize = works.iter().map(Packable::size).sum();
+            let span = info_span!("claim", jobs = works.len(), shards);
+            async move { this.claim(lease, works).await }.instrument(span)
+        });
+        tokio::spawn(task.in_current_span());
         tx
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<ClaimWork>) {
-        let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        let mut carry: Option<ClaimWork> = None;
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+    async fn claim(&self, lease: i64, works: Vec<ClaimWork>) {
+        let parts: Vec<ClaimPart> = works.into_iter().map(|w| w.part).collect();
+        let who = Claimant {
+            keys: &self.keys,
+            instance: &self.instance,
+            lease,
+            timeout: self.timeout,
+        };
+        let results = claim(&self.client, &who, &parts).await;
+        for (part, results) in parts.into_iter().zip(results) {
+            let ev = Event::Claimed {
+                job: part.job,
+                lease,
+                results,
+            };
+            if self.events.send(ev).await.is_err() {
                 return;
-            };
-            let first = match carry.take() {
-                Some(w) => w,
-                None => match rx.recv().await {
-                    Some(w) => w,
-                    None => return,
-                },
-            };
-            let lease = first.lease;
-            let mut shards = first.part.shards.len();
-            let mut parts = vec![first.part];
-            while shards < CLAIM_CHUNK {
-                match rx.try_recv() {
-                    Ok(w) if w.lease == lease && shards + w.part.shards.len() <= CLAIM_CHUNK => {
-                        shards += w.part.shards.len();
-                        parts.push(w.part);
-                    }
-                    Ok(w) => {
-                        carry = Some(w);
-                        break;
-                    }
-                    Err(_) => break,
-                }
             }
-            let this = this.clone();
-            let span = info_span!("claim", jobs = parts.len(), shards);
-            tokio::spawn(
-                async move {
-                    let who = Claimant {
-                        keys: &this.keys,
-                        instance: &this.instance,
-                        lease,
-                        timeout: this.timeout,
-                    };
-                    let results = claim(&this.client, &who, &parts).await;
-                    drop(permit);
-                    for (part, results) in parts.into_iter().zip(results) {
-                        let job = part.job;
-                        let ev = Event::Claimed {
-                            job,
-                            lease,
-                            results,
-                        };
-                        if this.events.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                .instrument(span),
-            );
         }
     }
 }

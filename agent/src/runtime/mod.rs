@@ -11,6 +11,7 @@
 //! lease are then someone else's (see [`crate::ownership`]): shards are claimed again only after
 //! those keys vanish with the old lease.
 
+mod batch;
 mod claimer;
 mod events;
 mod exec;

@@ -1,16 +1,18 @@
 //! Packs releases into few txns, with a bounded number in flight: the counterpart of the
-//! claimer. An agent handing over thousands of shards (a graceful shutdown, a drain, a big
-//! rebalance) would otherwise send one txn, and keep one task, per shard.
+//! claimer (the loop is `batch::run_packed`). An agent handing over thousands of shards (a
+//! graceful shutdown, a drain, a big rebalance) would otherwise send one txn, and keep one
+//! task, per shard.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
 use shardjob_coordinator::keys::Keys;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Event;
+use super::batch::{Packable, run_packed};
 use super::txn::{RELEASE_CHUNK, ReleaseItem, release_many};
 
 /// Release txns running at once.
@@ -21,6 +23,15 @@ const IN_FLIGHT: usize = 8;
 pub(crate) struct ReleaseWork {
     pub lease: i64,
     pub item: ReleaseItem,
+}
+
+impl Packable for ReleaseWork {
+    fn lease(&self) -> i64 {
+        self.lease
+    }
+    fn size(&self) -> usize {
+        1
+    }
 }
 
 /// What every release txn shares.
@@ -35,64 +46,33 @@ impl Releaser {
     /// Starts the releaser; it ends when the sender is dropped.
     pub(crate) fn spawn(self) -> mpsc::UnboundedSender<ReleaseWork> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(self.run(rx).in_current_span());
+        let this = Arc::new(self);
+        let task = run_packed(rx, RELEASE_CHUNK, IN_FLIGHT, move |lease, works| {
+            let this = this.clone();
+            let span = info_span!("release", shards = works.len());
+            async move { this.release(lease, works).await }.instrument(span)
+        });
+        tokio::spawn(task.in_current_span());
         tx
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<ReleaseWork>) {
-        let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-        let mut carry: Option<ReleaseWork> = None;
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let first = match carry.take() {
-                Some(w) => w,
-                None => match rx.recv().await {
-                    Some(w) => w,
-                    None => return,
-                },
-            };
-            let lease = first.lease;
-            let mut items = vec![first.item];
-            while items.len() < RELEASE_CHUNK {
-                match rx.try_recv() {
-                    Ok(w) if w.lease == lease => items.push(w.item),
-                    Ok(w) => {
-                        carry = Some(w);
-                        break;
-                    }
-                    Err(_) => break,
-                }
+    async fn release(&self, lease: i64, works: Vec<ReleaseWork>) {
+        let items: Vec<ReleaseItem> = works.into_iter().map(|w| w.item).collect();
+        let results = release_many(&self.client, &self.keys, &items, self.timeout).await;
+        for ((job, shard, _, _), result) in items.into_iter().zip(results) {
+            match result {
+                Ok(true) => info!(job = %job, shard, "released"),
+                Ok(false) => info!(job = %job, shard, "owner key already gone"),
+                Err(e) => warn!(job = %job, shard, error = %e, "release failed; retrying"),
             }
-            let this = this.clone();
-            let span = info_span!("release", shards = items.len());
-            tokio::spawn(
-                async move {
-                    let results =
-                        release_many(&this.client, &this.keys, &items, this.timeout).await;
-                    drop(permit);
-                    for ((job, shard, _, _), result) in items.into_iter().zip(results) {
-                        match result {
-                            Ok(true) => info!(job = %job, shard, "released"),
-                            Ok(false) => info!(job = %job, shard, "owner key already gone"),
-                            Err(e) => {
-                                warn!(job = %job, shard, error = %e, "release failed; retrying")
-                            }
-                        }
-                        if this
-                            .events
-                            .send(Event::Released { job, shard, lease })
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                .instrument(span),
-            );
+            if self
+                .events
+                .send(Event::Released { job, shard, lease })
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }

@@ -400,6 +400,9 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", &token])
             .args(["--initial-cluster-state", "new"])
             .args(["--listen-metrics-urls", &metrics])
+            // As etcd 3.5 does by default, and as production 3.4 clusters should run: a
+            // restarted member must not be able to force a new election when it rejoins.
+            .args(["--pre-vote=true"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

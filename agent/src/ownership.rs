@@ -89,6 +89,19 @@ impl ShardTable {
             .collect()
     }
 
+    /// True when the assignment gives `id` any shard.
+    pub fn assignment_names(&self, id: &str) -> bool {
+        self.assignment
+            .as_ref()
+            .is_some_and(|(r, _)| r.instances.iter().any(|i| i.as_str() == id))
+    }
+
+    /// True when a change of `shard`'s owner key can change what `id` decides: the shard is
+    /// assigned to it, or its owner as last seen is it. Other changes are only recorded.
+    pub fn concerns(&self, shard: u32, id: &str) -> bool {
+        self.assigned_to(shard, id) || self.owners.get(&shard).is_some_and(|o| o.instance == id)
+    }
+
     /// True when some owner key is mine (cheaper than `held(me).is_empty()`).
     pub fn holds_any(&self, me: Me<'_>) -> bool {
         self.owners
@@ -182,6 +195,19 @@ mod tests {
             t.decide(ME, true).is_empty(),
             "no second claim while one is in flight"
         );
+    }
+
+    #[test]
+    fn only_changes_involving_me_concern_me() {
+        let mut t = table(&["me", "other", "-"], 1);
+        t.owners.insert(1, owner("other", 10, 5));
+        t.owners.insert(2, owner("me", 11, 6)); // held by me, no longer assigned
+        assert!(t.assignment_names("me") && t.assignment_names("other"));
+        assert!(!t.assignment_names("third"));
+        assert!(t.concerns(0, "me"), "assigned to me");
+        assert!(!t.concerns(1, "me"), "another instance's shard");
+        assert!(t.concerns(2, "me"), "owned by me");
+        assert!(t.concerns(1, "other") && !t.concerns(2, "other"));
     }
 
     #[test]

@@ -73,12 +73,7 @@ impl FireSchedule {
                 .after(&t.with_timezone(tz))
                 .next()
                 .map(|f| f.with_timezone(&Utc)),
-            Self::Every(d, off) => {
-                let (period, off) = (d.as_millis() as i64, off.as_millis() as i64);
-                let ms = t.timestamp_millis() - off;
-                let next = (ms.div_euclid(period) + 1).checked_mul(period)?;
-                Utc.timestamp_millis_opt(next.checked_add(off)?).single()
-            }
+            Self::Every(period, off) => slot_start(*period, *off, slot(*period, *off, t) + 1),
             Self::At(at) => (*at > t).then_some(*at),
         }
     }
@@ -109,15 +104,24 @@ impl FireSchedule {
                     .next_back()
                     .map(|f| f.with_timezone(&Utc))
             }
-            Self::Every(d, off) => {
-                let (period, off) = (d.as_millis() as i64, off.as_millis() as i64);
-                let ms = t.timestamp_millis() - off;
-                let start = ms.div_euclid(period).checked_mul(period)?;
-                Utc.timestamp_millis_opt(start.checked_add(off)?).single()
-            }
+            Self::Every(period, off) => slot_start(*period, *off, slot(*period, *off, t)),
             Self::At(at) => (*at <= t).then_some(*at),
         }
     }
+}
+
+/// The index of the interval (of `period`, shifted by `offset` from the epoch) that holds `t`.
+fn slot(period: Duration, offset: Duration, t: DateTime<Utc>) -> i64 {
+    let ms = t.timestamp_millis() - offset.as_millis() as i64;
+    ms.div_euclid((period.as_millis() as i64).max(1))
+}
+
+/// Where interval `k` starts, if representable.
+fn slot_start(period: Duration, offset: Duration, k: i64) -> Option<DateTime<Utc>> {
+    let ms = k
+        .checked_mul(period.as_millis() as i64)?
+        .checked_add(offset.as_millis() as i64)?;
+    Utc.timestamp_millis_opt(ms).single()
 }
 
 #[cfg(test)]

@@ -7,17 +7,14 @@
 //! the core as `Event::Claimed`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use etcd_client::Client;
-use shardjob_coordinator::keys::Keys;
 use shardjob_sharding::InstanceId;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info_span};
 
 use super::Event;
 use super::batch::{Packable, run_packed};
-use super::txn::{CLAIM_CHUNK, ClaimPart, Claimant, claim};
+use super::txn::{CLAIM_CHUNK, ClaimPart, Claimant, Writes, claim};
 
 /// Claim txns running at once.
 pub(crate) const IN_FLIGHT: usize = 8;
@@ -40,10 +37,8 @@ impl Packable for ClaimWork {
 
 /// What every claim txn shares.
 pub(crate) struct Claimer {
-    pub client: Client,
-    pub keys: Keys,
+    pub writes: Arc<Writes>,
     pub instance: InstanceId,
-    pub timeout: Duration,
     pub events: mpsc::Sender<Event>,
 }
 
@@ -65,12 +60,12 @@ impl Claimer {
     async fn claim(&self, lease: i64, works: Vec<ClaimWork>) {
         let parts: Vec<ClaimPart> = works.into_iter().map(|w| w.part).collect();
         let who = Claimant {
-            keys: &self.keys,
+            keys: &self.writes.keys,
             instance: &self.instance,
             lease,
-            timeout: self.timeout,
+            timeout: self.writes.timeout,
         };
-        let results = claim(&self.client, &who, &parts).await;
+        let results = claim(&self.writes.client, &who, &parts).await;
         for (part, results) in parts.into_iter().zip(results) {
             let ev = Event::Claimed {
                 job: part.job,

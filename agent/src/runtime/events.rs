@@ -17,7 +17,7 @@ use super::state::JobEntry;
 use super::txn::ShardClaim;
 use super::{Core, Event, Stream};
 use crate::job::ShardContext;
-use crate::ownership::{SeenOwner, ShardTable};
+use crate::ownership::SeenOwner;
 use crate::schedule::FireSchedule;
 use shardjob_coordinator::watch::WatchEvent;
 
@@ -31,14 +31,6 @@ pub(super) enum RunKind {
     Failover,
     /// Asked for through `triggers/<job>`.
     Trigger,
-}
-
-/// True when `table`'s assignment gives `me` any shard.
-fn mentions(table: &ShardTable, me: &str) -> bool {
-    table
-        .assignment
-        .as_ref()
-        .is_some_and(|(r, _)| r.instances.iter().any(|i| i.as_str() == me))
 }
 
 fn key_of(kv: &KeyValue) -> String {
@@ -199,13 +191,13 @@ impl Core {
             (Stream::Assignments, KeyKind::Assignment(job)) => {
                 let me = self.cfg.id.as_str();
                 let table = self.tables.entry(job.clone()).or_default();
-                let before = mentions(table, me);
+                let before = table.assignment_names(me);
                 match decode::<AssignmentRecord>(&key, "assignment", kv.value()) {
                     Ok(r) => table.assignment = Some((r, kv.mod_revision())),
                     Err(e) => warn!(error = %e, "skipping an assignment that does not decode"),
                 }
                 // Another instance's change cannot change what this one does: skip deciding.
-                (before || mentions(table, me)).then_some(job)
+                (before || table.assignment_names(me)).then_some(job)
             }
             (Stream::Owners, KeyKind::Owner { job, shard }) => {
                 // An owner key that does not decode still holds the shard: nobody may claim over
@@ -220,9 +212,7 @@ impl Core {
                 };
                 let me = self.cfg.id.as_str();
                 let table = self.tables.entry(job.clone()).or_default();
-                let relevant = seen.instance == me
-                    || table.assigned_to(shard, me)
-                    || table.owners.get(&shard).is_some_and(|o| o.instance == me);
+                let relevant = seen.instance == me || table.concerns(shard, me);
                 table.owners.insert(shard, seen);
                 relevant.then_some(job)
             }
@@ -238,16 +228,13 @@ impl Core {
             }
             (Stream::Assignments, KeyKind::Assignment(job)) => {
                 let t = self.tables.get_mut(&job)?;
-                let before = mentions(t, &self.cfg.id);
+                let before = t.assignment_names(&self.cfg.id);
                 t.assignment = None;
                 before.then_some(job)
             }
             (Stream::Owners, KeyKind::Owner { job, shard }) => {
                 let t = self.tables.get_mut(&job)?;
-                let relevant = t.assigned_to(shard, &self.cfg.id)
-                    || t.owners
-                        .get(&shard)
-                        .is_some_and(|o| o.instance == self.cfg.id);
+                let relevant = t.concerns(shard, &self.cfg.id);
                 t.owners.remove(&shard);
                 relevant.then_some(job)
             }
@@ -483,7 +470,7 @@ impl Core {
             .chain(entry.limit.iter())
             .cloned()
             .collect();
-        let marker = entry.config.failover.then(|| self.markers.clone());
+        let marker = entry.config.failover.then(|| self.writes.clone());
         let req = ExecRequest {
             marker,
             handler: entry.handler.clone(),

@@ -8,22 +8,15 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span, warn};
 
+use super::txn::Writes;
 use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::job::{DynJob, JobError, ShardContext};
-
-/// Where to keep the running marker of a failover job.
-pub(crate) struct MarkerSink {
-    pub client: etcd_client::Client,
-    pub keys: shardjob_coordinator::keys::Keys,
-    /// Limit of one marker write.
-    pub timeout: Duration,
-}
 
 /// Everything an execution needs.
 pub(crate) struct ExecRequest {
     /// Set for failover jobs: a running marker is kept for the whole execution. Shared (an etcd
     /// client is ~4 KB): a spawned execution's size is what every fire copies.
-    pub marker: Option<Arc<MarkerSink>>,
+    pub marker: Option<Arc<Writes>>,
     pub handler: Arc<dyn DynJob>,
     pub ctx: ShardContext,
     pub timeout: Option<Duration>,
@@ -83,10 +76,10 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
             // In the background: a delete stuck on a broken connection must not keep the shard
             // "running" (and its next fires waiting). It is guarded by the marker's revision, so
             // it can never remove a later execution's marker.
-            let (client, keys, limit) = (sink.client.clone(), sink.keys.clone(), sink.timeout);
-            let (job, shard) = (req.ctx.job.clone(), req.ctx.shard);
+            let (sink, job, shard) = (sink.clone(), req.ctx.job.clone(), req.ctx.shard);
             tokio::spawn(async move {
-                if let Err(e) = super::txn::delete_marker(&client, &keys, &job, shard, rev, limit).await {
+                let (client, keys, limit) = (&sink.client, &sink.keys, sink.timeout);
+                if let Err(e) = super::txn::delete_marker(client, keys, &job, shard, rev, limit).await {
                     warn!(job, shard, error = %e, "the running marker stays; the next owner will re-run this fire");
                 }
             });
@@ -97,7 +90,7 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
     .await
 }
 
-async fn mark(sink: &MarkerSink, req: &ExecRequest) -> Result<Option<i64>, String> {
+async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, String> {
     let ctx = &req.ctx;
     let marker = shardjob_coordinator::model::Running {
         instance: shardjob_sharding::InstanceId::new(req.instance.clone())

@@ -45,11 +45,10 @@ use crate::handle::{AgentHandle, AgentStatus};
 use crate::job::DynJob;
 use crate::ownership::{Decision, Me, ShardTable};
 use claimer::{ClaimWork, Claimer};
-use exec::MarkerSink;
 use fires::FireHeap;
 use releaser::{ReleaseWork, Releaser};
 use state::JobEntry;
-use txn::ShardClaim;
+use txn::{ShardClaim, Writes};
 
 /// Everything the builder validated.
 pub(crate) struct AgentConfig {
@@ -114,8 +113,9 @@ pub(crate) struct Core {
     lease: i64,
     fence: CancellationToken,
     execs: HashMap<(String, u32), AbortHandle>,
-    /// Where failover jobs keep their running markers (one for all executions).
-    markers: Arc<MarkerSink>,
+    /// Client, keys and write limit, shared by the claimer, the releaser and the running
+    /// markers of failover jobs.
+    writes: Arc<Writes>,
     /// Claims go through the claimer, which packs many jobs into one txn.
     claims: mpsc::UnboundedSender<ClaimWork>,
     /// Releases go through the releaser, which packs many shards into one txn.
@@ -146,29 +146,25 @@ impl Core {
         });
         let shutdown = CancellationToken::new();
         let crash = CancellationToken::new();
-        let markers = Arc::new(MarkerSink {
+        let writes = Arc::new(Writes {
             client: client.clone(),
             keys: cfg.keys.clone(),
             timeout: txn::txn_timeout(cfg.ttl),
         });
         let claims = Claimer {
-            client: client.clone(),
-            keys: cfg.keys.clone(),
+            writes: writes.clone(),
             instance: cfg.instance.clone(),
-            timeout: txn::txn_timeout(cfg.ttl),
             events: tx.clone(),
         }
         .spawn();
         let releases = Releaser {
-            client: client.clone(),
-            keys: cfg.keys.clone(),
-            timeout: txn::txn_timeout(cfg.ttl),
+            writes: writes.clone(),
             events: tx.clone(),
         }
         .spawn();
         let core = Core {
             client,
-            markers,
+            writes,
             claims,
             releases,
             id: cfg.instance.clone(),
@@ -637,7 +633,6 @@ impl Core {
             id: &self.cfg.id,
             lease: self.lease,
         };
-        let limit = txn::txn_timeout(self.cfg.ttl);
         let held: Vec<(String, u32, i64)> = self
             .tables
             .iter()
@@ -655,9 +650,9 @@ impl Core {
             })
             .collect();
         for chunk in items.chunks(txn::RELEASE_CHUNK) {
-            let (client, keys) = (&self.client, &self.cfg.keys);
+            let w = &self.writes;
             let released = retry("releasing at shutdown", || async {
-                let results = txn::release_many(client, keys, chunk, limit).await;
+                let results = txn::release_many(&w.client, &w.keys, chunk, w.timeout).await;
                 match results.into_iter().find_map(Result::err) {
                     Some(e) => Err(e),
                     None => Ok(()),

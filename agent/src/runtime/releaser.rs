@@ -4,16 +4,13 @@
 //! task, per shard.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use etcd_client::Client;
-use shardjob_coordinator::keys::Keys;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Event;
 use super::batch::{Packable, run_packed};
-use super::txn::{RELEASE_CHUNK, ReleaseItem, release_many};
+use super::txn::{RELEASE_CHUNK, ReleaseItem, Writes, release_many};
 
 /// Release txns running at once.
 const IN_FLIGHT: usize = 8;
@@ -36,9 +33,7 @@ impl Packable for ReleaseWork {
 
 /// What every release txn shares.
 pub(crate) struct Releaser {
-    pub client: Client,
-    pub keys: Keys,
-    pub timeout: Duration,
+    pub writes: Arc<Writes>,
     pub events: mpsc::Sender<Event>,
 }
 
@@ -58,7 +53,8 @@ impl Releaser {
 
     async fn release(&self, lease: i64, works: Vec<ReleaseWork>) {
         let items: Vec<ReleaseItem> = works.into_iter().map(|w| w.item).collect();
-        let results = release_many(&self.client, &self.keys, &items, self.timeout).await;
+        let w = &self.writes;
+        let results = release_many(&w.client, &w.keys, &items, w.timeout).await;
         for ((job, shard, _, _), result) in items.into_iter().zip(results) {
             match result {
                 Ok(true) => info!(job = %job, shard, "released"),

@@ -26,6 +26,15 @@ use shardjob_coordinator::model::{Cursor, Owner, Running};
 use shardjob_sharding::InstanceId;
 use tokio::time::timeout;
 
+/// What every ownership write of one agent shares: the client, the key layout and the limit of
+/// one write. One `Arc` of it serves the claimer, the releaser and the running markers.
+pub(crate) struct Writes {
+    pub client: Client,
+    pub keys: Keys,
+    /// Limit of one write ([`txn_timeout`] of the TTL).
+    pub timeout: Duration,
+}
+
 /// Shards per claim txn: 4 ops each within etcd's default 128 ops per txn.
 pub(crate) const CLAIM_CHUNK: usize = 32;
 const OPS_PER_SHARD: usize = 4;
@@ -261,40 +270,6 @@ pub(crate) async fn delete_marker(
     Ok(())
 }
 
-/// Releases `shard` of `job` held with `token`, recording `last_fire`. `Ok(false)`: the key was
-/// no longer ours (its lease expired first).
-pub(crate) async fn release(
-    client: &Client,
-    keys: &Keys,
-    job: &str,
-    shard: u32,
-    token: i64,
-    last_fire: Option<DateTime<Utc>>,
-    limit: Duration,
-) -> Result<bool, String> {
-    let cursor = serde_json::to_vec(&Cursor {
-        last_fire,
-        released: true,
-    })
-    .map_err(|e| e.to_string())?;
-    let key = keys.owner(job, shard);
-    let txn = Txn::new()
-        .when(vec![Compare::create_revision(
-            key.clone(),
-            CompareOp::Equal,
-            token,
-        )])
-        .and_then(vec![
-            TxnOp::delete(key, None),
-            TxnOp::put(keys.cursor(job, shard), cursor, None),
-        ]);
-    let resp = timeout(limit, client.clone().txn(txn))
-        .await
-        .map_err(|_| format!("release: no answer within {limit:?}"))?
-        .map_err(|e| format!("release: {e}"))?;
-    Ok(resp.succeeded())
-}
-
 /// Shards per release txn: 2 ops each within etcd's default 128.
 pub(crate) const RELEASE_CHUNK: usize = 64;
 
@@ -302,7 +277,8 @@ pub(crate) const RELEASE_CHUNK: usize = 64;
 pub(crate) type ReleaseItem = (String, u32, i64, Option<DateTime<Utc>>);
 
 /// Releases `items` (at most [`RELEASE_CHUNK`]) in one txn; if a token no longer matches, each
-/// alone. One result per item, in order, as [`release`] gives it.
+/// alone. One result per item, in order: `Ok(false)` when the key was no longer held with that
+/// token (its lease expired first).
 pub(crate) async fn release_many(
     client: &Client,
     keys: &Keys,
@@ -317,12 +293,13 @@ pub(crate) async fn release_many(
         }
     }
     let mut out = Vec::with_capacity(items.len());
-    for (job, shard, token, last_fire) in items {
-        out.push(release(client, keys, job, *shard, *token, *last_fire, limit).await);
+    for item in items {
+        out.push(release_batch(client, keys, std::slice::from_ref(item), limit).await);
     }
     out
 }
 
+/// `Ok(false)`: a token no longer matched, nothing was written.
 async fn release_batch(
     client: &Client,
     keys: &Keys,

@@ -140,14 +140,12 @@ pub async fn run_leader(
     let mut stats = RebalanceStats::default();
     // A cold start (no assignment yet) waits for the instances starting with this one.
     let fresh = world.assignments.is_empty();
-    let mut due = Some(
-        Instant::now()
-            + if fresh {
-                options.join_settle
-            } else {
-                Duration::ZERO
-            },
-    );
+    let settle = if fresh {
+        options.join_settle
+    } else {
+        Duration::ZERO
+    };
+    let mut due = Some(Instant::now() + settle);
     // True while every change since the last plan was a join (so the plan may wait for more).
     let mut joins_only = fresh;
     let mut wake: Option<Instant> = None;
@@ -261,9 +259,8 @@ fn is_join(world: &World, keys: &Keys, event: &WatchEvent) -> bool {
         return false;
     };
     match keys.parse(&String::from_utf8_lossy(kv.key())) {
-        Some(crate::keys::KeyKind::Instance(id)) => {
-            !world.instances.keys().any(|k| k.as_str() == id)
-        }
+        Some(crate::keys::KeyKind::Instance(id)) => shardjob_sharding::InstanceId::new(id)
+            .is_ok_and(|id| !world.instances.contains_key(&id)),
         _ => false,
     }
 }

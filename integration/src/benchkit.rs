@@ -157,6 +157,19 @@ impl Fleet {
     }
 }
 
+/// A one-member etcd for a benchmark, a client of it and the keys of namespace `ns`.
+pub async fn single_etcd(ns: &str) -> Result<(EtcdCluster, etcd_client::Client, Keys), String> {
+    let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
+    let client = connect(&ConnectConfig {
+        endpoints: etcd.endpoints(),
+        ..ConnectConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let keys = Keys::new(ns).map_err(|e| e.to_string())?;
+    Ok((etcd, client, keys))
+}
+
 /// Writes job configs in transactions of 128 puts, 8 transactions in flight: the fast way to
 /// create thousands of jobs (one put per job, no read-compare; the namespace must be fresh).
 pub async fn put_jobs(

@@ -22,12 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shardjob_agent::{Agent, AgentHandle, AgentStatus, job_fn};
-use shardjob_coordinator::connect::{ConnectConfig, connect};
-use shardjob_coordinator::keys::Keys;
 use shardjob_coordinator::model::{HumanDuration, JobConfig, Schedule};
 use shardjob_coordinator::watch::{PrefixWatcher, WatchEvent};
-use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{put_jobs, run_main};
+use shardjob_integration::benchkit::{put_jobs, run_main, single_etcd};
 use shardjob_integration::lateness::peak_rss_mib;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
@@ -71,14 +68,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(a: Args) -> Result<String, String> {
-    let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
-    let client = connect(&ConnectConfig {
-        endpoints: etcd.endpoints(),
-        ..ConnectConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let keys = Keys::new("scale").map_err(|e| e.to_string())?;
+    let (etcd, client, keys) = single_etcd("scale").await?;
     let mut cfg = JobConfig::new(
         Schedule::Every(HumanDuration(Duration::from_secs(60))),
         a.shards,

@@ -4,13 +4,14 @@
 //! Where to start: [`Recorder`] is what every implementation's job calls at its start: it keeps
 //! the lateness (start − scheduled instant) of every fire inside a measured window and which
 //! (job, second) fired, so [`Recorder::summary`] can count missed fires. [`shardjob`] and
-//! [`tcs`] each run one implementation; [`Usage`] reads CPU time and peak memory of the process.
+//! [`tcs`] each run one implementation through [`measure`], which times the window's CPU and
+//! reads the process's peak memory.
 
 pub mod shardjob;
 pub mod tcs;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 
@@ -117,24 +118,60 @@ impl Recorder {
     }
 }
 
-/// CPU time and peak resident memory of this process.
-#[derive(Debug, Clone, Copy)]
-pub struct Usage {
-    pub cpu_s: f64,
+/// User + system CPU seconds this process has used so far (0 where unavailable).
+pub fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(0.0)
 }
 
-impl Usage {
-    /// User + system CPU time used by this process so far.
-    pub fn now() -> Self {
-        use nix::sys::resource::{UsageWho, getrusage};
-        let cpu_s = getrusage(UsageWho::RUSAGE_SELF)
-            .map(|u| {
-                let t =
-                    |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-                t(u.user_time()) + t(u.system_time())
-            })
-            .unwrap_or(0.0);
-        Self { cpu_s }
+/// What one implementation's window measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    pub summary: Summary,
+    /// CPU seconds used during the window.
+    pub cpu_s: f64,
+    /// Peak RSS so far, read before the implementation is torn down.
+    pub rss_mib: f64,
+}
+
+/// The measurement every implementation shares: opens a window of `secs` whole seconds starting
+/// at least `lead` from now on `recorder` (the jobs record once it is set), times the window's
+/// CPU, waits 2 s for late fires of its last second (later ones count as missed) and reads the
+/// peak RSS, all before the caller tears anything down.
+pub async fn measure(
+    recorder: &OnceLock<Recorder>,
+    n: usize,
+    secs: u32,
+    lead: std::time::Duration,
+) -> Result<Measured, String> {
+    let window = Recorder::new(n, window_start(lead), secs);
+    let (start, end) = (window.start(), window.end());
+    recorder
+        .set(window)
+        .map_err(|_| "the recorder was already set".to_owned())?;
+    sleep_until_unix(start).await;
+    let before = cpu_seconds();
+    sleep_until_unix(end).await;
+    let cpu_s = cpu_seconds() - before;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let summary = recorder.get().map(Recorder::summary).ok_or("no recorder")?;
+    Ok(Measured {
+        summary,
+        cpu_s,
+        rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Sleeps until the wall clock reaches the Unix second `sec`.
+async fn sleep_until_unix(sec: i64) {
+    let ms = sec * 1000 - Utc::now().timestamp_millis();
+    if let Ok(ms) = u64::try_from(ms) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
 
@@ -169,14 +206,8 @@ impl Fires {
 }
 
 /// The summary line of one implementation's run.
-pub fn line(
-    implementation: &str,
-    fires: Fires,
-    n: usize,
-    s: &Summary,
-    cpu_s: f64,
-    rss_mib: f64,
-) -> String {
+pub fn line(implementation: &str, fires: Fires, n: usize, m: &Measured) -> String {
+    let (s, cpu_s, rss_mib) = (&m.summary, m.cpu_s, m.rss_mib);
     format!(
         "bench=lateness impl={implementation} fires={} n={n} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} missed={} duplicates={} early={} cpu_s={cpu_s:.2} rss_mib={rss_mib:.1}",
         fires.as_str(),

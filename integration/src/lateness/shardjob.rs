@@ -7,25 +7,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_agent::{Agent, job_fn};
-use shardjob_coordinator::connect::{ConnectConfig, connect};
-use shardjob_coordinator::keys::Keys;
 use shardjob_coordinator::model::{JobConfig, Schedule};
 use tokio::time::Instant;
 
-use super::{Fires, Recorder, Usage, line, peak_rss_mib, window_start};
-use crate::EtcdCluster;
-use crate::benchkit::put_jobs;
+use super::{Fires, Recorder, line, measure};
+use crate::benchkit::{put_jobs, single_etcd};
 
 /// Runs the measurement and returns its summary line.
 pub async fn run(n: usize, secs: u32, fires: Fires) -> Result<String, String> {
-    let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
-    let client = connect(&ConnectConfig {
-        endpoints: etcd.endpoints(),
-        ..ConnectConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let keys = Keys::new("lateness").map_err(|e| e.to_string())?;
+    let (etcd, client, keys) = single_etcd("lateness").await?;
     let mut cfg = JobConfig::new(
         Schedule::Every("1s".parse().map_err(|e| format!("{e}"))?),
         1,
@@ -92,31 +82,13 @@ pub async fn run(n: usize, secs: u32, fires: Fires) -> Result<String, String> {
         t0.elapsed().as_secs_f64()
     );
 
-    let window = Recorder::new(n, window_start(Duration::from_secs(1)), secs);
-    let (start, end) = (window.start(), window.end());
-    let _ = recorder.set(window);
-    sleep_until_unix(start).await;
-    let before = Usage::now();
-    sleep_until_unix(end).await;
-    let cpu_s = Usage::now().cpu_s - before.cpu_s;
-    // Late fires of the last second still count; later than this they are missed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let summary = recorder.get().map(Recorder::summary).ok_or("no recorder")?;
-    let rss = peak_rss_mib();
+    let measured = measure(&recorder, n, secs, Duration::from_secs(1)).await?;
     // Not a graceful shutdown: handing 100k shards back is not what is measured here, and etcd
     // goes away with this process anyway.
     agent.abort().await;
-    Ok(line("shardjob", fires, n, &summary, cpu_s, rss))
+    Ok(line("shardjob", fires, n, &measured))
 }
 
 fn job_index(job: &str) -> Option<usize> {
     job.strip_prefix('j')?.parse().ok()
-}
-
-/// Sleeps until the wall clock reaches the Unix second `sec`.
-pub(crate) async fn sleep_until_unix(sec: i64) {
-    let ms = sec * 1000 - Utc::now().timestamp_millis();
-    if let Ok(ms) = u64::try_from(ms) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
 }

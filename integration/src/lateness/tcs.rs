@@ -10,8 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use super::shardjob::sleep_until_unix;
-use super::{Fires, Recorder, Usage, line, peak_rss_mib, window_start};
+use super::{Fires, Recorder, line, measure};
 
 /// Runs the measurement with tcs's default channel size (`channel: None`) or an explicit one.
 pub async fn run(n: usize, secs: u32, channel: Option<usize>) -> Result<String, String> {
@@ -44,15 +43,7 @@ pub async fn run(n: usize, secs: u32, channel: Option<usize>) -> Result<String, 
         .map_err(|e| format!("starting the scheduler: {e}"))?;
     eprintln!("tcs: {n} jobs added in {:.1}s", t0.elapsed().as_secs_f64());
 
-    let window = Recorder::new(n, window_start(Duration::from_secs(2)), secs);
-    let (start, end) = (window.start(), window.end());
-    let _ = recorder.set(window);
-    sleep_until_unix(start).await;
-    let before = Usage::now();
-    sleep_until_unix(end).await;
-    let cpu_s = Usage::now().cpu_s - before.cpu_s;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let summary = recorder.get().map(Recorder::summary).ok_or("no recorder")?;
+    let measured = measure(&recorder, n, secs, Duration::from_secs(2)).await?;
     sched
         .shutdown()
         .await
@@ -62,12 +53,5 @@ pub async fn run(n: usize, secs: u32, channel: Option<usize>) -> Result<String, 
     } else {
         "tcs-default"
     };
-    Ok(line(
-        name,
-        Fires::Aligned,
-        n,
-        &summary,
-        cpu_s,
-        peak_rss_mib(),
-    ))
+    Ok(line(name, Fires::Aligned, n, &measured))
 }

@@ -1,9 +1,18 @@
-//! Leader election over etcd's Election API, one election per namespace.
+//! Leader election, one election per namespace, with the key layout of etcd's Election API.
 //!
 //! Candidates campaign under the name `<root>leader` with their session's lease and their
 //! instance id as the value, so stock `etcdctl elect --listen /shardjob/<ns>/leader` shows the
-//! leader. etcd keeps one key per candidate (`<name>/<lease hex>`); the one with the lowest
-//! create revision leads. Campaign returns when this candidate leads.
+//! leader (and `etcdctl elect` candidates queue with ours). There is one key per candidate
+//! (`<name>/<lease hex>`); the one with the lowest create revision leads.
+//!
+//! The campaign runs on the client, like the Go `concurrency` package, not through the server's
+//! `Campaign` call: that call is one request that both writes the candidacy and waits to lead,
+//! so it cannot carry a timeout, and a write of it lost in an etcd leader change held it for
+//! etcd's full request timeout (7 s) — the fault campaign measured missed hand-overs from
+//! exactly that. Here every step is a short bounded request: a put-if-absent of the candidate
+//! key (idempotent, so a retry after a timeout is harmless), then, until no earlier candidate
+//! is left, a read of the latest earlier one and a watch for its deletion, read again at least
+//! once per lease TTL in case the watch went quiet.
 //!
 //! Leading is a claim that can go stale (a paused process, an expired lease). So every write the
 //! leader makes is a txn guarded by [`Leadership::fence`]:
@@ -13,7 +22,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, LeaderKey, ResignOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaderKey, PutOptions,
+    ResignOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::time::timeout;
 use tracing::info;
 
@@ -77,31 +89,165 @@ impl Election {
     }
 
     /// Campaigns with `session`'s lease and value `instance` until elected. Returns early with
-    /// [`ElectionError::SessionLost`] when the session is lost (the server then withdraws the
-    /// candidacy, and the lease's expiry removes it in any case).
+    /// [`ElectionError::SessionLost`] when the session is lost (the lease's end removes the
+    /// candidacy), and with [`ElectionError::Campaign`] when one bounded step fails; calling
+    /// it again continues with the same candidate key.
     pub async fn campaign(
         &self,
         session: &SessionHandle,
         instance: &str,
     ) -> Result<Leadership, ElectionError> {
         let lost = session.lost();
+        tokio::select! {
+            _ = lost.cancelled() => Err(ElectionError::SessionLost { name: self.name.clone() }),
+            r = self.campaign_steps(session, instance) => r,
+        }
+    }
+
+    async fn campaign_steps(
+        &self,
+        session: &SessionHandle,
+        instance: &str,
+    ) -> Result<Leadership, ElectionError> {
+        let lease = session.lease();
+        let key = format!("{}/{lease:x}", self.name);
+        let limit = step_timeout(session.ttl());
+        let rev = self.candidacy(&key, instance, lease, limit).await?;
+        loop {
+            match self.earlier_candidate(&key, rev, limit).await? {
+                None => {
+                    info!(instance, key, rev, "elected leader");
+                    return Ok(Leadership {
+                        name: self.name.clone(),
+                        key: key.into_bytes(),
+                        rev,
+                        lease,
+                    });
+                }
+                Some((earlier, seen_at)) => {
+                    // Read again after its deletion, a broken watch, or a TTL of silence.
+                    let woke = timeout(session.ttl(), self.deleted(&earlier, seen_at + 1)).await;
+                    if woke == Ok(false) {
+                        // The watch failed: do not spin on a member that refuses watches.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the candidate key unless it exists; returns its create revision.
+    async fn candidacy(
+        &self,
+        key: &str,
+        instance: &str,
+        lease: i64,
+        limit: Duration,
+    ) -> Result<i64, ElectionError> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(
+                key,
+                instance,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = self
+            .bounded(limit, |mut c| async move { c.txn(txn).await })
+            .await?;
+        if resp.succeeded() {
+            return resp
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| self.failed("the candidacy write came back without a revision"));
+        }
+        resp.op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.create_revision()),
+                _ => None,
+            })
+            .ok_or_else(|| self.failed("the candidate key vanished while it was written"))
+    }
+
+    /// The latest candidate created before `rev` (and the revision it was seen at), after
+    /// checking that this candidacy still stands.
+    async fn earlier_candidate(
+        &self,
+        key: &str,
+        rev: i64,
+        limit: Duration,
+    ) -> Result<Option<(Vec<u8>, i64)>, ElectionError> {
+        let earlier = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(rev - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1);
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(key, None),
+            TxnOp::get(format!("{}/", self.name), Some(earlier)),
+        ]);
+        let resp = self
+            .bounded(limit, |mut c| async move { c.txn(txn).await })
+            .await?;
+        let seen_at = resp.header().map_or(0, |h| h.revision());
+        let gets: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
+                _ => None,
+            })
+            .collect();
+        match gets.as_slice() {
+            [mine, _] if mine.first().map(KeyValue::create_revision) != Some(rev) => {
+                Err(self.failed("the candidate key is gone (its lease ended, or it was deleted)"))
+            }
+            [_, earlier] => Ok(earlier.first().map(|kv| (kv.key().to_vec(), seen_at))),
+            _ => Err(self.failed("the candidate read came back incomplete")),
+        }
+    }
+
+    /// Waits until `key` is deleted at or after revision `from` (true), or the watch ends
+    /// (false).
+    async fn deleted(&self, key: &[u8], from: i64) -> bool {
         let mut client = self.client.clone();
-        let campaign = client.campaign(self.name.clone(), instance, session.lease());
-        let resp = tokio::select! {
-            _ = lost.cancelled() => return Err(ElectionError::SessionLost { name: self.name.clone() }),
-            r = campaign => r.map_err(|e| ElectionError::Campaign { name: self.name.clone(), cause: e.to_string() })?,
+        let opts = WatchOptions::new().with_start_revision(from);
+        let Ok(mut stream) = client.watch(key.to_vec(), Some(opts)).await else {
+            return false;
         };
-        let leader = resp.leader().ok_or_else(|| ElectionError::Campaign {
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return true;
+            }
+            if resp.canceled() {
+                return false;
+            }
+        }
+        false
+    }
+
+    async fn bounded<T, F, Fut>(&self, limit: Duration, call: F) -> Result<T, ElectionError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match timeout(limit, call(self.client.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(&e.to_string())),
+            Err(_) => Err(self.failed(&format!("no answer within {limit:?}"))),
+        }
+    }
+
+    fn failed(&self, cause: &str) -> ElectionError {
+        ElectionError::Campaign {
             name: self.name.clone(),
-            cause: "the response names no leader key".into(),
-        })?;
-        info!(instance, key = %String::from_utf8_lossy(leader.key()), rev = leader.rev(), "elected leader");
-        Ok(Leadership {
-            name: self.name.clone(),
-            key: leader.key().to_vec(),
-            rev: leader.rev(),
-            lease: leader.lease(),
-        })
+            cause: cause.to_owned(),
+        }
     }
 
     /// The current leader, if any.
@@ -123,6 +269,13 @@ impl Election {
             })),
         }
     }
+}
+
+/// How long one campaign step may take: half the TTL, at most 2 s. A healthy etcd answers in
+/// milliseconds; a step that takes longer is stuck (a write lost in an etcd leader change) and
+/// is better retried, possibly on another member.
+fn step_timeout(ttl: Duration) -> Duration {
+    (ttl / 2).min(Duration::from_secs(2))
 }
 
 impl Leadership {

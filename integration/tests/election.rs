@@ -224,3 +224,128 @@ async fn resigning_hands_over_at_once_and_the_resigner_can_campaign_again() {
         .unwrap();
     assert_eq!(election.leader().await.unwrap().unwrap().instance, "a");
 }
+
+/// The campaign runs on the client (see `election.rs`), so it must queue exactly like the Go
+/// client: behind a stock `etcdctl elect` candidate, and lead once that one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_candidates_queue_behind_a_stock_etcdctl_elect_candidate() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd.client().await.unwrap();
+    let keys = Keys::new("queue").unwrap();
+    let election = Election::new(&client, &keys);
+
+    let mut child = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &etcd.endpoint(0),
+            "elect",
+            &keys.election_name(),
+            "from-etcdctl",
+        ])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl on PATH (scripts/setup installs it)");
+    let stdout = child.stdout.take().unwrap();
+    // etcdctl prints its key once elected.
+    let first = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next());
+    let first = timeout(PATIENCE, first).await.unwrap().unwrap();
+    assert!(matches!(first, Some(Ok(ref l)) if l.starts_with(&keys.election_name())));
+
+    let session = Session::grant(&client, TTL).await.unwrap();
+    let mut campaign = {
+        let (election, handle) = (election.clone(), session.handle());
+        tokio::spawn(async move { election.campaign(&handle, "ours").await })
+    };
+    // Queued, not leading: etcdctl's candidate is older.
+    assert!(
+        timeout(Duration::from_millis(500), &mut campaign)
+            .await
+            .is_err(),
+        "elected while an etcdctl candidate leads"
+    );
+    assert_eq!(
+        election.leader().await.unwrap().unwrap().instance,
+        "from-etcdctl"
+    );
+
+    // etcdctl resigns on SIGINT.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let lead = timeout(PATIENCE, campaign)
+        .await
+        .expect("not elected after etcdctl left")
+        .unwrap()
+        .unwrap();
+    let _ = child.wait();
+    let leader = election.leader().await.unwrap().unwrap();
+    assert_eq!(leader.instance, "ours");
+    assert_eq!(leader.create_revision, lead.revision());
+}
+
+/// A campaign interrupted between its steps (a timeout, an error) and called again goes on
+/// with the same candidate key, keeping its place in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_called_again_keeps_its_place_in_the_queue() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd.client().await.unwrap();
+    let keys = Keys::new("again").unwrap();
+    let election = Election::new(&client, &keys);
+    let a = Session::grant(&client, TTL).await.unwrap();
+    let lead_a = election.campaign(&a.handle(), "a").await.unwrap();
+    let b = Session::grant(&client, TTL).await.unwrap();
+    let c = Session::grant(&client, TTL).await.unwrap();
+
+    // b queues, then its campaign is dropped mid-wait; c queues after it.
+    let first_try = {
+        let (election, handle) = (election.clone(), b.handle());
+        tokio::spawn(async move { election.campaign(&handle, "b").await })
+    };
+    let kv = client.clone();
+    let candidates = |n: usize| {
+        let mut kv = kv.clone();
+        let prefix = format!("{}/", keys.election_name());
+        async move {
+            loop {
+                let got = kv
+                    .get(
+                        prefix.clone(),
+                        Some(etcd_client::GetOptions::new().with_prefix()),
+                    )
+                    .await
+                    .unwrap();
+                if got.kvs().len() >= n {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    timeout(PATIENCE, candidates(2)).await.unwrap();
+    first_try.abort();
+    let campaign_c = {
+        let (election, handle) = (election.clone(), c.handle());
+        tokio::spawn(async move { election.campaign(&handle, "c").await })
+    };
+    timeout(PATIENCE, candidates(3)).await.unwrap();
+    let campaign_b = {
+        let (election, handle) = (election.clone(), b.handle());
+        tokio::spawn(async move { election.campaign(&handle, "b").await })
+    };
+    lead_a.resign(&client).await.unwrap();
+    let lead_b = timeout(PATIENCE, campaign_b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(election.leader().await.unwrap().unwrap().instance, "b");
+    assert!(!campaign_c.is_finished(), "c jumped ahead of b");
+    lead_b.resign(&client).await.unwrap();
+    timeout(PATIENCE, campaign_c)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(election.leader().await.unwrap().unwrap().instance, "c");
+}

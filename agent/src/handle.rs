@@ -21,6 +21,9 @@ pub struct AgentStatus {
     pub owned: BTreeMap<String, Vec<u32>>,
     /// Sessions lost so far (each one self-fenced the agent).
     pub session_losses: u64,
+    /// Times the lease could no longer be proven alive (executions stopped until etcd
+    /// answered; most end with the lease proven again, see `session_losses` for the others).
+    pub lapses: u64,
     /// Executions finished so far.
     pub executions: u64,
     /// True once a graceful shutdown has begun.

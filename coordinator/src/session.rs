@@ -6,10 +6,15 @@
 //! so while `now < valid_until` everything bound to the lease still exists. Callers that act on
 //! the lease's behalf (running a shard) check [`SessionHandle::is_valid`] with a margin.
 //!
-//! The session rides through transient etcd errors (a new keep-alive stream, retried quickly)
-//! while `valid_until` is ahead; once it passes without an acknowledgement, or the server says
-//! the lease is gone (revoked, expired), the [`SessionHandle::lost`] token fires. A lost session
-//! is never revived: the owner starts a new one (and self-fences in between).
+//! The session rides through transient etcd errors (a new keep-alive stream, retried quickly).
+//! When `valid_until` passes without an acknowledgement the session has *lapsed*: nothing may
+//! act on the lease (`is_valid` is false), but the keep-alives go on, because the lease may well
+//! still exist. An etcd raft election stops every keep-alive for one to two seconds and then
+//! renews every lease, and a short partition may end before the server expires it. The next
+//! acknowledgement proves the lease again and extends `valid_until` (watch
+//! [`SessionHandle::renewals`]). Only the server saying the lease is gone (revoked, expired), or
+//! the session being closed or orphaned, fires the [`SessionHandle::lost`] token. A lost
+//! session is never revived: the owner starts a new one (and self-fences in between).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +83,8 @@ impl SessionHandle {
         !self.shared.lost.is_cancelled() && now + margin < self.valid_until()
     }
 
-    /// Fires when the lease is lost, can no longer be proven alive, or the session was closed.
+    /// Fires when etcd says the lease is gone, or the session was closed or orphaned (then at
+    /// `valid_until`). A lapse (no proof, no answer either) does not fire it.
     pub fn lost(&self) -> CancellationToken {
         self.shared.lost.clone()
     }
@@ -220,23 +226,28 @@ async fn keep_alive_loop(mut client: Client, handle: SessionHandle, stop: Cancel
     let retry = interval.min(Duration::from_millis(250));
     let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
     let mut next = Instant::now() + interval;
+    let mut lapsed = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = sleep_until(next) => {}
         }
         let sent = Instant::now();
-        let valid_until = handle.valid_until();
-        // An attempt never outlives the proof: at valid_until the session is lost, answer or not.
-        let deadline = (sent + interval).min(valid_until);
         let round = timeout_at(
-            deadline,
+            sent + interval,
             keep_alive_once(&mut client, handle.lease(), &mut stream),
         )
         .await
         .unwrap_or_else(|_| Round::Failed("keep-alive timed out".into()));
         match round {
             Round::Alive(ttl) => {
+                if lapsed {
+                    info!(
+                        ttl,
+                        "the lease is proven again: etcd kept it through the lapse"
+                    );
+                    lapsed = false;
+                }
                 handle.extend(sent + Duration::from_secs(ttl as u64));
                 next = sent + interval;
                 debug!(ttl, "keep-alive acknowledged");
@@ -249,12 +260,14 @@ async fn keep_alive_loop(mut client: Client, handle: SessionHandle, stop: Cancel
             Round::Failed(cause) => {
                 stream = None;
                 metrics::counter!("shardjob_lease_keepalive_failures_total").increment(1);
-                if Instant::now() >= handle.valid_until() {
-                    warn!(%cause, "lease can no longer be proven alive; session lost");
-                    handle.shared.lost.cancel();
-                    return;
+                if Instant::now() < handle.valid_until() {
+                    warn!(%cause, "keep-alive failed; retrying while the lease is still proven");
+                } else if !lapsed {
+                    warn!(%cause, "the lease can no longer be proven alive; keep-alives go on until etcd says whether it still exists");
+                    lapsed = true;
+                } else {
+                    debug!(%cause, "keep-alive failed during a lapse");
                 }
-                warn!(%cause, "keep-alive failed; retrying while the lease is still proven");
                 next = Instant::now() + retry;
             }
         }
@@ -274,6 +287,11 @@ async fn keep_alive_once(
     if stream.is_none() {
         match client.lease_keep_alive(lease).await {
             Ok(pair) => *stream = Some(pair),
+            // etcd-client sends a first keep-alive when it opens the stream, and turns an
+            // answer of TTL 0 (no such lease) into this error.
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                return Round::Gone;
+            }
             Err(e) => return Round::Failed(format!("opening keep-alive stream: {e}")),
         }
     }

@@ -4,9 +4,12 @@
 use std::time::Duration;
 
 use etcd_client::PutOptions;
+use shardjob_coordinator::connect::{ConnectConfig, connect};
 use shardjob_coordinator::session::{Session, SessionError};
 use shardjob_integration::EtcdCluster;
 use shardjob_integration::fixtures::PATIENCE;
+use shardjob_integration::proxy::Proxy;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 async fn key_exists(client: &mut etcd_client::Client, key: &str) -> bool {
@@ -131,4 +134,108 @@ async fn a_bad_ttl_is_a_clear_error() {
         assert!(matches!(err, SessionError::BadTtl(_)), "{err}");
         assert!(err.to_string().contains("2..=300 s"), "{err}");
     }
+}
+
+/// A client of `etcd` member 0 through a black-hole proxy, and the endpoint list for it.
+async fn through_proxy(etcd: &EtcdCluster) -> (Proxy, etcd_client::Client) {
+    let proxy = Proxy::start(([127, 0, 0, 1], etcd.client_port(0)).into())
+        .await
+        .unwrap();
+    let config = ConnectConfig {
+        endpoints: vec![format!("http://127.0.0.1:{}", proxy.port())],
+        ..ConnectConfig::default()
+    };
+    let client = connect(&config).await.unwrap();
+    (proxy, client)
+}
+
+/// Keeps `lease` alive from another client until it is gone (as an etcd raft election does
+/// for every lease when it ends).
+fn keep_alive_from_outside(mut direct: etcd_client::Client, lease: i64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok((mut keeper, mut acks)) = direct.lease_keep_alive(lease).await else {
+            return;
+        };
+        loop {
+            if keeper.keep_alive().await.is_err() {
+                return;
+            }
+            match acks.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                _ => return,
+            }
+            sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapse_ends_with_the_proof_back_when_etcd_kept_the_lease() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (proxy, client) = through_proxy(&etcd).await;
+    let session = Session::grant(&client, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let handle = session.handle();
+    let outside = keep_alive_from_outside(etcd.client().await.unwrap(), session.lease());
+
+    proxy.cut();
+    // The proof runs out while no keep-alive gets through: lapsed, not lost.
+    sleep_until(handle.valid_until() + Duration::from_millis(100)).await;
+    assert!(!handle.is_valid(Instant::now(), Duration::ZERO));
+    assert!(!handle.lost().is_cancelled(), "a lapse is not a loss");
+
+    let mut renewals = handle.renewals();
+    renewals.mark_unchanged();
+    proxy.heal();
+    timeout(PATIENCE, renewals.changed())
+        .await
+        .expect("the lease was never proven again")
+        .unwrap();
+    assert!(handle.is_valid(Instant::now(), Duration::from_millis(200)));
+    assert!(!handle.lost().is_cancelled());
+    session.close().await.unwrap();
+    timeout(PATIENCE, outside).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapse_ends_in_loss_when_the_lease_expired_meanwhile() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (proxy, client) = through_proxy(&etcd).await;
+    let session = Session::grant(&client, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let handle = session.handle();
+    let mut direct = etcd.client().await.unwrap();
+    direct
+        .put(
+            "/t/lapse",
+            "x",
+            Some(PutOptions::new().with_lease(session.lease())),
+        )
+        .await
+        .unwrap();
+    let mut deleted = direct.watch("/t/lapse", None).await.unwrap();
+
+    proxy.cut();
+    // The server expires the lease (its key's delete event), then the cut heals.
+    timeout(PATIENCE, async {
+        while let Some(resp) = deleted.message().await.unwrap() {
+            if !resp.events().is_empty() {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!handle.is_valid(Instant::now(), Duration::ZERO));
+    assert!(
+        !handle.lost().is_cancelled(),
+        "no one has told the session yet"
+    );
+    proxy.heal();
+    timeout(PATIENCE, handle.lost().cancelled())
+        .await
+        .expect("the session never learnt its lease is gone");
+    drop(session);
 }

@@ -15,7 +15,7 @@ use super::exec::{ExecRequest, execute};
 use super::fires::instant_of;
 use super::state::JobEntry;
 use super::txn::ShardClaim;
-use super::{Core, Event, Stream};
+use super::{Core, Event, RunningExec, Stream};
 use crate::job::ShardContext;
 use crate::ownership::SeenOwner;
 use crate::schedule::FireSchedule;
@@ -66,7 +66,8 @@ impl Core {
                 shard,
                 lease,
                 fire,
-            } => self.on_exec_done(job, shard, lease, fire),
+                id,
+            } => self.on_exec_done(job, shard, lease, fire, id),
             Event::Leader(leading) => self.publish_status(|s| s.is_leader = leading),
         }
     }
@@ -159,7 +160,7 @@ impl Core {
 
     /// Starts a run now, or, while the shard's previous run goes on, queues it as the one
     /// coalesced misfire (if the job allows misfires).
-    fn start_or_queue(
+    pub(super) fn start_or_queue(
         &mut self,
         job: &str,
         shard: u32,
@@ -368,8 +369,13 @@ impl Core {
         self.publish_owned(&[job.to_owned()]);
     }
 
-    fn on_exec_done(&mut self, job: String, shard: u32, lease: i64, fire: DateTime<Utc>) {
+    fn on_exec_done(&mut self, job: String, shard: u32, lease: i64, fire: DateTime<Utc>, id: u64) {
         let key = (job, shard);
+        // Only the execution's own entry: after a lapse or a self-fence a later execution of
+        // the shard may already run.
+        if self.execs.get(&key).is_none_or(|r| r.id != id) {
+            return;
+        }
         self.execs.remove(&key);
         let job = key.0.as_str();
         if lease != self.lease {
@@ -442,10 +448,18 @@ impl Core {
     /// Starts one execution, if the lease is still proven.
     fn launch(&mut self, job: &str, shard: u32, token: i64, fire: DateTime<Utc>, kind: RunKind) {
         if !self.session_valid() {
-            warn!(
-                job,
-                shard, "not starting: the lease is not proven long enough"
-            );
+            if self.lapsed {
+                debug!(job, shard, "not starting during a lapse");
+            } else {
+                warn!(
+                    job,
+                    shard, "not starting: the lease is not proven long enough"
+                );
+            }
+            if self.session.is_some() {
+                // Replayed if the proof comes back (see `lapse`).
+                super::lapse::record(&mut self.dropped, job, shard, fire, kind);
+            }
             return;
         }
         let Some(entry) = self.jobs.get(job) else {
@@ -485,6 +499,8 @@ impl Core {
             t.running.insert(shard);
         }
         let (tx, lease, job_name) = (self.tx.clone(), self.lease, job.to_owned());
+        self.next_exec += 1;
+        let id = self.next_exec;
         let task = tokio::spawn(
             async move {
                 execute(req).await;
@@ -494,12 +510,18 @@ impl Core {
                         shard,
                         lease,
                         fire,
+                        id,
                     })
                     .await;
             }
             .in_current_span(),
         );
-        self.execs
-            .insert((job.to_owned(), shard), task.abort_handle());
+        let run = RunningExec {
+            id,
+            abort: task.abort_handle(),
+            fire,
+            kind,
+        };
+        self.execs.insert((job.to_owned(), shard), run);
     }
 }

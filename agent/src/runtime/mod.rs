@@ -6,16 +6,18 @@
 //! session's `lost` token, and shutdown.
 //!
 //! Session life: grant a lease, register `instances/<id>` under it, start campaigning. When the
-//! lease is lost the agent **self-fences**: it cancels and aborts every execution, forgets its
+//! lease can no longer be proven alive the agent stops executing and waits for etcd's answer
+//! (a *lapse*, see [`lapse`]): proven again, it resumes with the same shards. When etcd says the
+//! lease is gone the agent **self-fences**: it cancels and aborts every execution, forgets its
 //! in-flight claims and releases, stops leading, and opens a new session. Owner keys of the old
-//! lease are then someone else's (see [`crate::ownership`]): shards are claimed again only after
-//! those keys vanish with the old lease.
+//! lease are then someone else's (see [`crate::ownership`]) until they vanish with it.
 
 mod batch;
 mod claimer;
 mod events;
 mod exec;
 mod fires;
+mod lapse;
 mod lead;
 mod releaser;
 mod state;
@@ -95,6 +97,8 @@ pub(crate) enum Event {
         shard: u32,
         lease: i64,
         fire: chrono::DateTime<Utc>,
+        /// Which execution (a stale one must not clear a later one's entry).
+        id: u64,
     },
     Leader(bool),
 }
@@ -112,7 +116,14 @@ pub(crate) struct Core {
     session: Option<Session>,
     lease: i64,
     fence: CancellationToken,
-    execs: HashMap<(String, u32), AbortHandle>,
+    execs: HashMap<(String, u32), RunningExec>,
+    next_exec: u64,
+    /// The proof ran out and etcd has not answered yet (see [`lapse`]).
+    lapsed: bool,
+    /// Every extension of the session's proof.
+    renewals: watch::Receiver<Instant>,
+    /// Runs the proof's end dropped, replayed once it is back.
+    dropped: lapse::Dropped,
     /// Client, keys and write limit, shared by the claimer, the releaser and the running
     /// markers of failover jobs.
     writes: Arc<Writes>,
@@ -127,12 +138,18 @@ pub(crate) struct Core {
     next_version: u64,
     /// The last trigger id seen per job (a trigger runs once per id).
     triggers_seen: BTreeMap<String, String>,
-    /// The lease of the session lost in the last self-fence, to revoke once a new session exists.
-    fenced_lease: Option<i64>,
     /// A job that still held shards at the last `drained` check.
     drain_hint: Option<String>,
     /// Jobs to decide again at the next re-check (see `recheck`).
     retry: HashSet<String>,
+}
+
+/// An execution in progress.
+pub(super) struct RunningExec {
+    id: u64,
+    abort: AbortHandle,
+    fire: chrono::DateTime<Utc>,
+    kind: events::RunKind,
 }
 
 impl Core {
@@ -178,12 +195,15 @@ impl Core {
             lease: 0,
             fence: CancellationToken::new(),
             execs: HashMap::new(),
+            next_exec: 0,
+            lapsed: false,
+            renewals: watch::channel(Instant::now()).1,
+            dropped: lapse::Dropped::new(),
             leader: None,
             status,
             stopping: None,
             next_version: 0,
             triggers_seen: BTreeMap::new(),
-            fenced_lease: None,
             drain_hint: None,
             retry: HashSet::new(),
         };
@@ -244,16 +264,20 @@ impl Core {
                 break; // shut down while etcd was unreachable
             }
             let has_session = self.session.is_some();
-            let lost = self
+            let (lost, proof) = self
                 .session
                 .as_ref()
-                .map(|s| s.handle().lost())
-                .unwrap_or_default();
+                .map(|s| (s.handle().lost(), s.handle().valid_until()))
+                .unwrap_or_else(|| (CancellationToken::new(), Instant::now()));
+            let watch_renewals = has_session && (self.lapsed || !self.dropped.is_empty());
+            let mut renewals = self.renewals.clone();
             let next_fire = self.heap.next_due();
             tokio::select! {
                 biased;
                 _ = crash.cancelled() => continue,
-                _ = lost.cancelled(), if has_session => self.self_fence("the lease was lost"),
+                _ = lost.cancelled(), if has_session => self.self_fence("the lease is gone"),
+                _ = sleep_until(proof), if has_session && !self.lapsed => self.on_proof_deadline(),
+                _ = renewals.changed(), if watch_renewals => self.on_renewal(),
                 _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
                 ev = rx.recv() => match ev {
                     Some(ev) => self.handle(ev),
@@ -333,6 +357,8 @@ impl Core {
             .map_err(|e| format!("registering: {e}"))?;
         self.lease = session.lease();
         self.fence = CancellationToken::new();
+        self.renewals = session.handle().renewals();
+        self.lapsed = false;
         if self.cfg.leader_eligible {
             let stop = CancellationToken::new();
             let task = lead::LeadTask {
@@ -347,40 +373,13 @@ impl Core {
             self.leader = Some((stop, tokio::spawn(task.run().in_current_span())));
         }
         info!(lease = %format!("{:x}", session.lease()), "registered");
-        if let Some(old) = self.fenced_lease.take() {
-            self.revoke_fenced(old).await;
-        }
         self.session = Some(session);
         self.decide_all();
         self.publish_status(|_| {});
         Ok(())
     }
 
-    /// Revokes the lease of a fenced session. The server may still hold it (an etcd leader
-    /// change renews every lease; a partition may end before the server expires it), and with it
-    /// this agent's old owner keys, which block re-claims of its own shards for up to a TTL.
-    /// Everything run under that lease was cancelled at the fence, and no one else ever uses it,
-    /// so deleting its keys now is safe; it also frees the old leader key at once.
-    async fn revoke_fenced(&self, lease: i64) {
-        let client = self.client.clone();
-        let revoked = retry("revoking the fenced lease", || {
-            let mut c = client.clone();
-            async move {
-                match c.lease_revoke(lease).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.to_string().contains("not found") => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
-        match revoked {
-            Ok(()) => info!(lease = %format!("{lease:x}"), "revoked the fenced lease"),
-            Err(e) => warn!(error = %e, "revoking the fenced lease failed; it expires by itself"),
-        }
-    }
-
-    /// Lease lost: stop everything done under it, then (next loop turn) open a new session.
+    /// Lease gone: stop everything done under it, then (next loop turn) open a new session.
     fn self_fence(&mut self, reason: &str) {
         warn!(
             reason,
@@ -388,9 +387,11 @@ impl Core {
         );
         metrics::counter!("shardjob_session_losses_total").increment(1);
         self.fence.cancel();
-        for (_, h) in std::mem::take(&mut self.execs) {
-            h.abort();
+        for (_, run) in std::mem::take(&mut self.execs) {
+            run.abort.abort();
         }
+        self.dropped.clear();
+        self.lapsed = false;
         for t in self.tables.values_mut() {
             t.running.clear();
             t.claiming.clear();
@@ -403,7 +404,6 @@ impl Core {
             stop.cancel();
         }
         self.session = None;
-        self.fenced_lease = Some(self.lease);
         self.lease = 0;
         self.publish_status(|s| {
             s.session_losses += 1;
@@ -415,8 +415,8 @@ impl Core {
     fn crash(&mut self) {
         warn!("aborting as if the process died");
         self.fence.cancel();
-        for (_, h) in std::mem::take(&mut self.execs) {
-            h.abort();
+        for (_, run) in std::mem::take(&mut self.execs) {
+            run.abort.abort();
         }
         if let Some((_, task)) = self.leader.take() {
             task.abort(); // no resign: leadership ends with the lease
@@ -626,8 +626,8 @@ impl Core {
     /// stop leading (resign), revoke the lease.
     async fn finish(&mut self) {
         self.fence.cancel();
-        for (_, h) in std::mem::take(&mut self.execs) {
-            h.abort();
+        for (_, run) in std::mem::take(&mut self.execs) {
+            run.abort.abort();
         }
         let me = Me {
             id: &self.cfg.id,

@@ -6,9 +6,10 @@
 //! ```
 //! Exported: `shardjob_fires_total`, `shardjob_executions_total{outcome}`,
 //! `shardjob_execution_seconds`, `shardjob_fire_lateness_seconds`, `shardjob_misfires_total`,
-//! `shardjob_owned_shards`, `shardjob_shard_moves_total`, `shardjob_rebalances_total`,
+//! `shardjob_fires_coalesced_total`, `shardjob_owned_shards`, `shardjob_shard_claims_total`,
+//! `shardjob_shard_moves_total`, `shardjob_rebalances_total`,
 //! `shardjob_is_leader`, `shardjob_lease_keepalive_failures_total`,
-//! `shardjob_session_losses_total`.
+//! `shardjob_lease_lapses_total`, `shardjob_session_losses_total`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -13,7 +13,9 @@ use shardjob_integration::EtcdCluster;
 use shardjob_integration::agents::{
     Ran, Slow, builder, drain_until, recorder, shards_per_fire, shutdown_all, wait_owned,
 };
+use shardjob_integration::fixtures::PATIENCE;
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 
 async fn agent(
     endpoints: &[String],
@@ -169,8 +171,19 @@ async fn fires_during_a_long_run_coalesce_into_one_misfire_run() {
     a.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fire_cut_short_by_a_crash_is_rerun_once_by_the_next_owner() {
+/// Two agents share a 2-shard failover job; `a`'s run of fire `t` hangs (60 s) and has started.
+struct CutShort {
+    etcd: EtcdCluster,
+    a: AgentHandle,
+    b: AgentHandle,
+    rx: mpsc::UnboundedReceiver<Ran>,
+    runs: Vec<Ran>,
+    a_shard: u32,
+    t: DateTime<Utc>,
+}
+
+/// `a` waits `a_shutdown` for running executions when shut down gracefully.
+async fn a_run_hangs(ns: &str, a_shutdown: Duration) -> CutShort {
     let etcd = EtcdCluster::single().unwrap();
     let endpoints = etcd.endpoints();
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -181,33 +194,107 @@ async fn a_fire_cut_short_by_a_crash_is_rerun_once_by_the_next_owner() {
             .shards(2)
             .failover(true)
     };
-    let a = agent(&endpoints, "fo", "a", spec(), &tx, &slow).await;
-    let b = agent(&endpoints, "fo", "b", spec(), &tx, &slow).await;
+    let a = builder(&endpoints, ns, "a")
+        .shutdown_timeout(a_shutdown)
+        .job(spec(), recorder("a", tx.clone(), slow.clone()))
+        .start()
+        .await
+        .unwrap();
+    let b = agent(&endpoints, ns, "b", spec(), &tx, &slow).await;
     let owned = wait_owned(&[a.status(), b.status()], "j", 2, |o| {
         o.values().all(|s| s.len() == 1)
     })
     .await;
     let a_shard = owned["a"][0];
-
-    // a's run of fire T hangs; a dies while it runs, leaving its running marker behind.
     let t = next_whole_second(Utc::now(), 2);
     *slow.lock().unwrap() = Some(("a".to_owned(), t, Duration::from_secs(60)));
     let mut runs = Vec::new();
+    // The handler reports at its start, after the running marker was written.
     drain_until(&mut rx, &mut runs, |r| {
         r.iter().any(|r| r.instance == "a" && r.fire == t)
     })
     .await;
-    a.abort().await;
+    CutShort {
+        etcd,
+        a,
+        b,
+        rx,
+        runs,
+        a_shard,
+        t,
+    }
+}
+
+/// The failover runs among `runs` once two more seconds of fires came in.
+async fn failover_runs(rx: &mut mpsc::UnboundedReceiver<Ran>, runs: &mut Vec<Ran>) -> Vec<Ran> {
+    let settle = Utc::now() + chrono::Duration::seconds(2);
+    drain_until(rx, runs, |r| r.iter().any(|r| r.fire > settle)).await;
+    runs.iter().filter(|r| r.failover).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_cut_short_by_a_crash_is_rerun_once_by_the_next_owner() {
+    let mut c = a_run_hangs("fo", Duration::from_secs(30)).await;
+    // a dies while it runs, leaving its running marker behind.
+    c.a.abort().await;
 
     // b takes the shard over after a's lease and re-runs fire T once, as a failover run.
-    wait_owned(&[b.status()], "j", 2, |_| true).await;
-    let settle = Utc::now() + chrono::Duration::seconds(2);
-    drain_until(&mut rx, &mut runs, |r| r.iter().any(|r| r.fire > settle)).await;
-    let failovers: Vec<&Ran> = runs.iter().filter(|r| r.failover).collect();
+    wait_owned(&[c.b.status()], "j", 2, |_| true).await;
+    let failovers = failover_runs(&mut c.rx, &mut c.runs).await;
     assert_eq!(failovers.len(), 1, "{failovers:?}");
-    let f = failovers[0];
-    assert_eq!((f.instance.as_str(), f.shard, f.fire), ("b", a_shard, t));
-    b.shutdown().await.unwrap();
+    let f = &failovers[0];
+    assert_eq!(
+        (f.instance.as_str(), f.shard, f.fire),
+        ("b", c.a_shard, c.t)
+    );
+    c.b.shutdown().await.unwrap();
+}
+
+/// An execution cut short by a self-fence keeps its marker, so the fire is re-run once by the
+/// next owner. (Before, the cancelled execution deleted its marker when it saw the cancel before
+/// the abort that follows it, and the fire was silently dropped; the crash test above failed 2 in
+/// 12 runs from the same race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_cut_short_by_a_self_fence_is_rerun_once_by_the_next_owner() {
+    let mut c = a_run_hangs("fence", Duration::from_secs(30)).await;
+    let status = c.a.status().borrow().clone();
+    let first_token = c.runs.iter().find(|r| r.fire == c.t).unwrap().token;
+    // The lease is gone on the server: a self-fences and cancels the hanging run.
+    let mut client = c.etcd.client().await.unwrap();
+    client.lease_revoke(status.lease).await.unwrap();
+    let mut a_status = c.a.status();
+    timeout(PATIENCE, a_status.wait_for(|s| s.session_losses == 1))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Whoever claims a's shard next (b, or a on its new lease) re-runs fire T once.
+    let failovers = failover_runs(&mut c.rx, &mut c.runs).await;
+    assert_eq!(failovers.len(), 1, "{failovers:?}");
+    let f = &failovers[0];
+    assert_eq!((f.shard, f.fire), (c.a_shard, c.t), "{f:?}");
+    assert!(f.token > first_token, "not a new claim: {f:?}");
+    shutdown_all(vec![c.a, c.b]).await;
+}
+
+/// A graceful shutdown that times out cuts the hanging run short: the next owner re-runs that
+/// fire once, as a failover run, and not a second time as the misfire its cursor also implies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_cut_short_by_a_shutdown_timeout_is_rerun_once_by_the_next_owner() {
+    let mut c = a_run_hangs("stop", Duration::from_millis(200)).await;
+    // Within fire T's second: a releases before T + 1, so T is the latest missed fire too.
+    c.a.shutdown().await.unwrap();
+    wait_owned(&[c.b.status()], "j", 2, |_| true).await;
+    let failovers = failover_runs(&mut c.rx, &mut c.runs).await;
+    let reruns: Vec<&Ran> = c
+        .runs
+        .iter()
+        .filter(|r| r.instance == "b" && r.shard == c.a_shard && r.fire == c.t)
+        .collect();
+    assert_eq!(reruns.len(), 1, "{reruns:?}");
+    assert!(reruns[0].failover, "{reruns:?}");
+    assert_eq!(failovers.len(), 1, "{failovers:?}");
+    c.b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

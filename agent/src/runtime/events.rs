@@ -336,17 +336,19 @@ impl Core {
                         }
                         // A marker left behind: the previous owner died mid-execution.
                         let failover = self.jobs.get(job).is_some_and(|e| e.config.failover);
-                        if let Some(r) = running.filter(|_| failover) {
-                            runs.push((shard, token, r.fire_time, RunKind::Failover));
+                        let rerun = running.filter(|_| failover).map(|r| r.fire_time);
+                        if let Some(fire) = rerun {
+                            runs.push((shard, token, fire, RunKind::Failover));
                         }
                         let trusted = cursor.filter(|c| c.released).and_then(|c| c.last_fire);
                         if let (Some(last), Some(entry)) = (trusted, self.jobs.get_mut(job)) {
                             entry.floor.insert(shard, last);
                             // Never repeat the previous owner's last fire; run the most recent
-                            // one it missed, once, as a misfire.
+                            // one it missed, once, as a misfire (unless that is the fire the
+                            // failover run above already re-runs: one cut short at shutdown).
                             let latest = entry.schedule.latest_at_or_before(now_utc);
-                            if let Some(missed) =
-                                latest.filter(|l| *l > last && entry.config.misfire)
+                            if let Some(missed) = latest
+                                .filter(|l| *l > last && entry.config.misfire && Some(*l) != rerun)
                             {
                                 runs.push((shard, token, missed, RunKind::Misfire));
                             }

@@ -72,7 +72,11 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        if let (Some(sink), Some(rev)) = (&req.marker, marker) {
+        // Cut short by the agent (lease lost, lapse, crash, shutdown timeout): the fire did not
+        // finish, so its marker stays for whoever runs the shard next to re-run it. Deleting it
+        // here raced the abort that follows the cancel and silently dropped the fire.
+        let cut_short = cancel.is_cancelled();
+        if let (Some(sink), Some(rev), false) = (&req.marker, marker, cut_short) {
             // In the background: a delete stuck on a broken connection must not keep the shard
             // "running" (and its next fires waiting). It is guarded by the marker's revision, so
             // it can never remove a later execution's marker.

@@ -414,10 +414,11 @@ impl Core {
     /// Simulated process death: stop everything, release nothing, let the lease expire.
     fn crash(&mut self) {
         warn!("aborting as if the process died");
-        self.fence.cancel();
+        // Abort before cancelling: a dead process's handlers do not get to see a cancel.
         for (_, run) in std::mem::take(&mut self.execs) {
             run.abort.abort();
         }
+        self.fence.cancel();
         if let Some((_, task)) = self.leader.take() {
             task.abort(); // no resign: leadership ends with the lease
         }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use etcd_client::GetOptions;
 use shardjob_agent::{AgentHandle, JobSpec};
+use shardjob_coordinator::keys::Keys;
 use shardjob_integration::EtcdCluster;
 use shardjob_integration::agents::{
     Ran, Slow, assert_no_double_runs_and_rising_tokens, builder, drain_until, recorder,
@@ -131,12 +133,21 @@ async fn a_crashed_agents_shards_move_after_its_lease_and_never_run_twice() {
     let after = wait_owned(&survivors, "j", 6, |o| o.values().all(|s| s.len() == 3)).await;
     let took = crashed_at.elapsed();
     eprintln!("ownership of the crashed agent's shards moved after {took:?} (TTL 2 s)");
-    // Not before its lease could have expired: the old owner's keys had to vanish first.
-    assert!(
-        took >= Duration::from_millis(1500),
-        "moved after only {took:?}"
-    );
     let moved: Vec<u32> = before["a"].clone();
+    // Not before its lease expired: in etcd's history, just before each new owner key was
+    // created, the crashed agent's leased instance key and its owner key were already gone.
+    // (Not a time bound: the lease can expire TTL - TTL/3 after the crash, or later under load.)
+    let keys = Keys::new("crash").unwrap();
+    let mut client = etcd.client().await.unwrap();
+    for &s in &moved {
+        let now = client.get(keys.owner("j", s), None).await.unwrap();
+        let created = now.kvs()[0].create_revision();
+        let just_before = Some(GetOptions::new().with_revision(created - 1));
+        for key in [keys.instance("a"), keys.owner("j", s)] {
+            let then = client.get(key.clone(), just_before.clone()).await.unwrap();
+            assert!(then.kvs().is_empty(), "{key} still held at {}", created - 1);
+        }
+    }
     assert!(
         moved
             .iter()

@@ -248,10 +248,16 @@ async fn our_candidates_queue_behind_a_stock_etcdctl_elect_candidate() {
         .spawn()
         .expect("etcdctl on PATH (scripts/setup installs it)");
     let stdout = child.stdout.take().unwrap();
-    // etcdctl prints its key once elected.
-    let first = tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().next());
-    let first = timeout(PATIENCE, first).await.unwrap().unwrap();
+    // etcdctl prints its key once elected (then its value). The pipe stays open until etcdctl
+    // exits: closed early, etcdctl died of SIGPIPE on its next line, never resigned, and its
+    // 60 s lease kept it leading (1 run in 15 failed so).
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        (lines.next(), lines)
+    });
+    let (first, rest) = timeout(PATIENCE, first).await.unwrap().unwrap();
     assert!(matches!(first, Some(Ok(ref l)) if l.starts_with(&keys.election_name())));
+    let drained = tokio::task::spawn_blocking(move || rest.count());
 
     let session = Session::grant(&client, TTL).await.unwrap();
     let mut campaign = {
@@ -278,7 +284,9 @@ async fn our_candidates_queue_behind_a_stock_etcdctl_elect_candidate() {
         .expect("not elected after etcdctl left")
         .unwrap()
         .unwrap();
-    let _ = child.wait();
+    timeout(PATIENCE, drained).await.unwrap().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "etcdctl did not resign cleanly: {status}");
     let leader = election.leader().await.unwrap().unwrap();
     assert_eq!(leader.instance, "ours");
     assert_eq!(leader.create_revision, lead.revision());

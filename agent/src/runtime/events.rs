@@ -334,7 +334,8 @@ impl Core {
                         if let Some(entry) = self.jobs.get_mut(job) {
                             entry.claimed_at.insert(shard, now_utc);
                         }
-                        // A marker left behind: the previous owner died mid-execution.
+                        // A marker left behind: the previous execution was cut short (its owner
+                        // died, lost its lease or timed out shutting down).
                         let failover = self.jobs.get(job).is_some_and(|e| e.config.failover);
                         let rerun = running.filter(|_| failover).map(|r| r.fire_time);
                         if let Some(fire) = rerun {

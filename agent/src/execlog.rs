@@ -20,7 +20,12 @@ pub enum Outcome {
     Ok,
     Failed,
     Timeout,
+    /// The handler stopped because its token was cancelled (it returned, or the agent's cancel
+    /// reached it before the abort did).
     Cancelled,
+    /// Cut short by the agent (a lapse, a self-fence, a lost owner key, the shutdown timeout):
+    /// cancelled and aborted before it could end by itself.
+    Aborted,
 }
 
 impl Outcome {
@@ -31,6 +36,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
+            Outcome::Aborted => "aborted",
         }
     }
 }
@@ -85,6 +91,7 @@ impl ExecRecord {
             "failed" => Outcome::Failed,
             "timeout" => Outcome::Timeout,
             "cancelled" => Outcome::Cancelled,
+            "aborted" => Outcome::Aborted,
             other => return Err(format!("unknown outcome {other:?}: {line}")),
         };
         Ok(Self {

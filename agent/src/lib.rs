@@ -22,15 +22,16 @@
 //! ```
 //!
 //! Where to start reading: [`builder`] (configuration), [`job`] (what you implement), then the
-//! pure decision logic in [`ownership`] and [`schedule`], and the runtime that carries it out
-//! (`runtime/`, private: one event loop per agent).
+//! pure decision logic in [`engine`] (every rule of the protocol: `step(input, now) ->
+//! commands`) and [`schedule`], and the runtime that carries it out (`runtime/`, private: one
+//! event loop per agent that does the I/O).
 
 pub mod builder;
+pub mod engine;
 pub mod execlog;
 pub mod handle;
 pub mod job;
 pub mod kinds;
-pub mod ownership;
 mod runtime;
 pub mod schedule;
 pub mod spec;

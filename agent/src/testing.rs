@@ -7,7 +7,8 @@ use etcd_client::Client;
 use shardjob_coordinator::keys::Keys;
 use shardjob_sharding::InstanceId;
 
-use crate::runtime::txn::{ClaimPart, Claimant, ShardClaim, claim};
+use crate::engine::{ClaimResult, LeaseId, Token};
+use crate::runtime::txn::{ClaimPart, Claimant, ReleaseItem, claim};
 
 /// How claiming one shard went, for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,17 @@ pub async fn claim_parts(
             shards: shards.clone(),
         })
         .collect();
+    let Some(lease) = LeaseId::new(lease) else {
+        return parts
+            .iter()
+            .map(|p| {
+                p.shards
+                    .iter()
+                    .map(|s| (*s, Claimed::Failed("lease 0 is no lease".into())))
+                    .collect()
+            })
+            .collect();
+    };
     let who = Claimant {
         keys,
         instance,
@@ -50,9 +62,9 @@ pub async fn claim_parts(
                 .into_iter()
                 .map(|(s, c)| {
                     let c = match c {
-                        ShardClaim::Won { token, .. } => Claimed::Won(token),
-                        ShardClaim::Lost => Claimed::Lost,
-                        ShardClaim::Failed(e) => Claimed::Failed(e),
+                        ClaimResult::Won { token, .. } => Claimed::Won(token.0),
+                        ClaimResult::Lost => Claimed::Lost,
+                        ClaimResult::Failed(e) => Claimed::Failed(e),
                     };
                     (s, c)
                 })
@@ -68,9 +80,14 @@ pub async fn release_shards(
     keys: &Keys,
     items: &[(&str, u32, i64)],
 ) -> Vec<Result<bool, String>> {
-    let items: Vec<crate::runtime::txn::ReleaseItem> = items
+    let items: Vec<ReleaseItem> = items
         .iter()
-        .map(|(job, shard, token)| ((*job).to_owned(), *shard, *token, None))
+        .map(|(job, shard, token)| ReleaseItem {
+            job: (*job).to_owned(),
+            shard: *shard,
+            token: Token(*token),
+            last_fire: None,
+        })
         .collect();
     crate::runtime::txn::release_many(client, keys, &items, Duration::from_secs(5)).await
 }

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+use crate::engine::LeaseId;
+
 /// Work that can be packed with other work of the same lease.
 pub(crate) trait Packable {
     /// The session the work belongs to (work of two sessions is never packed together).
-    fn lease(&self) -> i64;
+    fn lease(&self) -> LeaseId;
     /// How much of a pack's limit it takes.
     fn size(&self) -> usize;
 }
@@ -24,7 +26,7 @@ pub(crate) async fn run_packed<W, F, Fut>(
     run: F,
 ) where
     W: Packable,
-    F: Fn(i64, Vec<W>) -> Fut,
+    F: Fn(LeaseId, Vec<W>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -75,8 +77,8 @@ mod tests {
     struct W(i64, usize, u32);
 
     impl Packable for W {
-        fn lease(&self) -> i64 {
-            self.0
+        fn lease(&self) -> LeaseId {
+            LeaseId::new(self.0).unwrap()
         }
         fn size(&self) -> usize {
             self.1
@@ -102,7 +104,7 @@ mod tests {
             let done = done_tx.clone();
             async move {
                 let ids: Vec<u32> = pack.iter().map(|w| w.2).collect();
-                done.send((lease, ids)).unwrap();
+                done.send((lease.get(), ids)).unwrap();
             }
         })
         .await;

@@ -15,6 +15,7 @@ use tracing::{Instrument, info_span};
 use super::Event;
 use super::batch::{Packable, run_packed};
 use super::txn::{CLAIM_CHUNK, ClaimPart, Claimant, Writes, claim};
+use crate::engine::LeaseId;
 
 /// Claim txns running at once.
 pub(crate) const IN_FLIGHT: usize = 8;
@@ -22,12 +23,12 @@ pub(crate) const IN_FLIGHT: usize = 8;
 /// One job's shards to claim with the session of `lease`.
 #[derive(Debug)]
 pub(crate) struct ClaimWork {
-    pub lease: i64,
+    pub lease: LeaseId,
     pub part: ClaimPart,
 }
 
 impl Packable for ClaimWork {
-    fn lease(&self) -> i64 {
+    fn lease(&self) -> LeaseId {
         self.lease
     }
     fn size(&self) -> usize {
@@ -57,7 +58,7 @@ impl Claimer {
         tx
     }
 
-    async fn claim(&self, lease: i64, works: Vec<ClaimWork>) {
+    async fn claim(&self, lease: LeaseId, works: Vec<ClaimWork>) {
         let parts: Vec<ClaimPart> = works.into_iter().map(|w| w.part).collect();
         let who = Claimant {
             keys: &self.writes.keys,

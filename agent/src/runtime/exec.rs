@@ -2,6 +2,7 @@
 //! exponential backoff and jitter, the execution log and metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -24,6 +25,9 @@ pub(crate) struct ExecRequest {
     pub permits: Vec<Arc<Semaphore>>,
     pub instance: String,
     pub log: Option<Arc<ExecLog>>,
+    /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
+    /// it (one line per execution, whichever comes first).
+    pub logged: Arc<AtomicBool>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -182,7 +186,11 @@ fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> 
     metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str()).increment(1);
     metrics::histogram!("shardjob_execution_seconds")
         .record((end - start).to_std().unwrap_or_default().as_secs_f64());
-    if let Some(log) = &req.log {
+    if let Some(log) = req
+        .log
+        .as_ref()
+        .filter(|_| !req.logged.swap(true, Ordering::SeqCst))
+    {
         log.append(&ExecRecord {
             job: req.ctx.job.clone(),
             shard: req.ctx.shard,
@@ -200,7 +208,7 @@ fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     use tokio_util::sync::CancellationToken;
 
     fn ctx() -> ShardContext {
@@ -229,6 +237,7 @@ mod tests {
             permits: vec![],
             instance: "me".into(),
             log: None,
+            logged: Arc::new(AtomicBool::new(false)),
         }
     }
 

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use super::Event;
 use super::batch::{Packable, run_packed};
 use super::txn::{RELEASE_CHUNK, ReleaseItem, Writes, release_many};
+use crate::engine::LeaseId;
 
 /// Release txns running at once.
 const IN_FLIGHT: usize = 8;
@@ -18,12 +19,12 @@ const IN_FLIGHT: usize = 8;
 /// One shard to release, held with the session of `lease`.
 #[derive(Debug)]
 pub(crate) struct ReleaseWork {
-    pub lease: i64,
+    pub lease: LeaseId,
     pub item: ReleaseItem,
 }
 
 impl Packable for ReleaseWork {
-    fn lease(&self) -> i64 {
+    fn lease(&self) -> LeaseId {
         self.lease
     }
     fn size(&self) -> usize {
@@ -51,19 +52,26 @@ impl Releaser {
         tx
     }
 
-    async fn release(&self, lease: i64, works: Vec<ReleaseWork>) {
+    async fn release(&self, lease: LeaseId, works: Vec<ReleaseWork>) {
         let items: Vec<ReleaseItem> = works.into_iter().map(|w| w.item).collect();
         let w = &self.writes;
         let results = release_many(&w.client, &w.keys, &items, w.timeout).await;
-        for ((job, shard, _, _), result) in items.into_iter().zip(results) {
-            match result {
+        for (item, result) in items.into_iter().zip(results) {
+            let (job, shard) = (item.job, item.shard);
+            match &result {
                 Ok(true) => info!(job = %job, shard, "released"),
                 Ok(false) => info!(job = %job, shard, "owner key already gone"),
-                Err(e) => warn!(job = %job, shard, error = %e, "release failed; retrying"),
+                Err(_) => {}
             }
+            let result = result.map(|_| ());
             if self
                 .events
-                .send(Event::Released { job, shard, lease })
+                .send(Event::Released {
+                    job,
+                    shard,
+                    lease,
+                    result,
+                })
                 .await
                 .is_err()
             {

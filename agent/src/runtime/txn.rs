@@ -24,6 +24,8 @@ use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpRespo
 use shardjob_coordinator::keys::Keys;
 use shardjob_coordinator::model::{Cursor, Owner, Running};
 use shardjob_sharding::InstanceId;
+
+use crate::engine::{ClaimResult, LeaseId, Token};
 use tokio::time::timeout;
 
 /// What every ownership write of one agent shares: the client, the key layout and the limit of
@@ -45,27 +47,11 @@ pub(crate) fn txn_timeout(ttl: Duration) -> Duration {
     ttl.min(Duration::from_secs(5))
 }
 
-/// How claiming one shard went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ShardClaim {
-    /// Mine, with this token; the cursor as it was before the claim, and the running marker
-    /// a previous owner left (it died mid-execution).
-    Won {
-        token: i64,
-        cursor: Option<Cursor>,
-        running: Option<Running>,
-    },
-    /// Someone holds it, or the assignment changed: wait for the next event.
-    Lost,
-    /// etcd did not answer: try again later.
-    Failed(String),
-}
-
 /// Who claims: the same for every part of a batch.
 pub(crate) struct Claimant<'a> {
     pub keys: &'a Keys,
     pub instance: &'a InstanceId,
-    pub lease: i64,
+    pub lease: LeaseId,
     pub timeout: Duration,
 }
 
@@ -85,7 +71,7 @@ pub(crate) async fn claim(
     client: &Client,
     who: &Claimant<'_>,
     parts: &[ClaimPart],
-) -> Vec<Vec<(u32, ShardClaim)>> {
+) -> Vec<Vec<(u32, ClaimResult)>> {
     match claim_batch(client, who, parts).await {
         Ok(Some(won)) => won,
         Ok(None) => {
@@ -106,7 +92,7 @@ async fn claim_alone(
     who: &Claimant<'_>,
     part: &ClaimPart,
     try_whole: bool,
-) -> Vec<(u32, ShardClaim)> {
+) -> Vec<(u32, ClaimResult)> {
     if try_whole {
         match claim_batch(client, who, std::slice::from_ref(part)).await {
             Ok(Some(mut won)) => return won.pop().unwrap_or_default(),
@@ -115,7 +101,11 @@ async fn claim_alone(
         }
     }
     if part.shards.len() == 1 {
-        return part.shards.iter().map(|s| (*s, ShardClaim::Lost)).collect();
+        return part
+            .shards
+            .iter()
+            .map(|s| (*s, ClaimResult::Lost))
+            .collect();
     }
     let mut out = Vec::with_capacity(part.shards.len());
     for &s in &part.shards {
@@ -125,17 +115,17 @@ async fn claim_alone(
         };
         match claim_batch(client, who, std::slice::from_ref(&one)).await {
             Ok(Some(won)) => out.extend(won.into_iter().flatten()),
-            Ok(None) => out.push((s, ShardClaim::Lost)),
-            Err(e) => out.push((s, ShardClaim::Failed(e))),
+            Ok(None) => out.push((s, ClaimResult::Lost)),
+            Err(e) => out.push((s, ClaimResult::Failed(e))),
         }
     }
     out
 }
 
-fn failed(part: &ClaimPart, e: &str) -> Vec<(u32, ShardClaim)> {
+fn failed(part: &ClaimPart, e: &str) -> Vec<(u32, ClaimResult)> {
     part.shards
         .iter()
-        .map(|s| (*s, ShardClaim::Failed(e.to_owned())))
+        .map(|s| (*s, ClaimResult::Failed(e.to_owned())))
         .collect()
 }
 
@@ -144,7 +134,7 @@ async fn claim_batch(
     client: &Client,
     who: &Claimant<'_>,
     parts: &[ClaimPart],
-) -> Result<Option<Vec<Vec<(u32, ShardClaim)>>>, String> {
+) -> Result<Option<Vec<Vec<(u32, ClaimResult)>>>, String> {
     let claimed = serde_json::to_vec(&Cursor::default()).map_err(|e| e.to_string())?;
     let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
     let mut compares = Vec::with_capacity(parts.len() + shards);
@@ -168,7 +158,7 @@ async fn claim_batch(
             ops.push(TxnOp::put(
                 key,
                 owner.clone(),
-                Some(PutOptions::new().with_lease(who.lease)),
+                Some(PutOptions::new().with_lease(who.lease.get())),
             ));
             ops.push(TxnOp::put(
                 who.keys.cursor(&part.job, s),
@@ -194,8 +184,8 @@ async fn claim_batch(
             part.shards
                 .iter()
                 .map(|&s| {
-                    let won = ShardClaim::Won {
-                        token,
+                    let won = ClaimResult::Won {
+                        token: Token(token),
                         cursor: got(&responses, OPS_PER_SHARD * i),
                         running: got(&responses, OPS_PER_SHARD * i + 1),
                     };
@@ -231,11 +221,7 @@ pub(crate) async fn put_marker(
 ) -> Result<Option<i64>, String> {
     let value = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
     let txn = Txn::new()
-        .when(vec![Compare::create_revision(
-            keys.owner(job, shard),
-            CompareOp::Equal,
-            marker.token,
-        )])
+        .when(vec![owner_compare(keys, job, shard, Token(marker.token))])
         .and_then(vec![TxnOp::put(keys.running(job, shard), value, None)]);
     let resp = timeout(limit, client.clone().txn(txn))
         .await
@@ -273,8 +259,21 @@ pub(crate) async fn delete_marker(
 /// Shards per release txn: 2 ops each within etcd's default 128.
 pub(crate) const RELEASE_CHUNK: usize = 64;
 
-/// One shard to release: job, shard, token, the cursor's `last_fire`.
-pub(crate) type ReleaseItem = (String, u32, i64, Option<DateTime<Utc>>);
+/// One shard to release, and the `last_fire` its cursor records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReleaseItem {
+    pub job: String,
+    pub shard: u32,
+    pub token: Token,
+    pub last_fire: Option<DateTime<Utc>>,
+}
+
+/// The compare that holds only while `token` owns the shard: its owner key exists with that
+/// create revision (etcd's `Mutex.IsOwner()`). Every write made on a shard's behalf is guarded
+/// by it, so a stale owner writes nothing.
+pub fn owner_compare(keys: &Keys, job: &str, shard: u32, token: Token) -> Compare {
+    Compare::create_revision(keys.owner(job, shard), CompareOp::Equal, token.0)
+}
 
 /// Releases `items` (at most [`RELEASE_CHUNK`]) in one txn; if a token no longer matches, each
 /// alone. One result per item, in order: `Ok(false)` when the key was no longer held with that
@@ -308,20 +307,15 @@ async fn release_batch(
 ) -> Result<bool, String> {
     let mut compares = Vec::with_capacity(items.len());
     let mut ops = Vec::with_capacity(items.len() * 2);
-    for (job, shard, token, last_fire) in items {
+    for item in items {
         let cursor = serde_json::to_vec(&Cursor {
-            last_fire: *last_fire,
+            last_fire: item.last_fire,
             released: true,
         })
         .map_err(|e| e.to_string())?;
-        let key = keys.owner(job, *shard);
-        compares.push(Compare::create_revision(
-            key.clone(),
-            CompareOp::Equal,
-            *token,
-        ));
-        ops.push(TxnOp::delete(key, None));
-        ops.push(TxnOp::put(keys.cursor(job, *shard), cursor, None));
+        compares.push(owner_compare(keys, &item.job, item.shard, item.token));
+        ops.push(TxnOp::delete(keys.owner(&item.job, item.shard), None));
+        ops.push(TxnOp::put(keys.cursor(&item.job, item.shard), cursor, None));
     }
     let txn = Txn::new().when(compares).and_then(ops);
     let resp = timeout(limit, client.clone().txn(txn))

@@ -4,11 +4,11 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use chrono::{DateTime, Utc};
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// A scheduled fire of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fire {
+pub struct Fire {
     pub at: Instant,
     pub seq: u64,
     pub job: String,
@@ -31,7 +31,7 @@ impl PartialOrd for Fire {
 
 /// Next fires, earliest first.
 #[derive(Debug, Default)]
-pub(crate) struct FireHeap {
+pub struct FireHeap {
     heap: BinaryHeap<Reverse<Fire>>,
     seq: u64,
 }
@@ -70,11 +70,7 @@ impl FireHeap {
 }
 
 /// The monotonic instant at which the wall-clock `fire_time` arrives, seen from `now`.
-pub(crate) fn instant_of(
-    fire_time: DateTime<Utc>,
-    now: Instant,
-    now_utc: DateTime<Utc>,
-) -> Instant {
+pub fn instant_of(fire_time: DateTime<Utc>, now: Instant, now_utc: DateTime<Utc>) -> Instant {
     match (fire_time - now_utc).to_std() {
         Ok(ahead) => now + ahead,
         Err(_) => now, // in the past: due now
@@ -86,8 +82,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test(start_paused = true)]
-    async fn pops_in_time_order_and_only_when_due() {
+    #[test]
+    fn pops_in_time_order_and_only_when_due() {
         let now = Instant::now();
         let t: DateTime<Utc> = "2026-11-21T10:00:00Z".parse().unwrap();
         let mut h = FireHeap::default();
@@ -96,13 +92,12 @@ mod tests {
         h.push(now + Duration::from_secs(1), "c", 1, t);
         assert_eq!(h.next_due(), Some(now + Duration::from_secs(1)));
         assert!(h.pop_due(now).is_none());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let due: Vec<String> = std::iter::from_fn(|| h.pop_due(Instant::now()))
+        let later = now + Duration::from_secs(1);
+        let due: Vec<String> = std::iter::from_fn(|| h.pop_due(later))
             .map(|f| f.job)
             .collect();
         assert_eq!(due, ["a", "c"], "same instant: insertion order");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(h.pop_due(Instant::now()).unwrap().job, "b");
+        assert_eq!(h.pop_due(later + Duration::from_secs(1)).unwrap().job, "b");
     }
 
     #[test]

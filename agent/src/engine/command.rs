@@ -1,0 +1,53 @@
+//! What the engine asks the runtime to do. The runtime carries each out and reports the result
+//! back as an [`super::Input`]; it decides nothing itself.
+
+use chrono::{DateTime, Utc};
+
+use super::types::{ExecId, LeaseId, RunKind, Token};
+
+/// One command from [`super::Engine::step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Claim these shards under `lease`, guarded by the assignment's mod revision (a stale view
+    /// of the assignment can never claim). Answered by `Input::Claimed`.
+    Claim {
+        lease: LeaseId,
+        job: String,
+        shards: Vec<u32>,
+        assignment_revision: i64,
+        generation: u64,
+    },
+    /// Delete my owner key of the shard (guarded by `token`) and write its cursor. Answered by
+    /// `Input::Released`.
+    Release {
+        lease: LeaseId,
+        job: String,
+        shard: u32,
+        token: Token,
+        last_fire: Option<DateTime<Utc>>,
+    },
+    /// Start an execution of the shard for `fire`. `replay` marks a run the engine cut short
+    /// (a lapse) and now starts again. Answered by `Input::ExecDone` when it ends by itself.
+    Launch {
+        exec: ExecId,
+        job: String,
+        shard: u32,
+        token: Token,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+        replay: bool,
+    },
+    /// Cancel the execution's token and abort it: the engine no longer counts on it (no
+    /// `ExecDone` is expected).
+    Abort {
+        exec: ExecId,
+        job: String,
+        shard: u32,
+    },
+    /// The shards this agent may fire changed for these jobs: publish them.
+    PublishOwned(Vec<String>),
+    /// Publish the whole status (a re-list, a new or lost session, shutdown).
+    PublishAll,
+    /// The lease's proof ran out: executions stopped until etcd answers (status, metric).
+    Lapsed,
+}

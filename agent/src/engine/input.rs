@@ -1,0 +1,128 @@
+//! What the engine is told: every change the agent sees in etcd, the results of its own writes
+//! and executions, the lease's proof, and the operator's word (shutdown). Values arrive decoded;
+//! a value that does not decode never becomes an input (the runtime logs it with its key).
+
+use std::time::Instant;
+
+use shardjob_coordinator::model::{AssignmentRecord, Cursor, JobConfig, Running, Trigger};
+
+use super::types::{ExecId, LeaseId, Token};
+use crate::execlog::Outcome;
+
+/// An owner key as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenOwner {
+    /// The instance the value names (`""` when the value does not decode: the key still holds
+    /// the shard, for an unknown owner).
+    pub instance: String,
+    /// The key's create revision.
+    pub token: Token,
+    /// The lease the key is bound to (0: none).
+    pub lease: i64,
+}
+
+/// How claiming one shard went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// Mine, with this token; the cursor as it was before the claim, and the running marker a
+    /// previous owner left (it was cut short mid-execution).
+    Won {
+        token: Token,
+        cursor: Option<Cursor>,
+        running: Option<Running>,
+    },
+    /// Someone holds it, or the assignment changed: wait for the next event.
+    Lost,
+    /// etcd did not answer: try again later.
+    Failed(String),
+}
+
+/// A whole prefix as listed (at the start of a watch, and after a compaction).
+#[derive(Debug, Clone)]
+pub enum Listing {
+    Jobs(Vec<(String, JobConfig)>),
+    Assignments(Vec<(String, AssignmentRecord, i64)>),
+    /// Owner keys, listed at `revision`.
+    Owners {
+        revision: i64,
+        owners: Vec<(String, u32, SeenOwner)>,
+    },
+    /// Triggers present at (re)start are history: their ids are remembered, nothing runs.
+    Triggers(Vec<(String, Trigger)>),
+}
+
+/// One input to [`super::Engine::step`].
+#[derive(Debug, Clone)]
+pub enum Input {
+    JobPut {
+        job: String,
+        config: Box<JobConfig>,
+    },
+    JobDeleted {
+        job: String,
+    },
+    /// An assignment and the mod revision it was read at.
+    AssignmentPut {
+        job: String,
+        record: AssignmentRecord,
+        revision: i64,
+    },
+    AssignmentDeleted {
+        job: String,
+    },
+    OwnerPut {
+        job: String,
+        shard: u32,
+        owner: SeenOwner,
+    },
+    /// The owner key was deleted at `revision`.
+    OwnerDeleted {
+        job: String,
+        shard: u32,
+        revision: i64,
+    },
+    TriggerPut {
+        job: String,
+        trigger: Trigger,
+    },
+    Relisted(Listing),
+    /// Results of a claim made under `lease`.
+    Claimed {
+        job: String,
+        lease: LeaseId,
+        results: Vec<(u32, ClaimResult)>,
+    },
+    /// A release made under `lease` ended: `Ok` when the key is gone (released, or its lease
+    /// expired first), `Err` when etcd did not answer (the key may still be held).
+    Released {
+        job: String,
+        shard: u32,
+        lease: LeaseId,
+        result: Result<(), String>,
+    },
+    /// An execution ended by itself.
+    ExecDone {
+        job: String,
+        shard: u32,
+        exec: ExecId,
+        outcome: Outcome,
+    },
+    /// A keep-alive was acknowledged: the lease is proven until `valid_until`.
+    Proof {
+        valid_until: Instant,
+    },
+    /// A new lease, registered and proven until `valid_until`.
+    SessionOpened {
+        lease: LeaseId,
+        valid_until: Instant,
+    },
+    /// etcd says the lease is gone: self-fence.
+    SessionLost,
+    /// A deadline from [`super::Engine::next_wake`] passed: fires due, the proof's end, the
+    /// re-check of decisions that could not be carried out.
+    Tick,
+    /// Graceful shutdown begins: start nothing more, claim nothing more, hand shards over.
+    ShutdownBegun,
+    /// Graceful shutdown ends: cut short what still runs, release everything still held.
+    Finish,
+}

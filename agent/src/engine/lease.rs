@@ -1,0 +1,148 @@
+//! The lease: its proof, a lapse, a self-fence, and the two steps of a graceful shutdown.
+//!
+//! A **lapse**: the lease can no longer be proven alive, but etcd has not said it is gone. This
+//! happens in every etcd raft election (no keep-alive is answered for one to two seconds; the
+//! new raft leader then renews every lease) and at the start of every partition. The engine
+//! cannot know which, so at the instant its proof runs out it stops executing: running
+//! executions are aborted and owed again, and nothing starts (every launch checks the proof).
+//! It keeps everything else: its lease, its shards, its claims and releases in flight. When
+//! etcd answers a keep-alive again the lease is proven once more: owner keys cannot outlive
+//! their lease and nobody can claim a key that exists, so nobody else ran these shards
+//! meanwhile, and the engine resumes with the same tokens, re-running what the lapse cut short
+//! (a scheduled fire as a misfire if the job allows misfires; a failover re-run or a trigger
+//! always). Before, a lapse was a loss: at a 2 s TTL every etcd leader kill self-fenced every
+//! agent (fault campaign, seed 77).
+//!
+//! A **self-fence**: etcd says the lease is gone. Every run is aborted, every shard is `Idle`,
+//! claims and releases in flight are forgotten (their answers carry the old lease and are
+//! ignored); the keys of the old lease are someone else's until they vanish with it.
+
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::runs::owe;
+use super::shard::Local;
+use super::{Command, Engine, LeaseId, Now, Proof};
+
+impl Engine {
+    pub(super) fn on_session_opened(&mut self, lease: LeaseId, valid_until: Instant, now: Now) {
+        self.session = Some(Proof {
+            lease,
+            valid_until,
+            lapsed: false,
+        });
+        self.decide_all(now);
+        self.publish_all = true;
+    }
+
+    /// A keep-alive was acknowledged: resume after a lapse, start what is owed, carry out the
+    /// claims deferred for lack of proof now rather than at the next re-check.
+    pub(super) fn on_proof(&mut self, valid_until: Instant, now: Now) {
+        let Some(p) = self.session.as_mut() else {
+            return;
+        };
+        p.valid_until = p.valid_until.max(valid_until);
+        let was_lapsed = p.lapsed;
+        if !self.proven(now) || (!was_lapsed && self.owed.is_empty() && self.retry.is_empty()) {
+            return;
+        }
+        if was_lapsed {
+            info!("the lease is proven again: resuming with the same lease and shards");
+            if let Some(p) = self.session.as_mut() {
+                p.lapsed = false;
+            }
+        }
+        self.launch_all_owed(now);
+        self.recheck(now);
+        self.publish_all = true;
+    }
+
+    /// The proof ran out: stop every run until etcd answers.
+    pub(super) fn lapse(&mut self) {
+        warn!("the lease can no longer be proven alive: stopping executions until etcd answers");
+        if let Some(p) = self.session.as_mut() {
+            p.lapsed = true;
+        }
+        let mut aborted = Vec::new();
+        for (job, js) in self.jobs.iter_mut() {
+            let misfire_allowed = js.spec.as_ref().is_some_and(|s| s.config.misfire);
+            for (shard, sh) in js.shards.iter_mut() {
+                let Local::Held(h) = &mut sh.local else {
+                    continue;
+                };
+                let Some(run) = h.run.take() else {
+                    continue;
+                };
+                owe(h, run.fire, run.kind, true, misfire_allowed);
+                aborted.push((job.clone(), *shard, run.exec));
+            }
+        }
+        for (job, shard, exec) in aborted {
+            self.mark_owed(&job);
+            self.abort(&job, shard, exec);
+        }
+        self.out.push(Command::Lapsed);
+        self.publish_all = true;
+    }
+
+    /// The lease is gone: stop everything done under it.
+    pub(super) fn self_fence(&mut self) {
+        warn!("self-fencing: cancelling executions and dropping ownership");
+        self.cut_everything_short(false);
+        self.session = None;
+        self.retry.clear();
+        self.retry_at = None;
+        self.owed.clear();
+        self.publish_all = true;
+    }
+
+    /// Graceful shutdown, step 1: start nothing more, claim nothing more; shards are released
+    /// as the leader reassigns them.
+    pub(super) fn on_shutdown(&mut self) {
+        self.stopping = true;
+        self.heap.clear();
+        self.publish_all = true;
+    }
+
+    /// Graceful shutdown, last step: abort what still runs and release everything still held
+    /// (the runtime carries these releases out at once, in order).
+    pub(super) fn on_finish(&mut self) {
+        self.stopping = true;
+        self.cut_everything_short(true);
+        self.publish_all = true;
+    }
+
+    /// Every shard to `Idle`: runs aborted, and (with `release`) every held key released.
+    fn cut_everything_short(&mut self, release: bool) {
+        let lease = self.lease();
+        let mut commands = Vec::new();
+        for (job, js) in self.jobs.iter_mut() {
+            let schedule = js.spec.as_ref().map(|s| &s.schedule);
+            for (&shard, sh) in js.shards.iter_mut() {
+                let local = std::mem::take(&mut sh.local);
+                let Some(h) = local.held() else {
+                    continue;
+                };
+                if let Some(run) = h.run {
+                    commands.push(Command::Abort {
+                        exec: run.exec,
+                        job: job.clone(),
+                        shard,
+                    });
+                }
+                if let (true, Some(lease)) = (release, lease) {
+                    commands.push(Command::Release {
+                        lease,
+                        job: job.clone(),
+                        shard,
+                        token: h.token,
+                        last_fire: h.cursor_value(schedule),
+                    });
+                }
+            }
+            js.shards.retain(|_, sh| !sh.is_empty());
+        }
+        self.out.extend(commands);
+    }
+}

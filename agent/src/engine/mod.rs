@@ -1,0 +1,290 @@
+//! The agent's engine: every decision of the ownership and execution protocol, pure.
+//!
+//! ```text
+//!   etcd watches ─┐                                        ┌─▶ Claim / Release   (txns)
+//!   claim/release │   Input    ┌──────────────────┐ Command│─▶ Launch / Abort    (tasks)
+//!   results ──────┼──────────▶ │ Engine::step(    │ ───────┼─▶ PublishOwned/All  (status)
+//!   exec ended ───┤            │   input, now)    │        └─▶ Lapsed            (status)
+//!   lease proof ──┤            └──────────────────┘
+//!   timers, stop ─┘                 ▲  next_wake(): when to call step(Tick) again
+//! ```
+//!
+//! The runtime (`crate::runtime`) owns the etcd client, the timers and the tasks. It turns what
+//! happens into an [`Input`], calls [`Engine::step`] with the time it read, and carries out the
+//! [`Command`]s that come back. Nothing here reads a clock, touches etcd or spawns; a rule of
+//! the protocol lives here and nowhere else, and is tested as a row of `tests/`.
+//!
+//! Where to start: [`shard`] (one shard's state machine), then the step handlers:
+//! [`observe`] (what etcd shows), [`ownership`] (claims and releases), [`runs`] (fires, owed
+//! runs, launches) and [`lease`] (proof, lapse, self-fence, shutdown).
+
+pub mod command;
+pub mod fires;
+pub mod input;
+pub mod job;
+mod lease;
+mod observe;
+mod ownership;
+mod runs;
+pub mod shard;
+#[cfg(test)]
+mod tests;
+pub mod types;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+pub use command::Command;
+pub use input::{ClaimResult, Input, Listing, SeenOwner};
+pub use types::{ExecId, LeaseId, Now, RunKind, ShardRef, Token};
+
+use fires::FireHeap;
+use job::{JobState, Spec};
+use shard::Local;
+
+/// How long a deferred decision waits before it is tried again.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// The lease as this agent last proved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proof {
+    lease: LeaseId,
+    valid_until: Instant,
+    /// The proof ran out and etcd has not answered yet.
+    lapsed: bool,
+}
+
+/// What the engine is built with.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This instance's id.
+    pub id: String,
+    /// The handler names this agent registered.
+    pub handlers: BTreeSet<String>,
+    /// Act on the lease only while it is proven for this much longer (a tenth of the TTL).
+    pub margin: Duration,
+}
+
+/// The agent's decisions; see the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    session: Option<Proof>,
+    stopping: bool,
+    // A hash map: every fire looks its job up, and a B-tree of 10k names costs a dozen string
+    // compares per lookup.
+    jobs: HashMap<String, JobState>,
+    heap: FireHeap,
+    next_version: u64,
+    next_exec: u64,
+    /// The last trigger id seen per job (a trigger runs once per id).
+    triggers_seen: HashMap<String, String>,
+    /// Jobs to decide again at `retry_at` (a claim deferred for lack of proof, a failed claim
+    /// or release). Never a walk over every job: at 10k jobs that walk was fire lateness's p99.
+    retry: BTreeSet<String>,
+    retry_at: Option<Instant>,
+    /// Jobs that may have a run owed (a hint: what is owed lives in the shards).
+    owed: BTreeSet<String>,
+    /// A job that still held shards at the last `drained` check.
+    drain_hint: Option<String>,
+    /// This step's commands.
+    out: Vec<Command>,
+    /// Jobs whose fireable shards may have changed in this step.
+    publish: BTreeSet<String>,
+    publish_all: bool,
+}
+
+impl Engine {
+    /// An engine with no session, no jobs, nothing held.
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            cfg,
+            session: None,
+            stopping: false,
+            jobs: HashMap::new(),
+            heap: FireHeap::default(),
+            next_version: 0,
+            next_exec: 0,
+            triggers_seen: HashMap::new(),
+            retry: BTreeSet::new(),
+            retry_at: None,
+            owed: BTreeSet::new(),
+            drain_hint: None,
+            out: Vec::new(),
+            publish: BTreeSet::new(),
+            publish_all: false,
+        }
+    }
+
+    /// Applies one input at `now` and returns what the runtime must do.
+    pub fn step(&mut self, input: Input, now: Now) -> Vec<Command> {
+        match input {
+            Input::JobPut { job, config } => self.on_job_put(&job, *config, now),
+            Input::JobDeleted { job } => self.on_job_deleted(&job, now),
+            Input::AssignmentPut {
+                job,
+                record,
+                revision,
+            } => self.on_assignment(&job, Some((record, revision)), now),
+            Input::AssignmentDeleted { job } => self.on_assignment(&job, None, now),
+            Input::OwnerPut { job, shard, owner } => {
+                self.on_owner(&job, shard, Some(owner), 0, now)
+            }
+            Input::OwnerDeleted {
+                job,
+                shard,
+                revision,
+            } => self.on_owner(&job, shard, None, revision, now),
+            Input::TriggerPut { job, trigger } => self.on_trigger(&job, trigger, now),
+            Input::Relisted(listing) => self.on_relisted(listing, now),
+            Input::Claimed {
+                job,
+                lease,
+                results,
+            } => self.on_claimed(&job, lease, results, now),
+            Input::Released {
+                job,
+                shard,
+                lease,
+                result,
+            } => self.on_released(&job, shard, lease, result, now),
+            Input::ExecDone {
+                job,
+                shard,
+                exec,
+                outcome,
+            } => self.on_exec_done(&job, shard, exec, outcome, now),
+            Input::Proof { valid_until } => self.on_proof(valid_until, now),
+            Input::SessionOpened { lease, valid_until } => {
+                self.on_session_opened(lease, valid_until, now)
+            }
+            Input::SessionLost => self.self_fence(),
+            Input::Tick => self.on_tick(now),
+            Input::ShutdownBegun => self.on_shutdown(),
+            Input::Finish => self.on_finish(),
+        }
+        self.flush()
+    }
+
+    /// When to call `step(Tick)` next: the earliest of the next fire, the end of the lease's
+    /// proof, and the re-check of deferred decisions.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let proof = self.session.filter(|p| !p.lapsed).map(|p| p.valid_until);
+        [self.heap.next_due(), proof, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The lease of the current session.
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.session.map(|p| p.lease)
+    }
+
+    /// True once shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// The config of a job this agent can run.
+    pub fn config(&self, job: &str) -> Option<&shardjob_coordinator::model::JobConfig> {
+        self.jobs.get(job)?.spec.as_ref().map(|s| &s.config)
+    }
+
+    /// The shards of `job` this agent may fire now: held and still assigned to it.
+    pub fn fireable(&self, job: &str) -> Vec<u32> {
+        let Some(js) = self.jobs.get(job) else {
+            return Vec::new();
+        };
+        js.shards
+            .iter()
+            .filter(|(s, sh)| {
+                matches!(sh.local, Local::Held(_)) && js.assigned_to(**s, &self.cfg.id)
+            })
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Every job with shards this agent may fire now.
+    pub fn owned(&self) -> Vec<(String, Vec<u32>)> {
+        self.jobs
+            .keys()
+            .filter_map(|job| {
+                let shards = self.fireable(job);
+                (!shards.is_empty()).then(|| (job.clone(), shards))
+            })
+            .collect()
+    }
+
+    /// True once no shard is held or being released (shutdown may end). It remembers which job
+    /// still held something: with 10k jobs a walk per event would make a shutdown quadratic.
+    pub fn drained(&mut self) -> bool {
+        let busy = |js: &JobState| js.shards.values().any(|s| s.local.held().is_some());
+        if let Some(js) = self.drain_hint.as_ref().and_then(|j| self.jobs.get(j)) {
+            if busy(js) {
+                return false;
+            }
+        }
+        self.drain_hint = self
+            .jobs
+            .iter()
+            .find(|(_, js)| busy(js))
+            .map(|(j, _)| j.clone());
+        self.drain_hint.is_none()
+    }
+
+    /// True when the lease is proven for the margin past `now`.
+    fn proven(&self, now: Now) -> bool {
+        self.session
+            .is_some_and(|p| now.mono + self.cfg.margin < p.valid_until)
+    }
+
+    fn defer(&mut self, job: &str, now: Now) {
+        self.retry.insert(job.to_owned());
+        self.retry_at.get_or_insert(now.mono + RECHECK);
+    }
+
+    fn flush(&mut self) -> Vec<Command> {
+        if cfg!(debug_assertions) {
+            self.check();
+        }
+        if self.publish_all {
+            self.out.push(Command::PublishAll);
+        } else if !self.publish.is_empty() {
+            self.out.push(Command::PublishOwned(
+                self.publish.iter().cloned().collect(),
+            ));
+        }
+        self.publish.clear();
+        self.publish_all = false;
+        std::mem::take(&mut self.out)
+    }
+
+    /// The invariants, checked after every step in debug builds (tests, the fault campaign):
+    /// every shard's state machine is consistent with the key seen and the session, and no run
+    /// goes on while the lease is lapsed.
+    fn check(&self) {
+        let lease = self.lease();
+        let lapsed = self.session.is_some_and(|p| p.lapsed);
+        for (job, js) in &self.jobs {
+            for (shard, sh) in &js.shards {
+                if let Err(e) = sh.check(&self.cfg.id, lease) {
+                    panic!("engine invariant broken at {job}/{shard}: {e}");
+                }
+                assert!(
+                    !(lapsed && sh.run().is_some()),
+                    "engine invariant broken at {job}/{shard}: a run during a lapse"
+                );
+            }
+        }
+    }
+
+    /// Shards of `job` with a run owed go on the hint list.
+    fn mark_owed(&mut self, job: &str) {
+        self.owed.insert(job.to_owned());
+    }
+
+    fn spec(&self, job: &str) -> Option<&Spec> {
+        self.jobs.get(job).and_then(|j| j.spec.as_ref())
+    }
+}

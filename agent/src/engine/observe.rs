@@ -1,0 +1,228 @@
+//! What etcd shows: job configs, assignments, owner keys and triggers, one change at a time or
+//! a whole prefix at once after a re-list. Each handler records the change, then decides again
+//! only for a job whose change concerns this agent (with 20 agents, 19 of 20 owner events
+//! concern another).
+
+use shardjob_coordinator::model::{AssignmentRecord, JobConfig, Trigger};
+use tracing::warn;
+
+use super::fires::instant_of;
+use super::input::{Listing, SeenOwner};
+use super::job::Spec;
+use super::shard::Local;
+use super::{Engine, Now, RunKind};
+use crate::schedule::FireSchedule;
+
+impl Engine {
+    /// A job config arrived: kept if this agent has its handler; a changed schedule (cron,
+    /// interval, time zone or offset) reschedules.
+    pub(super) fn on_job_put(&mut self, job: &str, config: JobConfig, now: Now) {
+        self.upsert(job, config, now);
+        self.decide(job, now);
+    }
+
+    fn upsert(&mut self, job: &str, config: JobConfig, now: Now) {
+        let runs_here = self.cfg.handlers.contains(config.handler_name(job));
+        let js = self.jobs.entry(job.to_owned()).or_default();
+        if !runs_here {
+            js.spec = None;
+            return;
+        }
+        let same_schedule = js.spec.as_ref().is_some_and(|s| {
+            s.config.schedule == config.schedule
+                && s.config.time_zone == config.time_zone
+                && s.config.offset == config.offset
+        });
+        if let Some(spec) = js.spec.as_mut().filter(|_| same_schedule) {
+            spec.config = config;
+            return;
+        }
+        let offset = config.offset.map(|o| o.0).unwrap_or_default();
+        let schedule = match FireSchedule::new(&config.schedule, &config.time_zone) {
+            Ok(s) => s.with_offset(offset),
+            Err(e) => {
+                warn!(job, error = %e, "schedule does not compile; the last good config stays");
+                return;
+            }
+        };
+        self.next_version += 1;
+        let version = self.next_version;
+        if let Some(next) = schedule.next_after(now.wall) {
+            self.heap
+                .push(instant_of(next, now.mono, now.wall), job, version, next);
+        }
+        js.spec = Some(Spec {
+            config,
+            schedule,
+            version,
+        });
+    }
+
+    pub(super) fn on_job_deleted(&mut self, job: &str, now: Now) {
+        if let Some(js) = self.jobs.get_mut(job) {
+            js.spec = None;
+        }
+        self.decide(job, now);
+    }
+
+    pub(super) fn on_assignment(
+        &mut self,
+        job: &str,
+        assignment: Option<(AssignmentRecord, i64)>,
+        now: Now,
+    ) {
+        let me = self.cfg.id.as_str();
+        if assignment.is_none() && !self.jobs.contains_key(job) {
+            return;
+        }
+        let js = self.jobs.entry(job.to_owned()).or_default();
+        let before = js.names(me);
+        js.assignment = assignment;
+        // Another instance's change cannot change what this one does: skip deciding.
+        if before || js.names(me) {
+            self.decide(job, now);
+            self.publish.insert(job.to_owned());
+        }
+    }
+
+    /// An owner key was put (`owner`) or deleted at `revision` (`None`).
+    pub(super) fn on_owner(
+        &mut self,
+        job: &str,
+        shard: u32,
+        owner: Option<SeenOwner>,
+        revision: i64,
+        now: Now,
+    ) {
+        if owner.is_none() && !self.jobs.contains_key(job) {
+            return;
+        }
+        let me = self.cfg.id.clone();
+        let js = self.jobs.entry(job.to_owned()).or_default();
+        let relevant = js.concerns(shard, &me) || owner.as_ref().is_some_and(|o| o.instance == me);
+        let sh = js.shards.entry(shard).or_default();
+        // An event older than the key I hold (the claim's answer and the watch travel apart):
+        // it speaks of a previous key.
+        let event_rev = owner.as_ref().map_or(revision, |o| o.token.0);
+        if sh.seen.as_ref().is_some_and(|o| event_rev < o.token.0) {
+            return;
+        }
+        sh.seen = owner;
+        self.key_changed(job, shard);
+        if let Some(js) = self.jobs.get_mut(job) {
+            js.prune(shard);
+        }
+        if relevant {
+            self.decide(job, now);
+            self.publish.insert(job.to_owned());
+        }
+    }
+
+    /// After the key seen for a shard changed: a held shard whose key is no longer mine (with
+    /// its token) is no longer held. Its run, if any, is cut short: the key is gone, so someone
+    /// else may claim the shard.
+    pub(super) fn key_changed(&mut self, job: &str, shard: u32) {
+        let (me, lease) = (self.cfg.id.clone(), self.lease());
+        let Some(sh) = self
+            .jobs
+            .get_mut(job)
+            .and_then(|js| js.shards.get_mut(&shard))
+        else {
+            return;
+        };
+        let Some(held) = sh.local.held() else {
+            return;
+        };
+        let still =
+            sh.seen_mine(&me, lease) && sh.seen.as_ref().is_some_and(|o| o.token == held.token);
+        if still {
+            return;
+        }
+        if matches!(sh.local, Local::Held(_)) {
+            warn!(
+                job,
+                shard, "my owner key is gone: the shard is no longer mine"
+            );
+        }
+        let run = sh.run();
+        sh.local = Local::Idle;
+        if let Some(run) = run {
+            self.abort(job, shard, run.exec);
+        }
+    }
+
+    /// A new trigger id: run every shard this agent may fire, once.
+    pub(super) fn on_trigger(&mut self, job: &str, trigger: Trigger, now: Now) {
+        if self.triggers_seen.get(job) == Some(&trigger.id) {
+            return;
+        }
+        self.triggers_seen
+            .insert(job.to_owned(), trigger.id.clone());
+        let shards = self.fireable(job);
+        tracing::info!(job, id = %trigger.id, shards = shards.len(), "triggered");
+        for shard in shards {
+            self.offer(job, shard, trigger.requested_at, RunKind::Trigger, now);
+        }
+    }
+
+    /// A whole prefix was replaced: forget what it held, apply the listing, decide every job.
+    pub(super) fn on_relisted(&mut self, listing: Listing, now: Now) {
+        match listing {
+            Listing::Triggers(triggers) => {
+                for (job, t) in triggers {
+                    self.triggers_seen.insert(job, t.id);
+                }
+                return;
+            }
+            Listing::Jobs(jobs) => {
+                self.heap.clear();
+                self.jobs.values_mut().for_each(|j| j.spec = None);
+                for (job, config) in jobs {
+                    self.upsert(&job, config, now);
+                }
+            }
+            Listing::Assignments(list) => {
+                self.jobs.values_mut().for_each(|j| j.assignment = None);
+                for (job, record, revision) in list {
+                    self.jobs.entry(job).or_default().assignment = Some((record, revision));
+                }
+            }
+            Listing::Owners { revision, owners } => {
+                // A key created after the listing (my claim, answered before the listing
+                // arrived) is newer than what the listing can show: it stays.
+                for js in self.jobs.values_mut() {
+                    for sh in js.shards.values_mut() {
+                        if sh.seen.as_ref().is_some_and(|o| o.token.0 <= revision) {
+                            sh.seen = None;
+                        }
+                    }
+                }
+                for (job, shard, owner) in owners {
+                    let sh = self
+                        .jobs
+                        .entry(job)
+                        .or_default()
+                        .shards
+                        .entry(shard)
+                        .or_default();
+                    if sh.seen.as_ref().is_none_or(|o| o.token <= owner.token) {
+                        sh.seen = Some(owner);
+                    }
+                }
+                let held: Vec<(String, u32)> = self
+                    .jobs
+                    .iter()
+                    .flat_map(|(j, js)| js.shards.keys().map(move |s| (j.clone(), *s)))
+                    .collect();
+                for (job, shard) in held {
+                    self.key_changed(&job, shard);
+                    if let Some(js) = self.jobs.get_mut(&job) {
+                        js.prune(shard);
+                    }
+                }
+            }
+        }
+        self.decide_all(now);
+        self.publish_all = true;
+    }
+}

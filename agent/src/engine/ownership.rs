@@ -1,0 +1,234 @@
+//! Claims and releases (DESIGN §3, "Ownership and handoff"):
+//! - claim a shard when the assignment gives it to me and **no owner key exists** (a previous
+//!   owner's key must be deleted first, by its release or its lease's expiry); a claim carries
+//!   the assignment's mod revision, so a stale view can never claim; claims wait while the
+//!   lease is not proven for the margin, and stop at shutdown;
+//! - release a held shard that is no longer assigned to me once its execution (if any) ended,
+//!   with the cursor that accounts for every fire up to it;
+//! - a won claim runs what the previous owner left undone: the fire it was cut short in (its
+//!   running marker, failover jobs), and the most recent fire the hand-off missed (catch-up,
+//!   when its cursor is trusted and the job allows misfires).
+
+use chrono::{DateTime, Utc};
+use shardjob_coordinator::model::Cursor;
+use tracing::{debug, warn};
+
+use super::input::{ClaimResult, SeenOwner};
+use super::shard::{Held, Local};
+use super::{Command, Engine, LeaseId, Now, RunKind};
+
+impl Engine {
+    /// Decisions for every job (a re-list, a new session).
+    pub(super) fn decide_all(&mut self, now: Now) {
+        let jobs: Vec<String> = self.jobs.keys().cloned().collect();
+        for job in jobs {
+            self.decide(&job, now);
+        }
+    }
+
+    /// What to claim and release for `job` now.
+    pub(super) fn decide(&mut self, job: &str, now: Now) {
+        let Some(lease) = self.lease() else {
+            return;
+        };
+        let proven = self.proven(now);
+        let may_claim = !self.stopping && self.spec(job).is_some();
+        let me = self.cfg.id.clone();
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        // A key of mine seen without a claim's answer (the answer was lost): it is held.
+        for sh in js.shards.values_mut() {
+            if sh.local == Local::Idle && sh.seen_mine(&me, Some(lease)) {
+                let token = sh.seen.as_ref().map(|o| o.token);
+                if let Some(token) = token {
+                    sh.local = Local::Held(Held::adopted(token));
+                }
+            }
+        }
+        let mut claim = Vec::new();
+        if let (true, Some((record, revision))) = (may_claim, &js.assignment) {
+            let (revision, generation) = (*revision, record.generation);
+            for s in 0..record.owners.len() as u32 {
+                let free = js.shards.get(&s).is_none_or(|sh| sh.is_empty());
+                if free && js.assigned_to(s, &me) {
+                    claim.push(s);
+                }
+            }
+            if !claim.is_empty() && proven {
+                for &s in &claim {
+                    js.shards.entry(s).or_default().local = Local::Claiming;
+                }
+                self.out.push(Command::Claim {
+                    lease,
+                    job: job.to_owned(),
+                    shards: std::mem::take(&mut claim),
+                    assignment_revision: revision,
+                    generation,
+                });
+            }
+        }
+        let mut releases = Vec::new();
+        for (&s, sh) in js.shards.iter_mut() {
+            let Local::Held(h) = &sh.local else {
+                continue;
+            };
+            if h.run.is_some()
+                || js
+                    .assignment
+                    .as_ref()
+                    .and_then(|(r, _)| r.owner(s))
+                    .is_some_and(|o| o.as_str() == me)
+            {
+                continue;
+            }
+            let Local::Held(mut h) = std::mem::take(&mut sh.local) else {
+                continue;
+            };
+            h.owed = None; // not mine to run any more; the cursor lets the next owner catch up
+            let last_fire = h.cursor_value(js.spec.as_ref().map(|s| &s.schedule));
+            releases.push(Command::Release {
+                lease,
+                job: job.to_owned(),
+                shard: s,
+                token: h.token,
+                last_fire,
+            });
+            sh.local = Local::Releasing(h);
+        }
+        let had_releases = !releases.is_empty();
+        self.out.extend(releases);
+        if !claim.is_empty() {
+            // Not now: the lease is not proven long enough. Try again at the re-check.
+            self.defer(job, now);
+        }
+        if had_releases {
+            self.publish.insert(job.to_owned());
+        }
+    }
+
+    pub(super) fn on_claimed(
+        &mut self,
+        job: &str,
+        lease: LeaseId,
+        results: Vec<(u32, ClaimResult)>,
+        now: Now,
+    ) {
+        if self.lease() != Some(lease) {
+            return; // a claim of a fenced session: its keys count as someone else's anyway
+        }
+        let me = self.cfg.id.clone();
+        let mut runs: Vec<(u32, DateTime<Utc>, RunKind)> = Vec::new();
+        let mut failed = false;
+        let js = self.jobs.entry(job.to_owned()).or_default();
+        for (shard, result) in results {
+            let sh = js.shards.entry(shard).or_default();
+            match result {
+                ClaimResult::Won {
+                    token,
+                    cursor,
+                    running,
+                } => {
+                    sh.seen = Some(SeenOwner {
+                        instance: me.clone(),
+                        token,
+                        lease: lease.get(),
+                    });
+                    let floor = cursor
+                        .filter(|c| c.released)
+                        .and_then(|c: Cursor| c.last_fire);
+                    sh.local = Local::Held(Held::claimed(token, now.wall, floor));
+                    debug!(job, shard, %token, "claimed");
+                    let Some(spec) = &js.spec else {
+                        continue;
+                    };
+                    // A marker left behind: the previous execution was cut short (its owner
+                    // died, lost its lease, or timed out shutting down).
+                    if let Some(r) = running.filter(|_| spec.config.failover) {
+                        runs.push((shard, r.fire_time, RunKind::Failover));
+                    }
+                    // Never repeat the previous owner's last fire; run the most recent one it
+                    // missed, once (the fire the failover run re-runs counts as covered).
+                    let latest = spec.schedule.latest_at_or_before(now.wall);
+                    if let (Some(last), Some(latest), true) = (floor, latest, spec.config.misfire) {
+                        if latest > last {
+                            runs.push((shard, latest, RunKind::CatchUp));
+                        }
+                    }
+                }
+                ClaimResult::Lost => {
+                    if sh.local == Local::Claiming {
+                        sh.local = Local::Idle;
+                    }
+                }
+                ClaimResult::Failed(e) => {
+                    warn!(job, shard, error = %e, "claim failed; retrying");
+                    if sh.local == Local::Claiming {
+                        sh.local = Local::Idle;
+                    }
+                    failed = true;
+                }
+            }
+            js.prune(shard);
+        }
+        if failed {
+            self.defer(job, now);
+        }
+        for (shard, fire, kind) in runs {
+            if self.fireable_shard(job, shard) {
+                self.offer(job, shard, fire, kind, now);
+            }
+        }
+        metrics::counter!("shardjob_shard_claims_total").increment(1);
+        self.decide(job, now);
+        self.publish.insert(job.to_owned());
+    }
+
+    pub(super) fn on_released(
+        &mut self,
+        job: &str,
+        shard: u32,
+        lease: LeaseId,
+        result: Result<(), String>,
+        now: Now,
+    ) {
+        if self.lease() != Some(lease) {
+            return;
+        }
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let Some(sh) = js.shards.get_mut(&shard) else {
+            return;
+        };
+        let Local::Releasing(h) = std::mem::take(&mut sh.local) else {
+            return; // the key's delete was seen first
+        };
+        match result {
+            Ok(()) => {
+                // The key is gone; its DELETE event may still be on its way.
+                if sh.seen.as_ref().is_some_and(|o| o.token == h.token) {
+                    sh.seen = None;
+                }
+                js.prune(shard);
+                self.decide(job, now);
+            }
+            Err(e) => {
+                warn!(job, shard, error = %e, "release failed; retrying");
+                sh.local = Local::Held(h);
+                self.defer(job, now);
+            }
+        }
+    }
+
+    /// True when `shard` of `job` is held and still assigned to me.
+    pub(super) fn fireable_shard(&self, job: &str, shard: u32) -> bool {
+        self.jobs.get(job).is_some_and(|js| {
+            js.assigned_to(shard, &self.cfg.id)
+                && js
+                    .shards
+                    .get(&shard)
+                    .is_some_and(|sh| matches!(sh.local, Local::Held(_)))
+        })
+    }
+}

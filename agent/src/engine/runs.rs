@@ -1,0 +1,252 @@
+//! Fires, owed runs and launches. The rules:
+//! - a run starts only on a shard that is held and still assigned to me, of a job that is not
+//!   disabled, while not shutting down, and while the lease is proven for the margin;
+//! - at most one run per shard at a time: a run that cannot start now is **owed** — after the
+//!   shard's current run (a coalesced misfire) or once the lease is proven again (a lapse) —
+//!   one per shard, the latest fire winning; a scheduled fire is owed only when the job allows
+//!   misfires, a failover re-run or a trigger always (each is a run someone is owed);
+//! - a fire of the schedule at or before the latest one this owner launched or owes
+//!   (`covered`) never starts again: the heap, a catch-up and a failover re-run can all arrive
+//!   at one fire.
+
+use chrono::{DateTime, Utc};
+use tracing::{debug, warn};
+
+use super::fires::instant_of;
+use super::shard::{Local, Owed, Run};
+use super::{Command, Engine, ExecId, Now, RunKind};
+use crate::execlog::Outcome;
+
+impl Engine {
+    /// Asks for a run of `shard` for `fire`: it starts now, is owed, or is not needed.
+    pub(super) fn offer(
+        &mut self,
+        job: &str,
+        shard: u32,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+        now: Now,
+    ) {
+        let stopping = self.stopping;
+        let proven = self.proven(now);
+        let lapsed = self.session.is_some_and(|p| p.lapsed);
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let Some(spec) = js.runnable() else {
+            return;
+        };
+        let misfire_allowed = spec.config.misfire;
+        if stopping {
+            return;
+        }
+        let Some(Local::Held(h)) = js.shards.get_mut(&shard).map(|s| &mut s.local) else {
+            return;
+        };
+        if kind.is_scheduled() && h.covered.is_some_and(|c| fire <= c) {
+            debug!(job, shard, %fire, ?kind, "already covered");
+            return;
+        }
+        if h.run.is_some() || !proven {
+            if h.run.is_some() {
+                metrics::counter!("shardjob_misfires_total").increment(1);
+            } else if lapsed {
+                debug!(job, shard, "not starting during a lapse");
+            } else {
+                warn!(
+                    job,
+                    shard, "not starting: the lease is not proven long enough"
+                );
+            }
+            if owe(h, fire, kind, false, misfire_allowed) {
+                self.mark_owed(job);
+            }
+            return;
+        }
+        self.launch(job, shard, fire, kind, false);
+    }
+
+    /// Starts a run of a held shard (the caller checked that it may).
+    fn launch(&mut self, job: &str, shard: u32, fire: DateTime<Utc>, kind: RunKind, replay: bool) {
+        self.next_exec += 1;
+        let exec = ExecId(self.next_exec);
+        let Some(Local::Held(h)) = self
+            .jobs
+            .get_mut(job)
+            .and_then(|js| js.shards.get_mut(&shard))
+            .map(|s| &mut s.local)
+        else {
+            return;
+        };
+        if kind.is_scheduled() {
+            h.cover(fire);
+        }
+        h.run = Some(Run { exec, fire, kind });
+        self.out.push(Command::Launch {
+            exec,
+            job: job.to_owned(),
+            shard,
+            token: h.token,
+            fire,
+            kind,
+            replay,
+        });
+    }
+
+    /// Starts the run `shard` owes, if it may start now.
+    pub(super) fn launch_owed(&mut self, job: &str, shard: u32, now: Now) {
+        if self.stopping || !self.proven(now) || !self.fireable_shard(job, shard) {
+            return;
+        }
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if js.runnable().is_none() {
+            return;
+        }
+        let Some(Local::Held(h)) = js.shards.get_mut(&shard).map(|s| &mut s.local) else {
+            return;
+        };
+        if h.run.is_some() {
+            return;
+        }
+        if let Some(owed) = h.owed.take() {
+            if owed.replay {
+                tracing::info!(job, shard, fire = %owed.fire, "replaying a run the lapse cut short");
+            }
+            self.launch(job, shard, owed.fire, owed.kind, owed.replay);
+        }
+    }
+
+    /// Starts every owed run that may start now (the lease is proven again).
+    pub(super) fn launch_all_owed(&mut self, now: Now) {
+        for job in std::mem::take(&mut self.owed) {
+            let shards: Vec<u32> = self.jobs.get(&job).map_or_else(Vec::new, |js| {
+                js.shards
+                    .iter()
+                    .filter(|(_, sh)| matches!(&sh.local, Local::Held(h) if h.owed.is_some()))
+                    .map(|(s, _)| *s)
+                    .collect()
+            });
+            for shard in shards {
+                self.launch_owed(&job, shard, now);
+            }
+        }
+    }
+
+    pub(super) fn on_exec_done(
+        &mut self,
+        job: &str,
+        shard: u32,
+        exec: ExecId,
+        outcome: Outcome,
+        now: Now,
+    ) {
+        let Some(Local::Held(h)) = self
+            .jobs
+            .get_mut(job)
+            .and_then(|js| js.shards.get_mut(&shard))
+            .map(|s| &mut s.local)
+        else {
+            return;
+        };
+        // Only the execution's own report: after a lapse a later execution may already run.
+        let Some(run) = h.run.filter(|r| r.exec == exec) else {
+            return;
+        };
+        debug!(job, shard, fire = %run.fire, outcome = outcome.as_str(), "execution ended");
+        h.run = None;
+        h.last_run = h.last_run.max(Some(run.fire));
+        self.launch_owed(job, shard, now);
+        self.decide(job, now);
+    }
+
+    /// Cuts a run short: the engine no longer counts on it.
+    pub(super) fn abort(&mut self, job: &str, shard: u32, exec: ExecId) {
+        self.out.push(Command::Abort {
+            exec,
+            job: job.to_owned(),
+            shard,
+        });
+    }
+
+    /// Fires every due entry of the heap.
+    pub(super) fn fire_due(&mut self, now: Now) {
+        let mut coalesced = 0u64;
+        while let Some(f) = self.heap.pop_due(now.mono) {
+            let Some(spec) = self.spec(&f.job).filter(|s| s.version == f.version) else {
+                continue; // the job was removed or rescheduled
+            };
+            let lateness = (now.wall - f.fire_time).to_std().unwrap_or_default();
+            metrics::histogram!("shardjob_fire_lateness_seconds").record(lateness.as_secs_f64());
+            metrics::counter!("shardjob_fires_total").increment(1);
+            let (next, skipped) = spec.schedule.following(f.fire_time, now.wall);
+            coalesced += u64::from(skipped);
+            if let Some(next) = next {
+                self.heap.push(
+                    instant_of(next, now.mono, now.wall),
+                    &f.job,
+                    f.version,
+                    next,
+                );
+            }
+            for shard in self.fireable(&f.job) {
+                self.offer(&f.job, shard, f.fire_time, RunKind::Scheduled, now);
+            }
+        }
+        if coalesced > 0 {
+            metrics::counter!("shardjob_fires_coalesced_total").increment(coalesced);
+            warn!(
+                jobs = coalesced,
+                "the scheduler fell a whole interval behind; fires older than now were coalesced into the late run"
+            );
+        }
+    }
+
+    /// Timers: the proof's end, fires due, the re-check of deferred decisions.
+    pub(super) fn on_tick(&mut self, now: Now) {
+        if self
+            .session
+            .is_some_and(|p| !p.lapsed && now.mono >= p.valid_until)
+        {
+            self.lapse();
+        }
+        self.fire_due(now);
+        if self.retry_at.is_some_and(|t| t <= now.mono) {
+            self.retry_at = None;
+            self.recheck(now);
+        }
+    }
+
+    /// Decides again the jobs whose last decision could not be carried out.
+    pub(super) fn recheck(&mut self, now: Now) {
+        for job in std::mem::take(&mut self.retry) {
+            self.decide(&job, now);
+        }
+    }
+}
+
+/// Records a run `h` owes for `fire`; true when it was kept. A scheduled fire is owed (as a
+/// misfire) only when the job allows misfires; a failover re-run or a trigger always.
+pub(super) fn owe(
+    h: &mut super::shard::Held,
+    fire: DateTime<Utc>,
+    kind: RunKind,
+    replay: bool,
+    misfire_allowed: bool,
+) -> bool {
+    let kind = match kind {
+        RunKind::Scheduled | RunKind::Misfire | RunKind::CatchUp if !misfire_allowed => {
+            return false;
+        }
+        RunKind::Scheduled | RunKind::Misfire | RunKind::CatchUp => RunKind::Misfire,
+        RunKind::Failover | RunKind::Trigger => kind,
+    };
+    if kind.is_scheduled() {
+        h.cover(fire);
+    }
+    if h.owed.is_none_or(|o| fire >= o.fire) {
+        h.owed = Some(Owed { fire, kind, replay });
+    }
+    true
+}

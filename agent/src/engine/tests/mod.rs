@@ -1,0 +1,6 @@
+//! Table and property tests of the engine: each row is `given state + input at now →
+//! commands`, with no etcd, no tokio and no clock.
+
+mod harness;
+mod props;
+mod rows;

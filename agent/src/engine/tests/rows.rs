@@ -1,0 +1,502 @@
+//! One test per rule, each a few rows `given state + input at now → commands`.
+
+use super::harness::*;
+use crate::engine::{Command, Input, LeaseId, Listing, RunKind::*};
+
+// ---- at most one launch per (shard, fire) --------------------------------------------------
+
+#[test]
+fn a_claim_answered_after_a_fire_is_due_but_before_it_pops_runs_that_fire_once() {
+    // The race found on main: the claim's catch-up ran fire 1.0, then the heap popped 1.0,
+    // saw the shard running and queued 1.0 again as a misfire.
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    assert_eq!(claims(&h.assign("j", &[ME], 40)), [(vec![0], 40)]);
+    h.t = 1.02; // fire 1.0 is due; the timer has not fired yet
+    let won = h.won("j", 0, 100, released_cursor(0.0), None);
+    assert_eq!(launches(&won), [(0, 1.0, CatchUp)]);
+    assert_eq!(
+        launches(&h.at(1.02)),
+        [],
+        "the heap's 1.0 is the fire the catch-up ran"
+    );
+    assert_eq!(
+        launches(&h.done("j", 0, exec_of(&won, 0))),
+        [],
+        "nothing coalesced"
+    );
+    assert_eq!(launches(&h.at(2.0)), [(0, 2.0, Scheduled)]);
+}
+
+#[test]
+fn a_claim_answered_before_the_heap_pops_the_previous_owners_last_fire_does_not_repeat_it() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    h.assign("j", &[ME], 40);
+    h.t = 1.02;
+    // The previous owner ran 1.0 and released.
+    assert_eq!(
+        launches(&h.won("j", 0, 100, released_cursor(1.0), None)),
+        []
+    );
+    assert_eq!(launches(&h.at(1.5)), [], "1.0 ran on the previous owner");
+    assert_eq!(launches(&h.at(2.0)), [(0, 2.0, Scheduled)]);
+}
+
+#[test]
+fn a_fire_cut_short_is_rerun_exactly_once_by_the_next_owner() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", failover(every_second(1)));
+    h.assign("j", &[ME], 40);
+    h.t = 1.3;
+    // The dead owner was running 1.0 (its marker); its cursor is not trusted (a crash).
+    let unreleased = Some(shardjob_coordinator::model::Cursor::default());
+    let won = h.won("j", 0, 100, unreleased, marker(1.0, 90));
+    assert_eq!(launches(&won), [(0, 1.0, Failover)]);
+    assert_eq!(
+        launches(&h.at(1.3)),
+        [],
+        "the heap's 1.0 is the fire being re-run"
+    );
+    assert_eq!(launches(&h.done("j", 0, exec_of(&won, 0))), []);
+    assert_eq!(launches(&h.at(2.0)), [(0, 2.0, Scheduled)]);
+}
+
+#[test]
+fn a_catch_up_never_runs_the_fire_the_failover_run_covers() {
+    // A shutdown timeout: the old owner released (last_fire 0.0) with fire 1.0 cut short.
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", failover(every_second(1)));
+    h.assign("j", &[ME], 40);
+    h.t = 1.3;
+    let won = h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90));
+    assert_eq!(
+        launches(&won),
+        [(0, 1.0, Failover)],
+        "no catch-up of 1.0 besides"
+    );
+    // A later missed fire is still caught up, after the failover run.
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", failover(every_second(1)));
+    h.assign("j", &[ME], 40);
+    h.t = 2.3;
+    let won = h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90));
+    assert_eq!(launches(&won), [(0, 1.0, Failover)]);
+    h.at(2.3);
+    let done = h.done("j", 0, exec_of(&won, 0));
+    assert_eq!(launches(&done), [(0, 2.0, Misfire)]);
+}
+
+#[test]
+fn a_catch_up_runs_the_most_recent_missed_fire_once_and_never_the_previous_last() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    h.assign("j", &[ME], 40);
+    h.at(3.4);
+    let won = h.won("j", 0, 100, released_cursor(1.0), None);
+    assert_eq!(
+        launches(&won),
+        [(0, 3.0, CatchUp)],
+        "2.0 is coalesced into 3.0"
+    );
+    // Without a trusted cursor (the previous owner crashed) nothing is caught up.
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    h.assign("j", &[ME], 40);
+    h.at(3.4);
+    let unreleased = Some(shardjob_coordinator::model::Cursor::default());
+    assert_eq!(launches(&h.won("j", 0, 100, unreleased, None)), []);
+    // Nor when the job does not allow misfires.
+    let mut h = Harness::new();
+    h.open();
+    let mut c = every_second(1);
+    c.misfire = false;
+    h.job("j", c);
+    h.assign("j", &[ME], 40);
+    h.at(3.4);
+    assert_eq!(
+        launches(&h.won("j", 0, 100, released_cursor(1.0), None)),
+        []
+    );
+}
+
+// ---- coalescing ----------------------------------------------------------------------------
+
+#[test]
+fn fires_during_a_run_coalesce_into_one_run_of_the_latest() {
+    let mut h = Harness::holding(1, every_second(1));
+    let first = h.at(1.0);
+    assert_eq!(launches(&first), [(0, 1.0, Scheduled)]);
+    assert_eq!(launches(&h.at(3.5)), [], "2.0 and 3.0 wait for 1.0");
+    let done = h.done("j", 0, exec_of(&first, 0));
+    assert_eq!(launches(&done), [(0, 3.0, Misfire)], "only the latest");
+    // Without misfires they are skipped.
+    let mut c = every_second(1);
+    c.misfire = false;
+    let mut h = Harness::holding(1, c);
+    let first = h.at(1.0);
+    h.at(3.5);
+    assert_eq!(launches(&h.done("j", 0, exec_of(&first, 0))), []);
+}
+
+#[test]
+fn a_trigger_during_a_run_is_owed_even_without_misfires() {
+    let mut c = every_second(1);
+    c.misfire = false;
+    let mut h = Harness::holding(1, c);
+    let first = h.at(1.0);
+    assert_eq!(launches(&h.trigger("j", "t1", 1.2)), []);
+    assert_eq!(
+        launches(&h.done("j", 0, exec_of(&first, 0))),
+        [(0, 1.2, Trigger)]
+    );
+}
+
+// ---- triggers ------------------------------------------------------------------------------
+
+#[test]
+fn a_trigger_runs_every_fireable_shard_once_per_id() {
+    let mut h = Harness::holding(2, every_second(2));
+    assert_eq!(
+        launches(&h.trigger("j", "a", 0.6)),
+        [(0, 0.6, Trigger), (1, 0.6, Trigger)]
+    );
+    assert_eq!(launches(&h.trigger("j", "a", 0.6)), [], "the same id again");
+    // Ids present at a (re)start are history.
+    let listing = Listing::Triggers(vec![(
+        "j".into(),
+        shardjob_coordinator::model::Trigger {
+            id: "b".into(),
+            requested_at: wall(0.7),
+        },
+    )]);
+    assert_eq!(launches(&h.step(Input::Relisted(listing))), []);
+    assert_eq!(launches(&h.trigger("j", "b", 0.7)), []);
+}
+
+// ---- the lease's proof ---------------------------------------------------------------------
+
+#[test]
+fn nothing_launches_without_proof_of_the_lease_and_the_run_is_owed() {
+    let mut h = Harness::holding(1, every(5, 1));
+    // Opened at 0.5 with a 10 s TTL: proven until 10.5; the margin is 1 s.
+    let five = h.at(5.0);
+    assert_eq!(launches(&five), [(0, 5.0, Scheduled)]);
+    h.done("j", 0, exec_of(&five, 0));
+    assert_eq!(launches(&h.at(10.0)), [], "10.0 + margin is past the proof");
+    assert_eq!(
+        launches(&h.trigger("j", "t", 10.1)),
+        [],
+        "no trigger either"
+    );
+    let lapse = h.at(10.6);
+    assert!(lapse.contains(&Command::Lapsed), "{lapse:?}");
+    assert_eq!(
+        launches(&h.prove_until(20.6)),
+        [(0, 10.1, Trigger)],
+        "latest owed"
+    );
+}
+
+#[test]
+fn a_lapse_aborts_runs_and_replays_them_once_proven_again() {
+    let mut h = Harness::holding(1, every(60, 1));
+    h.prove_until(65.0); // keep-alives answered until here, then no more
+    let run = h.at(60.0);
+    assert_eq!(launches(&run), [(0, 60.0, Scheduled)]);
+    let lapse = h.at(65.0);
+    assert_eq!(aborts(&lapse), [0]);
+    assert!(lapse.contains(&Command::Lapsed));
+    assert_eq!(
+        launches(&h.done("j", 0, exec_of(&run, 0))),
+        [],
+        "a stale report"
+    );
+    let resumed = h.prove_until(75.0);
+    assert_eq!(launches(&resumed), [(0, 60.0, Misfire)], "replayed once");
+    // Same token: nothing changed owner.
+    assert!(
+        resumed
+            .iter()
+            .any(|c| matches!(c, Command::Launch { token, replay: true, .. } if token.0 == 100))
+    );
+    assert_eq!(launches(&h.prove_until(80.0)), [], "not twice");
+}
+
+#[test]
+fn a_lapse_replays_a_failover_run_as_a_failover_run() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", failover(every(60, 1)));
+    h.assign("j", &[ME], 40);
+    let won = h.won("j", 0, 100, None, marker(0.0, 90));
+    assert_eq!(launches(&won), [(0, 0.0, Failover)]);
+    assert_eq!(aborts(&h.at(10.5)), [0]);
+    let resumed = h.prove_until(20.0);
+    assert_eq!(launches(&resumed), [(0, 0.0, Failover)]);
+    assert!(
+        resumed
+            .iter()
+            .any(|c| matches!(c, Command::Launch { replay: true, .. }))
+    );
+}
+
+#[test]
+fn claims_wait_for_proof_and_go_at_the_recheck() {
+    let mut h = Harness::new();
+    let valid_until = h.mono(1.0); // proven for less than the margin
+    h.step(Input::SessionOpened {
+        lease: lease(),
+        valid_until,
+    });
+    h.job("j", every_second(1));
+    assert_eq!(claims(&h.assign("j", &[ME], 40)), []);
+    h.prove_until(11.0);
+    // Proof is back: the deferred claim goes at once rather than at the re-check.
+    let mut h2 = Harness::new();
+    h2.step(Input::SessionOpened {
+        lease: lease(),
+        valid_until: h2.mono(1.0),
+    });
+    h2.job("j", every_second(1));
+    h2.assign("j", &[ME], 40);
+    assert_eq!(claims(&h2.prove_until(11.0)), [(vec![0], 40)]);
+}
+
+// ---- disabled ------------------------------------------------------------------------------
+
+#[test]
+fn a_disabled_job_launches_nothing_of_any_kind() {
+    let mut disabled = failover(every_second(1));
+    disabled.disabled = true;
+    // Scheduled fires and triggers.
+    let mut h = Harness::holding(1, disabled.clone());
+    assert_eq!(launches(&h.at(2.5)), []);
+    assert_eq!(launches(&h.trigger("j", "t", 2.6)), []);
+    // A claim's failover re-run and catch-up.
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", disabled.clone());
+    h.assign("j", &[ME], 40);
+    h.t = 2.3;
+    assert_eq!(
+        launches(&h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90))),
+        []
+    );
+    // A run owed when the job was disabled mid-run, and a lapse's replay.
+    let mut h = Harness::holding(1, failover(every_second(1)));
+    let run = h.at(1.0);
+    h.at(2.0); // 2.0 owed as a misfire
+    h.job("j", disabled);
+    assert_eq!(launches(&h.done("j", 0, exec_of(&run, 0))), []);
+    h.prove_until(3.0);
+    h.at(3.0);
+    assert_eq!(launches(&h.prove_until(20.0)), []);
+}
+
+// ---- claims and releases -------------------------------------------------------------------
+
+#[test]
+fn claims_take_free_assigned_shards_in_one_command_with_the_assignment_revision() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(4));
+    h.owner("j", 3, "other", 10, 99); // still held by the previous owner
+    assert_eq!(
+        claims(&h.assign("j", &[ME, "other", ME, ME], 42)),
+        [(vec![0, 2], 42)]
+    );
+    assert_eq!(
+        claims(&h.assign("j", &[ME, "other", ME, ME], 43)),
+        [],
+        "in flight"
+    );
+    assert_eq!(
+        claims(&h.owner_gone("j", 3, 11)),
+        [(vec![3], 43)],
+        "after the DELETE"
+    );
+    // Shutting down: no claims.
+    h.step(Input::ShutdownBegun);
+    h.owner("j", 1, "other", 12, 99);
+    assert_eq!(claims(&h.assign("j", &[ME, ME, ME, ME], 44)), []);
+}
+
+#[test]
+fn a_release_waits_for_the_run_and_records_the_last_fire() {
+    let mut h = Harness::holding(2, every_second(2));
+    let run = h.at(1.0);
+    h.done("j", 1, exec_of(&run, 1));
+    // Shard 0 moves away while it runs; shard 1 stays.
+    assert_eq!(releases(&h.assign("j", &["other", ME], 41)), []);
+    assert_eq!(
+        launches(&h.at(2.0)),
+        [(1, 2.0, Scheduled)],
+        "shard 0 fires no more"
+    );
+    assert_eq!(
+        releases(&h.done("j", 0, exec_of(&run, 0))),
+        [(0, 100, Some(1.0))]
+    );
+}
+
+#[test]
+fn a_release_before_any_fire_accounts_for_the_fire_before_the_claim() {
+    let mut h = Harness::holding(1, every_second(1)); // claimed at 0.5
+    assert_eq!(
+        releases(&h.assign("j", &["other"], 41)),
+        [(0, 100, Some(0.0))]
+    );
+}
+
+#[test]
+fn a_failed_release_is_retried_with_the_same_cursor() {
+    let mut h = Harness::holding(1, every_second(1));
+    let run = h.at(1.0);
+    h.done("j", 0, exec_of(&run, 0));
+    assert_eq!(
+        releases(&h.assign("j", &["other"], 41)),
+        [(0, 100, Some(1.0))]
+    );
+    h.step(Input::Released {
+        job: "j".into(),
+        shard: 0,
+        lease: lease(),
+        result: Err("no answer".into()),
+    });
+    assert_eq!(
+        releases(&h.at(2.6)),
+        [(0, 100, Some(1.0))],
+        "at the re-check"
+    );
+}
+
+#[test]
+fn a_key_of_mine_seen_without_a_claims_answer_is_held() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    h.assign("j", &[ME], 40);
+    h.step(Input::Claimed {
+        job: "j".into(),
+        lease: lease(),
+        results: vec![(0, crate::engine::ClaimResult::Failed("timed out".into()))],
+    });
+    // The claim did commit; the retry loses to the key it made.
+    h.owner("j", 0, ME, 100, lease().get());
+    assert!(
+        h.engine.fireable("j").is_empty(),
+        "waits for the retry's answer"
+    );
+    h.step(Input::Claimed {
+        job: "j".into(),
+        lease: lease(),
+        results: vec![(0, crate::engine::ClaimResult::Lost)],
+    });
+    assert_eq!(h.engine.fireable("j"), [0]);
+    assert_eq!(launches(&h.at(1.0)), [(0, 1.0, Scheduled)]);
+}
+
+// ---- keys seen ------------------------------------------------------------------------------
+
+#[test]
+fn a_held_key_that_vanishes_aborts_its_run_and_is_claimed_again() {
+    let mut h = Harness::holding(1, every_second(1));
+    h.at(1.0);
+    let gone = h.owner_gone("j", 0, 150);
+    assert_eq!(aborts(&gone), [0]);
+    assert_eq!(claims(&gone), [(vec![0], 40)]);
+}
+
+#[test]
+fn an_event_older_than_my_key_is_ignored() {
+    let mut h = Harness::holding(1, every_second(1)); // token 100
+    assert!(
+        aborts(&h.owner_gone("j", 0, 90)).is_empty(),
+        "the delete of the previous key"
+    );
+    h.owner("j", 0, "other", 80, 5);
+    assert_eq!(h.engine.fireable("j"), [0]);
+    // A re-list taken before my claim cannot show my key, and does not drop it.
+    let before = Listing::Owners {
+        revision: 95,
+        owners: vec![],
+    };
+    h.step(Input::Relisted(before));
+    assert_eq!(h.engine.fireable("j"), [0]);
+    let after = Listing::Owners {
+        revision: 120,
+        owners: vec![],
+    };
+    assert_eq!(claims(&h.step(Input::Relisted(after))), [(vec![0], 40)]);
+}
+
+#[test]
+fn a_self_fence_aborts_everything_and_old_keys_block_claims_until_they_vanish() {
+    let mut h = Harness::holding(1, every_second(1));
+    h.at(1.0);
+    let fenced = h.step(Input::SessionLost);
+    assert_eq!(aborts(&fenced), [0]);
+    assert_eq!(launches(&h.at(2.0)), []);
+    assert!(h.engine.fireable("j").is_empty());
+    let new_lease = LeaseId::new(8).unwrap();
+    assert_eq!(
+        claims(&h.open_with(new_lease)),
+        [],
+        "the key of lease 7 still exists"
+    );
+    assert_eq!(claims(&h.owner_gone("j", 0, 160)), [(vec![0], 40)]);
+    // An answer to a claim of the old session is ignored.
+    assert_eq!(
+        launches(&h.won("j", 0, 170, released_cursor(0.0), None)),
+        []
+    );
+}
+
+// ---- schedule changes ----------------------------------------------------------------------
+
+#[test]
+fn a_live_offset_change_reschedules() {
+    let mut c = every_second(1);
+    c.schedule = shardjob_coordinator::model::Schedule::Every(
+        shardjob_coordinator::model::HumanDuration(std::time::Duration::from_secs(10)),
+    );
+    let mut h = Harness::holding(1, c.clone());
+    c.offset = Some(shardjob_coordinator::model::HumanDuration(
+        std::time::Duration::from_secs(5),
+    ));
+    h.job("j", c);
+    assert_eq!(launches(&h.at(9.0)), [(0, 5.0, Scheduled)]);
+    assert_eq!(launches(&h.at(10.0)), [], "the old schedule's 10.0 is gone");
+}
+
+// ---- shutdown ------------------------------------------------------------------------------
+
+#[test]
+fn shutdown_starts_nothing_and_finish_releases_everything() {
+    let mut h = Harness::holding(2, every_second(2));
+    let run = h.at(1.0);
+    h.done("j", 1, exec_of(&run, 1));
+    h.step(Input::ShutdownBegun);
+    assert_eq!(launches(&h.at(3.0)), []);
+    assert_eq!(launches(&h.trigger("j", "t", 3.1)), []);
+    assert_eq!(
+        launches(&h.done("j", 0, exec_of(&run, 0))),
+        [],
+        "nothing owed runs"
+    );
+    assert!(!h.engine.drained(), "shards are still held");
+    let finish = h.step(Input::Finish);
+    assert_eq!(
+        releases(&finish),
+        [(0, 100, Some(1.0)), (1, 101, Some(1.0))]
+    );
+    assert!(h.engine.drained());
+}

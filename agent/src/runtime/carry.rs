@@ -1,0 +1,259 @@
+//! Carries out the engine's commands: claims and releases go to their packing tasks, launches
+//! become execution tasks, aborts end them, and the status is published.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::claimer::ClaimWork;
+use super::exec::{ExecRequest, execute};
+use super::releaser::ReleaseWork;
+use super::txn::{self, ClaimPart, ReleaseItem};
+use super::{Core, Event};
+use crate::engine::{Command, ExecId, RunKind, Token};
+use crate::execlog::{ExecLog, ExecRecord, Outcome};
+use crate::handle::AgentStatus;
+use crate::job::ShardContext;
+
+/// An execution in progress.
+pub(super) struct RunningExec {
+    abort: AbortHandle,
+    cancel: CancellationToken,
+    /// Set by whoever writes the execution's log line first (the execution, or its abort).
+    logged: Arc<AtomicBool>,
+    job: String,
+    shard: u32,
+    fire: DateTime<Utc>,
+    token: Token,
+    launched: DateTime<Utc>,
+}
+
+impl RunningExec {
+    /// Cut short by the agent: cancel its token, abort its task, and log it as aborted unless
+    /// it logged its own end first.
+    pub(super) fn abort(self, instance: &str, log: &Option<Arc<ExecLog>>) {
+        self.cancel.cancel();
+        self.abort.abort();
+        if let Some(log) = log {
+            if !self.logged.swap(true, Ordering::SeqCst) {
+                log.append(&ExecRecord {
+                    job: self.job,
+                    shard: self.shard,
+                    fire_time: self.fire,
+                    instance: instance.to_owned(),
+                    token: self.token.0,
+                    start: self.launched,
+                    end: Utc::now(),
+                    outcome: Outcome::Aborted,
+                });
+            }
+        }
+    }
+
+    /// Gone as with the process: aborted first, then cancelled, and nothing logged.
+    pub(super) fn vanish(self) {
+        self.logged.store(true, Ordering::SeqCst);
+        self.abort.abort();
+        self.cancel.cancel();
+    }
+}
+
+impl Core {
+    pub(super) fn carry_out(&mut self, commands: Vec<Command>) {
+        for command in commands {
+            match command {
+                Command::Claim {
+                    lease,
+                    job,
+                    shards,
+                    assignment_revision,
+                    generation,
+                } => {
+                    for chunk in shards.chunks(txn::CLAIM_CHUNK) {
+                        let part = ClaimPart {
+                            job: job.clone(),
+                            assignment_revision,
+                            generation,
+                            shards: chunk.to_vec(),
+                        };
+                        // Unbounded: the claimer lives as long as the core (never a lost claim).
+                        let _ = self.claims.send(ClaimWork { lease, part });
+                    }
+                }
+                Command::Release {
+                    lease,
+                    job,
+                    shard,
+                    token,
+                    last_fire,
+                } => {
+                    let item = ReleaseItem {
+                        job,
+                        shard,
+                        token,
+                        last_fire,
+                    };
+                    // Unbounded: the releaser lives as long as the core (never a lost release).
+                    let _ = self.releases.send(ReleaseWork { lease, item });
+                }
+                Command::Launch {
+                    exec,
+                    job,
+                    shard,
+                    token,
+                    fire,
+                    kind,
+                    replay,
+                } => self.launch(exec, job, shard, token, fire, kind, replay),
+                Command::Abort { exec, .. } => {
+                    if let Some(run) = self.execs.remove(&exec) {
+                        run.abort(&self.cfg.id, &self.cfg.exec_log);
+                    }
+                }
+                Command::PublishOwned(jobs) => self.publish_owned(&jobs),
+                Command::PublishAll => self.publish_all(|_| {}),
+                Command::Lapsed => {
+                    metrics::counter!("shardjob_lease_lapses_total").increment(1);
+                    self.publish_all(|s| s.lapses += 1);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        exec: ExecId,
+        job: String,
+        shard: u32,
+        token: Token,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+        replay: bool,
+    ) {
+        if replay {
+            tracing::debug!(job, shard, %fire, "replaying a run cut short");
+        }
+        let Some(config) = self.engine.config(&job) else {
+            return;
+        };
+        let Some(handler) = self.cfg.handlers.get(config.handler_name(&job)).cloned() else {
+            return;
+        };
+        let cancel = CancellationToken::new();
+        let ctx = ShardContext {
+            job: job.clone(),
+            shard,
+            total: config.total,
+            shard_param: config.shard_param(shard).to_owned(),
+            job_param: config.job_param.clone(),
+            fire_time: fire,
+            token: token.0,
+            attempt: 1,
+            is_failover: kind == RunKind::Failover,
+            is_misfire: matches!(kind, RunKind::Misfire | RunKind::CatchUp),
+            cancel: cancel.clone(),
+        };
+        let (timeout, retries, failover) = (
+            config.timeout.map(|t| t.0),
+            config.max_retries,
+            config.failover,
+        );
+        let job_limit = self.cfg.job_limits.get(&job).map(|n| {
+            self.job_limits
+                .entry(job.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(*n)))
+                .clone()
+        });
+        let permits = self.global_limit.iter().cloned().chain(job_limit).collect();
+        let logged = Arc::new(AtomicBool::new(false));
+        let req = ExecRequest {
+            marker: failover.then(|| self.writes.clone()),
+            handler,
+            ctx,
+            timeout,
+            retries,
+            permits,
+            instance: self.cfg.id.clone(),
+            log: self.cfg.exec_log.clone(),
+            logged: logged.clone(),
+        };
+        let tx = self.tx.clone();
+        let job_name = job.clone();
+        let task = tokio::spawn(
+            async move {
+                let outcome = execute(req).await;
+                let _ = tx
+                    .send(Event::ExecDone {
+                        job: job_name,
+                        shard,
+                        exec,
+                        outcome,
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+        let run = RunningExec {
+            abort: task.abort_handle(),
+            cancel,
+            logged,
+            job,
+            shard,
+            fire,
+            token,
+            launched: Utc::now(),
+        };
+        self.execs.insert(exec, run);
+    }
+
+    /// Publishes the whole status, with `change` applied.
+    pub(super) fn publish_all(&self, change: impl FnOnce(&mut AgentStatus)) {
+        let owned: std::collections::BTreeMap<String, Vec<u32>> =
+            self.engine.owned().into_iter().collect();
+        let count: usize = owned.values().map(Vec::len).sum();
+        metrics::gauge!("shardjob_owned_shards").set(count as f64);
+        let lease = self.engine.lease().map_or(0, |l| l.get());
+        let stopping = self.engine.stopping();
+        self.status.send_modify(|s| {
+            s.owned = owned;
+            s.lease = lease;
+            s.stopping = stopping;
+            change(s);
+        });
+    }
+
+    /// Refreshes the published shards of `jobs` only: an event about one job must not cost a
+    /// walk over every shard of every job.
+    fn publish_owned(&self, jobs: &[String]) {
+        let mut delta: i64 = 0;
+        self.status.send_if_modified(|s| {
+            let mut changed = false;
+            for job in jobs {
+                let shards = self.engine.fireable(job);
+                let before = s.owned.get(job).map_or(0, Vec::len) as i64;
+                if s.owned
+                    .get(job)
+                    .map_or(shards.is_empty(), |old| *old == shards)
+                {
+                    continue;
+                }
+                changed = true;
+                delta += shards.len() as i64 - before;
+                if shards.is_empty() {
+                    s.owned.remove(job);
+                } else {
+                    s.owned.insert(job.clone(), shards);
+                }
+            }
+            changed
+        });
+        if delta != 0 {
+            metrics::gauge!("shardjob_owned_shards").increment(delta as f64);
+        }
+    }
+}

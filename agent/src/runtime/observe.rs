@@ -1,0 +1,185 @@
+//! Turns the runtime's events into engine inputs: watch events decoded (a value that does not
+//! decode is logged with its key and goes no further: the last good value stays), task results
+//! passed on.
+
+use etcd_client::KeyValue;
+use shardjob_coordinator::keys::KeyKind;
+use shardjob_coordinator::model::{AssignmentRecord, Owner, Trigger, decode, decode_job};
+use shardjob_coordinator::watch::WatchEvent;
+use tracing::warn;
+
+use super::{Core, Event, Stream};
+use crate::engine::{Input, Listing, SeenOwner, Token};
+
+fn key_of(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}
+
+impl Core {
+    pub(super) fn handle(&mut self, event: Event) {
+        let input = match event {
+            Event::Watch(stream, ev) => match self.translate(stream, ev) {
+                Some(input) => input,
+                None => return,
+            },
+            Event::Claimed {
+                job,
+                lease,
+                results,
+            } => Input::Claimed {
+                job,
+                lease,
+                results,
+            },
+            Event::Released {
+                job,
+                shard,
+                lease,
+                result,
+            } => Input::Released {
+                job,
+                shard,
+                lease,
+                result,
+            },
+            Event::ExecDone {
+                job,
+                shard,
+                exec,
+                outcome,
+            } => {
+                // An execution the engine aborted is no longer its concern.
+                if self.execs.remove(&exec).is_none() {
+                    return;
+                }
+                self.status.send_modify(|s| s.executions += 1);
+                Input::ExecDone {
+                    job,
+                    shard,
+                    exec,
+                    outcome,
+                }
+            }
+            Event::Leader(leading) => {
+                self.status.send_modify(|s| s.is_leader = leading);
+                return;
+            }
+        };
+        self.step(input);
+    }
+
+    fn translate(&self, stream: Stream, ev: WatchEvent) -> Option<Input> {
+        match ev {
+            WatchEvent::Restarted { kvs, revision } => Some(Input::Relisted(match stream {
+                Stream::Jobs => Listing::Jobs(kvs.iter().filter_map(|kv| self.job(kv)).collect()),
+                Stream::Assignments => {
+                    Listing::Assignments(kvs.iter().filter_map(|kv| self.assignment(kv)).collect())
+                }
+                Stream::Owners => Listing::Owners {
+                    revision,
+                    owners: kvs.iter().filter_map(|kv| self.owner(kv)).collect(),
+                },
+                Stream::Triggers => {
+                    Listing::Triggers(kvs.iter().filter_map(|kv| self.trigger(kv)).collect())
+                }
+            })),
+            WatchEvent::Put(kv) => match stream {
+                Stream::Jobs => self.job(&kv).map(|(job, config)| Input::JobPut {
+                    job,
+                    config: Box::new(config),
+                }),
+                Stream::Assignments => {
+                    self.assignment(&kv)
+                        .map(|(job, record, revision)| Input::AssignmentPut {
+                            job,
+                            record,
+                            revision,
+                        })
+                }
+                Stream::Owners => {
+                    self.owner(&kv)
+                        .map(|(job, shard, owner)| Input::OwnerPut { job, shard, owner })
+                }
+                Stream::Triggers => self
+                    .trigger(&kv)
+                    .map(|(job, trigger)| Input::TriggerPut { job, trigger }),
+            },
+            WatchEvent::Delete { kv, .. } => match (stream, self.cfg.keys.parse(&key_of(&kv))?) {
+                (Stream::Jobs, KeyKind::Job(job)) => Some(Input::JobDeleted { job }),
+                (Stream::Assignments, KeyKind::Assignment(job)) => {
+                    Some(Input::AssignmentDeleted { job })
+                }
+                (Stream::Owners, KeyKind::Owner { job, shard }) => Some(Input::OwnerDeleted {
+                    job,
+                    shard,
+                    revision: kv.mod_revision(),
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    fn job(&self, kv: &KeyValue) -> Option<(String, shardjob_coordinator::model::JobConfig)> {
+        let key = key_of(kv);
+        let Some(KeyKind::Job(job)) = self.cfg.keys.parse(&key) else {
+            return None;
+        };
+        match decode_job(&key, &job, kv.value()) {
+            Ok(c) => Some((job, c)),
+            Err(e) => {
+                warn!(error = %e, "skipping a job config that does not decode; the last good one stays");
+                None
+            }
+        }
+    }
+
+    fn assignment(&self, kv: &KeyValue) -> Option<(String, AssignmentRecord, i64)> {
+        let key = key_of(kv);
+        let Some(KeyKind::Assignment(job)) = self.cfg.keys.parse(&key) else {
+            return None;
+        };
+        match decode::<AssignmentRecord>(&key, "assignment", kv.value()) {
+            Ok(r) => Some((job, r, kv.mod_revision())),
+            Err(e) => {
+                warn!(error = %e, "skipping an assignment that does not decode");
+                None
+            }
+        }
+    }
+
+    /// An owner key that does not decode still holds the shard: nobody may claim over it, so it
+    /// is recorded as held by an unknown instance.
+    fn owner(&self, kv: &KeyValue) -> Option<(String, u32, SeenOwner)> {
+        let key = key_of(kv);
+        let Some(KeyKind::Owner { job, shard }) = self.cfg.keys.parse(&key) else {
+            return None;
+        };
+        let instance = match decode::<Owner>(&key, "owner", kv.value()) {
+            Ok(o) => o.instance.to_string(),
+            Err(e) => {
+                warn!(error = %e, "an owner key that does not decode holds its shard for an unknown owner");
+                String::new()
+            }
+        };
+        let seen = SeenOwner {
+            instance,
+            token: Token(kv.create_revision()),
+            lease: kv.lease(),
+        };
+        Some((job, shard, seen))
+    }
+
+    fn trigger(&self, kv: &KeyValue) -> Option<(String, Trigger)> {
+        let key = key_of(kv);
+        let Some(KeyKind::Trigger(job)) = self.cfg.keys.parse(&key) else {
+            return None;
+        };
+        match decode::<Trigger>(&key, "trigger", kv.value()) {
+            Ok(t) => Some((job, t)),
+            Err(e) => {
+                warn!(error = %e, "skipping a trigger that does not decode");
+                None
+            }
+        }
+    }
+}

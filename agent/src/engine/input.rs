@@ -98,6 +98,7 @@ pub enum Input {
         job: String,
         shard: u32,
         lease: LeaseId,
+        token: Token,
         result: Result<(), String>,
     },
     /// An execution ended by itself.

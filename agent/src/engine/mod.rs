@@ -146,8 +146,9 @@ impl Engine {
                 job,
                 shard,
                 lease,
+                token,
                 result,
-            } => self.on_released(&job, shard, lease, result, now),
+            } => self.on_released(&job, shard, lease, token, result, now),
             Input::ExecDone {
                 job,
                 shard,

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::input::{ClaimResult, SeenOwner};
 use super::shard::{Held, Local};
-use super::{Command, Engine, LeaseId, Now, RunKind};
+use super::{Command, Engine, LeaseId, Now, RunKind, Token};
 
 impl Engine {
     /// Decisions for every job (a re-list, a new session).
@@ -189,6 +189,7 @@ impl Engine {
         job: &str,
         shard: u32,
         lease: LeaseId,
+        token: Token,
         result: Result<(), String>,
         now: Now,
     ) {
@@ -201,8 +202,13 @@ impl Engine {
         let Some(sh) = js.shards.get_mut(&shard) else {
             return;
         };
+        // Only the answer to this tenure's release: the key's delete may have been seen first,
+        // and the shard may be held again with a newer token since.
+        if !matches!(&sh.local, Local::Releasing(h) if h.token == token) {
+            return;
+        }
         let Local::Releasing(h) = std::mem::take(&mut sh.local) else {
-            return; // the key's delete was seen first
+            return;
         };
         match result {
             Ok(()) => {

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::builder::AgentError;
-use crate::engine::{ClaimResult, Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now};
+use crate::engine::{
+    ClaimResult, Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now, Token,
+};
 use crate::execlog::{ExecLog, Outcome};
 use crate::handle::{AgentHandle, AgentStatus};
 use crate::job::DynJob;
@@ -85,6 +87,7 @@ pub(crate) enum Event {
         job: String,
         shard: u32,
         lease: LeaseId,
+        token: Token,
         result: Result<(), String>,
     },
     ExecDone {

@@ -35,11 +35,13 @@ impl Core {
                 job,
                 shard,
                 lease,
+                token,
                 result,
             } => Input::Released {
                 job,
                 shard,
                 lease,
+                token,
                 result,
             },
             Event::ExecDone {

@@ -57,7 +57,7 @@ impl Releaser {
         let w = &self.writes;
         let results = release_many(&w.client, &w.keys, &items, w.timeout).await;
         for (item, result) in items.into_iter().zip(results) {
-            let (job, shard) = (item.job, item.shard);
+            let (job, shard, token) = (item.job, item.shard, item.token);
             match &result {
                 Ok(true) => info!(job = %job, shard, "released"),
                 Ok(false) => info!(job = %job, shard, "owner key already gone"),
@@ -70,6 +70,7 @@ impl Releaser {
                     job,
                     shard,
                     lease,
+                    token,
                     result,
                 })
                 .await

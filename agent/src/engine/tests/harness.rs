@@ -26,7 +26,7 @@ pub fn lease() -> LeaseId {
 /// 10:00:00 plus `secs` on the wall clock.
 pub fn wall(secs: f64) -> DateTime<Utc> {
     let base: DateTime<Utc> = "2026-11-21T10:00:00Z".parse().unwrap();
-    base + chrono::Duration::microseconds((secs * 1e6) as i64)
+    base + chrono::Duration::microseconds((secs * 1e6).round() as i64)
 }
 
 /// A job of `total` shards every second.
@@ -81,6 +81,8 @@ pub struct Harness {
     base: Instant,
     /// Seconds since 10:00:00 on both clocks.
     pub t: f64,
+    /// The monotonic clock, exact (a deadline is hit to the nanosecond, not through `t`).
+    mono_now: Option<Instant>,
 }
 
 impl Harness {
@@ -95,14 +97,30 @@ impl Harness {
             engine,
             base: Instant::now(),
             t: 0.5,
+            mono_now: None,
         }
     }
 
     pub fn now(&self) -> Now {
         Now {
-            mono: self.mono(self.t),
+            mono: self.mono_now.unwrap_or_else(|| self.mono(self.t)),
             wall: wall(self.t),
         }
+    }
+
+    /// Sets both clocks to `secs`.
+    pub fn set(&mut self, secs: f64) {
+        self.t = secs;
+        self.mono_now = None;
+    }
+
+    /// Ticks once at the next deadline if it is at or before `secs`.
+    pub fn tick_until(&mut self, secs: f64) -> Option<Vec<Command>> {
+        let w = self.engine.next_wake().filter(|w| *w <= self.mono(secs))?;
+        let w = w.max(self.now().mono);
+        self.t = (w - self.base).as_secs_f64();
+        self.mono_now = Some(w);
+        Some(self.step(Input::Tick))
     }
 
     pub fn mono(&self, secs: f64) -> Instant {
@@ -117,13 +135,11 @@ impl Harness {
     /// Moves both clocks to `secs`, ticking at every deadline on the way (as the runtime's
     /// timer would), and returns every command.
     pub fn at(&mut self, secs: f64) -> Vec<Command> {
-        let target = self.mono(secs);
         let mut out = Vec::new();
-        while let Some(w) = self.engine.next_wake().filter(|w| *w <= target) {
-            self.t = self.t.max((w - self.base).as_secs_f64());
-            out.extend(self.step(Input::Tick));
+        while let Some(commands) = self.tick_until(secs) {
+            out.extend(commands);
         }
-        self.t = secs;
+        self.set(secs);
         out
     }
 

@@ -13,7 +13,7 @@ fn a_claim_answered_after_a_fire_is_due_but_before_it_pops_runs_that_fire_once()
     h.open();
     h.job("j", every_second(1));
     assert_eq!(claims(&h.assign("j", &[ME], 40)), [(vec![0], 40)]);
-    h.t = 1.02; // fire 1.0 is due; the timer has not fired yet
+    h.set(1.02); // fire 1.0 is due; the timer has not fired yet
     let won = h.won("j", 0, 100, released_cursor(0.0), None);
     assert_eq!(launches(&won), [(0, 1.0, CatchUp)]);
     assert_eq!(
@@ -35,7 +35,7 @@ fn a_claim_answered_before_the_heap_pops_the_previous_owners_last_fire_does_not_
     h.open();
     h.job("j", every_second(1));
     h.assign("j", &[ME], 40);
-    h.t = 1.02;
+    h.set(1.02);
     // The previous owner ran 1.0 and released.
     assert_eq!(
         launches(&h.won("j", 0, 100, released_cursor(1.0), None)),
@@ -51,7 +51,7 @@ fn a_fire_cut_short_is_rerun_exactly_once_by_the_next_owner() {
     h.open();
     h.job("j", failover(every_second(1)));
     h.assign("j", &[ME], 40);
-    h.t = 1.3;
+    h.set(1.3);
     // The dead owner was running 1.0 (its marker); its cursor is not trusted (a crash).
     let unreleased = Some(shardjob_coordinator::model::Cursor::default());
     let won = h.won("j", 0, 100, unreleased, marker(1.0, 90));
@@ -72,7 +72,7 @@ fn a_catch_up_never_runs_the_fire_the_failover_run_covers() {
     h.open();
     h.job("j", failover(every_second(1)));
     h.assign("j", &[ME], 40);
-    h.t = 1.3;
+    h.set(1.3);
     let won = h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90));
     assert_eq!(
         launches(&won),
@@ -84,7 +84,7 @@ fn a_catch_up_never_runs_the_fire_the_failover_run_covers() {
     h.open();
     h.job("j", failover(every_second(1)));
     h.assign("j", &[ME], 40);
-    h.t = 2.3;
+    h.set(2.3);
     let won = h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90));
     assert_eq!(launches(&won), [(0, 1.0, Failover)]);
     h.at(2.3);
@@ -285,7 +285,7 @@ fn a_disabled_job_launches_nothing_of_any_kind() {
     h.open();
     h.job("j", disabled.clone());
     h.assign("j", &[ME], 40);
-    h.t = 2.3;
+    h.set(2.3);
     assert_eq!(
         launches(&h.won("j", 0, 100, released_cursor(0.0), marker(1.0, 90))),
         []
@@ -369,6 +369,7 @@ fn a_failed_release_is_retried_with_the_same_cursor() {
         job: "j".into(),
         shard: 0,
         lease: lease(),
+        token: crate::engine::Token(100),
         result: Err("no answer".into()),
     });
     assert_eq!(

@@ -5,6 +5,10 @@
 //!   hazard no lease can stop: the earlier execution's process was paused or cut off from etcd
 //!   during the overlap *and* its token is strictly lower (a store that checks tokens would have
 //!   rejected its writes).
+//! - **duplicates**: a (job, shard, fire) that ran to `ok` more than once, by anyone, the same
+//!   instance included (a sequential repeat is no overlap, but it is still a fire run twice).
+//!   The one excuse is the overlap's: the earlier run's process was paused or cut off from etcd
+//!   after it started and its token is strictly lower (counted as `fenced_duplicates`).
 //! - **token regressions**: per (job, shard), in start order, a token lower than the previous.
 //! - **lost fires**: a scheduled fire in the window that no execution ran (outcome ok), outside
 //!   the documented gap of a crash-type fault (kill, pause, partition, leader kill, etcd leader
@@ -15,6 +19,9 @@
 //!   as up to one interval more on each side: the fault may strike just before a fire, and the
 //!   new owner runs the first fire after its claim.
 //! - **untokened**: an execution without a fencing token.
+//!
+//! The log holds executions the agent cut short too (`aborted`, `cancelled`): they count for
+//! overlaps and token order, never as a fire that ran.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -111,6 +118,9 @@ impl fmt::Display for Violation {
 pub struct Report {
     pub executions: usize,
     pub overlaps: Vec<Violation>,
+    pub duplicates: Vec<Violation>,
+    /// Duplicates excused by a pause/partition and a lower token (for the record).
+    pub fenced_duplicates: usize,
     /// Overlaps excused by a pause/partition and a lower token (for the record).
     pub fenced_overlaps: usize,
     pub token_regressions: Vec<Violation>,
@@ -123,6 +133,7 @@ impl Report {
     /// True when nothing was violated.
     pub fn clean(&self) -> bool {
         self.overlaps.is_empty()
+            && self.duplicates.is_empty()
             && self.token_regressions.is_empty()
             && self.lost_fires.is_empty()
             && self.stuck_shards.is_empty()
@@ -156,6 +167,7 @@ pub fn check(input: &CheckInput<'_>) -> Report {
     for ((job, shard), runs) in &mut by_shard {
         runs.sort_by_key(|r| (r.start, r.token));
         overlaps(input, job, *shard, runs, &mut report);
+        duplicates(input, job, *shard, runs, &mut report);
         for pair in runs.windows(2) {
             if pair[1].token < pair[0].token {
                 report.token_regressions.push(Violation(format!(
@@ -182,14 +194,53 @@ fn overlaps(
                 continue; // sorted by start: b starts after a ended
             }
             // a started first and b began before a ended.
-            let isolated = input.faults.iter().any(|f| {
-                f.kind.isolates() && f.target == a.instance && f.start < a.end && f.end > b.start
-            });
-            if isolated && a.token < b.token {
+            if isolated_between(input, &a.instance, b.start, a.end) && a.token < b.token {
                 report.fenced_overlaps += 1;
             } else {
                 report.overlaps.push(Violation(format!(
                     "{job} shard {shard}: {} (token {}, {}..{}) overlaps {} (token {}, {}..{})",
+                    a.instance, a.token, a.start, a.end, b.instance, b.token, b.start, b.end
+                )));
+            }
+        }
+    }
+}
+
+/// True when `instance` was paused or cut off from etcd at some time in `(from, to)`.
+fn isolated_between(
+    input: &CheckInput<'_>,
+    instance: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> bool {
+    input
+        .faults
+        .iter()
+        .any(|f| f.kind.isolates() && f.target == instance && f.start < to && f.end > from)
+}
+
+fn duplicates(
+    input: &CheckInput<'_>,
+    job: &str,
+    shard: u32,
+    runs: &[&ExecRecord],
+    report: &mut Report,
+) {
+    let mut by_fire: BTreeMap<DateTime<Utc>, Vec<&ExecRecord>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.outcome == Outcome::Ok) {
+        by_fire.entry(r.fire_time).or_default().push(r);
+    }
+    for (fire, oks) in by_fire {
+        for pair in oks.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            // a ran first, on a process that was cut off between its start and b's (it could
+            // not delete its running marker, or it finished on resuming), with a lower token.
+            let cut_off = isolated_between(input, &a.instance, a.start, a.end.max(b.start));
+            if cut_off && a.token < b.token {
+                report.fenced_duplicates += 1;
+            } else {
+                report.duplicates.push(Violation(format!(
+                    "{job} shard {shard}: fire {fire} ran to ok twice: {} (token {}, {}..{}) and {} (token {}, {}..{})",
                     a.instance, a.token, a.start, a.end, b.instance, b.token, b.start, b.end
                 )));
             }
@@ -382,6 +433,38 @@ mod tests {
         let mut same_token = log.clone();
         same_token.last_mut().unwrap().token = 5;
         assert_eq!(run(&same_token, &[pause]).overlaps.len(), 1);
+    }
+
+    #[test]
+    fn catches_a_fire_run_twice_even_one_after_the_other_on_one_instance() {
+        let mut log = clean_log();
+        log.push(rec("a", 0, "05", 5, "05.5", "05.6"));
+        let r = run(&log, &[]);
+        assert!(r.overlaps.is_empty(), "{r:?}");
+        assert_eq!(r.duplicates.len(), 1, "{r:?}");
+        assert!(!r.clean());
+        // A second run that did not end ok is no duplicate.
+        log.last_mut().unwrap().outcome = Outcome::Aborted;
+        assert!(run(&log, &[]).duplicates.is_empty());
+    }
+
+    #[test]
+    fn excuses_a_duplicate_only_for_a_paused_owner_with_a_lower_token() {
+        let mut log = clean_log();
+        log.retain(|r| r.fire_time != t("05"));
+        // a was paused while running :05 and finished it on resuming; b re-ran it meanwhile.
+        log.push(rec("a", 0, "05", 5, "05.1", "05.3"));
+        log.push(rec("b", 0, "05", 6, "08.1", "08.3"));
+        let pause = Fault {
+            kind: FaultKind::Pause,
+            target: "a".into(),
+            start: t("05.2"),
+            end: t("08"),
+        };
+        let r = run(&log, std::slice::from_ref(&pause));
+        assert!(r.duplicates.is_empty(), "{r:?}");
+        assert_eq!(r.fenced_duplicates, 1);
+        assert_eq!(run(&log, &[]).duplicates.len(), 1);
     }
 
     #[test]

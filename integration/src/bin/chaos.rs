@@ -11,7 +11,8 @@
 //! fault timeline and ends with one line:
 //!
 //! `bench=chaos seed=S faults=K kill=.. pause=.. etcd_leader=.. partition=.. rolling=..
-//! leader_kill=.. executions=N overlaps=0 lost_fires=0 stuck_shards=0 token_regressions=0 untokened=0`
+//! leader_kill=.. executions=N overlaps=0 duplicates=0 lost_fires=0 stuck_shards=0 token_regressions=0 untokened=0
+//! fenced_overlaps=N fenced_duplicates=N`
 //!
 //! Exits non-zero when any violation was found (each is printed first).
 
@@ -165,6 +166,7 @@ async fn run(args: &Args) -> Result<bool, String> {
     for v in report
         .overlaps
         .iter()
+        .chain(&report.duplicates)
         .chain(&report.token_regressions)
         .chain(&report.lost_fires)
         .chain(&report.stuck_shards)
@@ -198,17 +200,19 @@ async fn run(args: &Args) -> Result<bool, String> {
         .map(|k| format!("{}={}", k.name(), count(*k)))
         .collect();
     println!(
-        "bench=chaos seed={} faults={} {} executions={} overlaps={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={}",
+        "bench=chaos seed={} faults={} {} executions={} overlaps={} duplicates={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={} fenced_duplicates={}",
         args.seed,
         campaign.faults.len(),
         kinds.join(" "),
         report.executions,
         report.overlaps.len(),
+        report.duplicates.len(),
         report.lost_fires.len(),
         report.stuck_shards.len(),
         report.token_regressions.len(),
         report.untokened.len(),
         report.fenced_overlaps,
+        report.fenced_duplicates,
     );
     Ok(report.clean())
 }

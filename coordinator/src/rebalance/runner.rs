@@ -1,4 +1,5 @@
-//! The leader's loop: list, watch, plan, write fenced. All decisions are in [`super::plan`].
+//! The leader's loop: list, watch, plan, write fenced. All decisions are in [`super::plan`]
+//! (what to write) and [`super::Rebalancer`] (when).
 //!
 //! 1. Read `instances/`, `jobs/`, `disabled/` and `assignments/` at one revision R.
 //! 2. Watch the first three from R + 1 (each in its own task, feeding one channel; a compaction
@@ -16,7 +17,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::plan::{Plan, plan};
+use super::plan::Plan;
+use super::rebalancer::{Observed, Rebalancer};
 use super::world::World;
 use crate::election::Leadership;
 use crate::keys::Keys;
@@ -66,7 +68,7 @@ pub enum RebalanceExit {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RebalanceError {
     #[error("listing the namespace: {0}")]
-    List(String),
+    List(crate::etcd_error::EtcdError),
     #[error("watching: {0}")]
     Watch(#[from] WatchError),
     #[error("encoding the assignment of {job}: {cause}")]
@@ -98,7 +100,7 @@ pub async fn run_leader(
         .await
         .map_err(RebalanceError::List)?;
     let revision = instances.revision;
-    reset(&mut world, &keys.instances_prefix(), &instances.kvs, now);
+    world.reset_prefix(&keys.instances_prefix(), &entries(&instances.kvs), now);
     for prefix in [
         keys.jobs_prefix(),
         keys.disabled_prefix(),
@@ -107,23 +109,9 @@ pub async fn run_leader(
         let listing = list_prefix(client, &prefix, Some(revision))
             .await
             .map_err(RebalanceError::List)?;
-        reset(&mut world, &prefix, &listing.kvs, now);
+        world.reset_prefix(&prefix, &entries(&listing.kvs), now);
     }
-    // Owners in the stored assignments that are not live now count as departing now.
-    for record in world.assignments.values().cloned().collect::<Vec<_>>() {
-        for id in record.instances {
-            if !world.instances.contains_key(&id) && !world.departed.contains_key(&id) {
-                let info = stub_info(&id);
-                let departed = super::world::Departed {
-                    info,
-                    at: now,
-                    assumed: true,
-                };
-                world.departed.insert(id, departed);
-            }
-        }
-    }
-    world.mark_all();
+    let mut rebalancer = Rebalancer::start(world, options.clone(), now);
 
     let (tx, mut rx) = mpsc::channel::<(String, Result<WatchEvent, WatchError>)>(1024);
     let mut watchers = JoinSet::new();
@@ -138,22 +126,8 @@ pub async fn run_leader(
     drop(tx);
 
     let mut stats = RebalanceStats::default();
-    // A cold start (no assignment yet) waits for the instances starting with this one.
-    let fresh = world.assignments.is_empty();
-    let settle = if fresh {
-        options.join_settle
-    } else {
-        Duration::ZERO
-    };
-    let mut due = Some(Instant::now() + settle);
-    // True while every change since the last plan was a join (so the plan may wait for more).
-    let mut joins_only = fresh;
-    let mut wake: Option<Instant> = None;
     let exit = loop {
-        let deadline = match (due, wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = rebalancer.deadline();
         tokio::select! {
             _ = stop.cancelled() => break RebalanceExit::Stopped,
             msg = rx.recv() => {
@@ -162,33 +136,13 @@ pub async fn run_leader(
                 if matches!(event, WatchEvent::Restarted { .. }) {
                     stats.relists += 1;
                 }
-                let joined = is_join(&world, keys, &event);
-                let now = Instant::now();
-                apply(&mut world, &prefix, event, now);
-                if world.is_dirty() {
-                    let (at, only) = next_plan(due, joins_only, joined, now, options);
-                    (due, joins_only) = (Some(at), only);
-                }
+                rebalancer.on_event(observed(prefix, event), Instant::now());
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let now = Instant::now();
-                if wake.is_some_and(|w| w <= now) {
-                    world.mark_all();
-                }
-                due = None;
-                joins_only = false;
-                let dirty = world.take_dirty();
-                let p = plan(&world, &dirty, now, options.rebalance_delay);
-                wake = p.wake_at;
-                match now.checked_sub(options.rebalance_delay) {
-                    Some(horizon) if !options.rebalance_delay.is_zero() => world.forget_departed_before(horizon),
-                    _ => world.departed.clear(),
-                }
-                if p.is_empty() {
-                    continue;
-                }
+                let Some(pass) = rebalancer.poll(Instant::now()) else { continue };
+                let p = &pass.plan;
                 let span = info_span!("rebalance", jobs = p.writes.len(), deletes = p.deletes.len(), moves = p.moves);
-                match write(client, keys, leadership, &p).instrument(span).await {
+                match write(client, keys, leadership, p).instrument(span).await {
                     Ok(txns) => {
                         stats.passes += 1;
                         stats.txns += txns;
@@ -196,19 +150,12 @@ pub async fn run_leader(
                         stats.moves += p.moves as u64;
                         metrics::counter!("shardjob_rebalances_total").increment(1);
                         metrics::counter!("shardjob_shard_moves_total").increment(p.moves as u64);
-                        for (job, record) in p.writes {
-                            world.assignments.insert(job, record);
-                        }
-                        for job in p.deletes {
-                            world.assignments.remove(&job);
-                        }
+                        rebalancer.written(pass, Instant::now());
                     }
                     Err(WriteFailure::Deposed) => break RebalanceExit::Deposed,
                     Err(WriteFailure::Etcd(e)) => {
                         warn!(error = %e, "writing assignments failed; retrying");
-                        world.restore_dirty(dirty);
-                        due = Some(Instant::now() + options.retry);
-                        continue;
+                        rebalancer.write_failed(pass, Instant::now());
                     }
                     Err(WriteFailure::Encode { job, cause }) => {
                         return Err(RebalanceError::Encode { job, cause });
@@ -216,28 +163,10 @@ pub async fn run_leader(
                 }
             }
         }
-        if world.is_dirty() && due.is_none() {
-            due = Some(Instant::now() + options.debounce);
-        }
     };
     watchers.abort_all();
     info!(?exit, ?stats, "rebalancer stopped");
     Ok((exit, stats))
-}
-
-/// An instance known only from an assignment (its key was already gone when we started): its
-/// handlers and labels are unknown, so it is parked only for the jobs it owned.
-fn stub_info(id: &shardjob_sharding::InstanceId) -> crate::model::InstanceInfo {
-    crate::model::InstanceInfo {
-        id: id.clone(),
-        host: String::new(),
-        pid: 0,
-        version: String::new(),
-        labels: Default::default(),
-        weight: 1,
-        handlers: Default::default(),
-        started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-    }
 }
 
 async fn forward(
@@ -253,56 +182,31 @@ async fn forward(
     }
 }
 
-/// True when `event` registers an instance the world does not know yet.
-fn is_join(world: &World, keys: &Keys, event: &WatchEvent) -> bool {
-    let WatchEvent::Put(kv) = event else {
-        return false;
-    };
-    match keys.parse(&String::from_utf8_lossy(kv.key())) {
-        Some(crate::keys::KeyKind::Instance(id)) => shardjob_sharding::InstanceId::new(id)
-            .is_ok_and(|id| !world.instances.contains_key(&id)),
-        _ => false,
-    }
-}
-
-/// When to plan after a change: a join waits up to `join_settle` for more joins (the window
-/// starts at the first join and never slides); any other change plans after `debounce`, and
-/// never later than a plan already due.
-fn next_plan(
-    due: Option<Instant>,
-    joins_only: bool,
-    joined: bool,
-    now: Instant,
-    options: &RebalanceOptions,
-) -> (Instant, bool) {
-    match due {
-        Some(at) if joined && joins_only => (at, true),
-        None if joined => (now + options.join_settle, true),
-        _ => {
-            let soon = now + options.debounce;
-            (due.map_or(soon, |at| at.min(soon)), false)
-        }
-    }
-}
-
-fn reset(world: &mut World, prefix: &str, kvs: &[etcd_client::KeyValue], now: Instant) {
-    let entries: Vec<(String, Vec<u8>)> = kvs
-        .iter()
+fn entries(kvs: &[etcd_client::KeyValue]) -> Vec<(String, Vec<u8>)> {
+    kvs.iter()
         .map(|kv| {
             (
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 kv.value().to_vec(),
             )
         })
-        .collect();
-    world.reset_prefix(prefix, &entries, now);
+        .collect()
 }
 
-fn apply(world: &mut World, prefix: &str, event: WatchEvent, now: Instant) {
+/// A watch event of `prefix` as the rebalancer reads it.
+fn observed(prefix: String, event: WatchEvent) -> Observed {
     match event {
-        WatchEvent::Restarted { kvs, .. } => reset(world, prefix, &kvs, now),
-        WatchEvent::Put(kv) => world.put(&String::from_utf8_lossy(kv.key()), kv.value()),
-        WatchEvent::Delete { kv, .. } => world.delete(&String::from_utf8_lossy(kv.key()), now),
+        WatchEvent::Restarted { kvs, .. } => Observed::Reset {
+            prefix,
+            entries: entries(&kvs),
+        },
+        WatchEvent::Put(kv) => Observed::Put {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+        },
+        WatchEvent::Delete { kv, .. } => Observed::Delete {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+        },
     }
 }
 
@@ -347,32 +251,4 @@ async fn write(
         txns += 1;
     }
     Ok(txns)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn joins_wait_together_and_anything_else_plans_soon() {
-        let o = RebalanceOptions::default();
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // A first join opens the window; later joins keep it, never extend it.
-        let (at, only) = next_plan(None, false, true, t0, &o);
-        assert_eq!((at, only), (t0 + o.join_settle, true));
-        let (at2, only) = next_plan(Some(at), true, true, t0 + ms(300), &o);
-        assert_eq!((at2, only), (at, true));
-        // A departure (or job change) during the window plans after the debounce.
-        let (at3, only) = next_plan(Some(at), true, false, t0 + ms(100), &o);
-        assert_eq!((at3, only), (t0 + ms(100) + o.debounce, false));
-        // A join after such a change does not push the plan back.
-        let (at4, only) = next_plan(Some(at3), false, true, t0 + ms(105), &o);
-        assert_eq!((at4, only), (at3, false));
-        // Without a join, the debounce as before.
-        assert_eq!(
-            next_plan(None, false, false, t0, &o),
-            (t0 + o.debounce, false)
-        );
-    }
 }

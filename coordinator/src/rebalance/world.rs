@@ -73,6 +73,11 @@ impl World {
         }
     }
 
+    /// The key layout of the namespace.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// Applies a put of `value` under `key`.
     pub fn put(&mut self, key: &str, value: &[u8]) {
         let Some(kind) = self.keys.parse(key) else {

@@ -1,0 +1,368 @@
+//! [`Rebalancer`]: the leader's decisions about *when* to plan, pure. The runner feeds it what
+//! the watches show (`on_event`), sleeps until [`Rebalancer::deadline`], and asks
+//! [`Rebalancer::poll`] for a pass to write; it reports how the write went. Time is passed in.
+//!
+//! The rules:
+//! - a change plans after `debounce`; a **join** waits up to `join_settle` for more joins (the
+//!   window opens at the first join and never slides), so instances starting together are
+//!   planned in one pass; a departure or job change during the window plans after the debounce
+//!   (failover never waits for joins);
+//! - a cluster with no assignment yet waits `join_settle` before its first plan (a cold start);
+//! - owners named in stored assignments but without an instance key at the start count as
+//!   departed then (`assumed`), so `rebalance_delay` parks their shards too;
+//! - with `rebalance_delay`, a plan returns when a parking ends: everything is planned again
+//!   then, and departures older than the delay are forgotten;
+//! - a failed write plans the same jobs again after `retry`.
+
+use std::time::Duration;
+
+use shardjob_sharding::InstanceId;
+use tokio::time::Instant;
+
+use super::plan::{Plan, plan};
+use super::runner::RebalanceOptions;
+use super::world::{Departed, Dirty, World};
+use crate::model::InstanceInfo;
+
+/// A change the watches showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Every key under `prefix` now (a listing).
+    Reset {
+        prefix: String,
+        entries: Vec<(String, Vec<u8>)>,
+    },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// A plan to write, and what it plans (restored if the write fails).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub plan: Plan,
+    dirty: Dirty,
+}
+
+/// The leader's timing state around a [`World`].
+#[derive(Debug, Clone)]
+pub struct Rebalancer {
+    world: World,
+    options: RebalanceOptions,
+    /// When the next plan is due.
+    due: Option<Instant>,
+    /// True while every change since the last plan was a join (so the plan may wait for more).
+    joins_only: bool,
+    /// When a parking ends and everything must be planned again.
+    wake: Option<Instant>,
+}
+
+impl Rebalancer {
+    /// Starts leading with `world` as listed at one revision, at `now`.
+    pub fn start(mut world: World, options: RebalanceOptions, now: Instant) -> Self {
+        // Owners in the stored assignments that are not live now count as departing now.
+        let absent: Vec<InstanceId> = world
+            .assignments
+            .values()
+            .flat_map(|r| r.instances.iter().cloned())
+            .filter(|id| !world.instances.contains_key(id) && !world.departed.contains_key(id))
+            .collect();
+        for id in absent {
+            let info = stub_info(&id);
+            world.departed.insert(
+                id,
+                Departed {
+                    info,
+                    at: now,
+                    assumed: true,
+                },
+            );
+        }
+        world.mark_all();
+        // A cold start (no assignment yet) waits for the instances starting with this one.
+        let fresh = world.assignments.is_empty();
+        let settle = if fresh {
+            options.join_settle
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            world,
+            due: Some(now + settle),
+            joins_only: fresh,
+            wake: None,
+            options,
+        }
+    }
+
+    /// What the leader knows.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Applies a change seen at `now`.
+    pub fn on_event(&mut self, event: Observed, now: Instant) {
+        let joined = self.is_join(&event);
+        match event {
+            Observed::Reset { prefix, entries } => self.world.reset_prefix(&prefix, &entries, now),
+            Observed::Put { key, value } => self.world.put(&key, &value),
+            Observed::Delete { key } => self.world.delete(&key, now),
+        }
+        if self.world.is_dirty() {
+            let (at, only) = next_plan(self.due, self.joins_only, joined, now, &self.options);
+            (self.due, self.joins_only) = (Some(at), only);
+        }
+    }
+
+    /// When [`Self::poll`] has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.due, self.wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The pass to write now, if a deadline passed and the plan is not empty.
+    pub fn poll(&mut self, now: Instant) -> Option<Pass> {
+        if self.deadline().is_none_or(|d| d > now) {
+            return None;
+        }
+        if self.wake.is_some_and(|w| w <= now) {
+            self.world.mark_all();
+        }
+        self.due = None;
+        self.joins_only = false;
+        let dirty = self.world.take_dirty();
+        let p = plan(&self.world, &dirty, now, self.options.rebalance_delay);
+        self.wake = p.wake_at;
+        match now.checked_sub(self.options.rebalance_delay) {
+            Some(horizon) if !self.options.rebalance_delay.is_zero() => {
+                self.world.forget_departed_before(horizon)
+            }
+            _ => self.world.departed.clear(),
+        }
+        if p.is_empty() {
+            self.debounce_leftovers(now);
+            return None;
+        }
+        Some(Pass { plan: p, dirty })
+    }
+
+    /// The pass was written: its assignments are the stored ones now.
+    pub fn written(&mut self, pass: Pass, now: Instant) {
+        for (job, record) in pass.plan.writes {
+            self.world.assignments.insert(job, record);
+        }
+        for job in pass.plan.deletes {
+            self.world.assignments.remove(&job);
+        }
+        self.debounce_leftovers(now);
+    }
+
+    /// The pass could not be written (etcd did not answer): plan its jobs again after `retry`.
+    pub fn write_failed(&mut self, pass: Pass, now: Instant) {
+        self.world.restore_dirty(pass.dirty);
+        self.due = Some(now + self.options.retry);
+    }
+
+    /// Changes that arrived while planning plan after the debounce.
+    fn debounce_leftovers(&mut self, now: Instant) {
+        if self.world.is_dirty() && self.due.is_none() {
+            self.due = Some(now + self.options.debounce);
+        }
+    }
+
+    /// True when `event` registers an instance the world does not know yet.
+    fn is_join(&self, event: &Observed) -> bool {
+        let Observed::Put { key, .. } = event else {
+            return false;
+        };
+        match self.world.keys().parse(key) {
+            Some(crate::keys::KeyKind::Instance(id)) => {
+                InstanceId::new(id).is_ok_and(|id| !self.world.instances.contains_key(&id))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An instance known only from an assignment (its key was already gone when we started): its
+/// handlers and labels are unknown, so it is parked only for the jobs it owned.
+fn stub_info(id: &InstanceId) -> InstanceInfo {
+    InstanceInfo {
+        id: id.clone(),
+        host: String::new(),
+        pid: 0,
+        version: String::new(),
+        labels: Default::default(),
+        weight: 1,
+        handlers: Default::default(),
+        started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+    }
+}
+
+/// When to plan after a change: a join waits up to `join_settle` for more joins (the window
+/// starts at the first join and never slides); any other change plans after `debounce`, and
+/// never later than a plan already due.
+pub(super) fn next_plan(
+    due: Option<Instant>,
+    joins_only: bool,
+    joined: bool,
+    now: Instant,
+    options: &RebalanceOptions,
+) -> (Instant, bool) {
+    match due {
+        Some(at) if joined && joins_only => (at, true),
+        None if joined => (now + options.join_settle, true),
+        _ => {
+            let soon = now + options.debounce;
+            (due.map_or(soon, |at| at.min(soon)), false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Keys;
+
+    const I: &str = "/shardjob/ns/instances/";
+    const JOB: &str = "/shardjob/ns/jobs/j";
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn put_instance(id: &str) -> Observed {
+        let value =
+            serde_json::json!({"id": id, "handlers": ["j"], "started_at": "2026-01-01T00:00:00Z"});
+        Observed::Put {
+            key: format!("{I}{id}"),
+            value: value.to_string().into_bytes(),
+        }
+    }
+
+    fn gone(id: &str) -> Observed {
+        Observed::Delete {
+            key: format!("{I}{id}"),
+        }
+    }
+
+    fn world_with(instances: &[&str], assigned_to: Option<&str>) -> World {
+        let mut w = World::new(Keys::new("ns").unwrap());
+        w.put(JOB, br#"{"schedule":{"every":"1s"},"total":2}"#);
+        for id in instances {
+            if let Observed::Put { key, value } = put_instance(id) {
+                w.put(&key, &value);
+            }
+        }
+        if let Some(owner) = assigned_to {
+            let record = format!(r#"{{"generation":1,"instances":["{owner}"],"owners":[0,0]}}"#);
+            w.put("/shardjob/ns/assignments/j", record.as_bytes());
+        }
+        w.take_dirty();
+        w
+    }
+
+    /// The owners of job j's shards in the pass.
+    fn owners(pass: &Pass) -> Vec<String> {
+        let record = &pass.plan.writes.iter().find(|(j, _)| j == "j").unwrap().1;
+        (0..2)
+            .map(|s| record.owner(s).map_or("-".into(), |o| o.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn joins_wait_together_and_anything_else_plans_soon() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        // A first join opens the window; later joins keep it, never extend it.
+        let (at, only) = next_plan(None, false, true, t0, &o);
+        assert_eq!((at, only), (t0 + o.join_settle, true));
+        let (at2, only) = next_plan(Some(at), true, true, t0 + ms(300), &o);
+        assert_eq!((at2, only), (at, true));
+        // A departure (or job change) during the window plans after the debounce.
+        let (at3, only) = next_plan(Some(at), true, false, t0 + ms(100), &o);
+        assert_eq!((at3, only), (t0 + ms(100) + o.debounce, false));
+        // A join after such a change does not push the plan back.
+        let (at4, only) = next_plan(Some(at3), false, true, t0 + ms(105), &o);
+        assert_eq!((at4, only), (at3, false));
+        // Without a join, the debounce as before.
+        assert_eq!(
+            next_plan(None, false, false, t0, &o),
+            (t0 + o.debounce, false)
+        );
+    }
+
+    #[test]
+    fn a_cold_start_waits_for_the_instances_starting_with_it() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        let mut r = Rebalancer::start(world_with(&["a"], None), o.clone(), t0);
+        assert_eq!(r.deadline(), Some(t0 + o.join_settle));
+        assert!(r.poll(t0 + ms(100)).is_none(), "not before the window ends");
+        r.on_event(put_instance("b"), t0 + ms(200));
+        assert_eq!(
+            r.deadline(),
+            Some(t0 + o.join_settle),
+            "joins do not extend it"
+        );
+        let pass = r.poll(t0 + o.join_settle).expect("one pass for both");
+        assert_eq!(owners(&pass), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_cluster_with_assignments_plans_at_once_and_a_departure_after_the_debounce() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        let mut r = Rebalancer::start(world_with(&["a", "b"], Some("a")), o.clone(), t0);
+        assert_eq!(r.deadline(), Some(t0));
+        let pass = r.poll(t0).expect("b gets a share");
+        assert_eq!(owners(&pass), ["a", "b"]);
+        r.written(pass, t0);
+        assert_eq!(r.deadline(), None);
+        r.on_event(gone("b"), t0 + ms(50));
+        assert_eq!(r.deadline(), Some(t0 + ms(50) + o.debounce));
+        assert_eq!(owners(&r.poll(t0 + ms(60)).unwrap()), ["a", "a"]);
+    }
+
+    #[test]
+    fn an_owner_absent_at_the_start_is_parked_for_the_delay_then_its_shards_move() {
+        let o = RebalanceOptions {
+            rebalance_delay: Duration::from_secs(5),
+            ..RebalanceOptions::default()
+        };
+        let t0 = Instant::now();
+        // "a" owns both shards in the stored assignment but has no instance key: assumed gone.
+        let mut r = Rebalancer::start(world_with(&["b"], Some("a")), o.clone(), t0);
+        assert!(r.world().departed[&InstanceId::new("a").unwrap()].assumed);
+        // Parked, "a" keeps its fair share while "b" takes the other.
+        let pass = r.poll(t0).expect("b gets a share");
+        assert_eq!(owners(&pass), ["a", "b"]);
+        r.written(pass, t0);
+        assert_eq!(
+            r.deadline(),
+            Some(t0 + o.rebalance_delay),
+            "wakes when the parking ends"
+        );
+        assert!(r.poll(t0 + ms(100)).is_none());
+        let pass = r.poll(t0 + o.rebalance_delay).expect("the delay ended");
+        assert_eq!(owners(&pass), ["b", "b"]);
+    }
+
+    #[test]
+    fn a_failed_write_plans_the_same_jobs_again_after_the_retry_delay() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        let mut r = Rebalancer::start(world_with(&["a"], Some("b")), o.clone(), t0);
+        let pass = r.poll(t0).expect("b is gone: a takes over");
+        r.write_failed(pass, t0);
+        assert_eq!(r.deadline(), Some(t0 + o.retry));
+        assert!(r.poll(t0 + ms(100)).is_none());
+        assert_eq!(owners(&r.poll(t0 + o.retry).unwrap()), ["a", "a"]);
+    }
+}

@@ -82,17 +82,34 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// A line of the execution log that is not a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{cause}: {line}")]
+    Json { cause: String, line: String },
+    #[error("unknown outcome {outcome:?}: {line}")]
+    Outcome { outcome: String, line: String },
+}
+
 impl ExecRecord {
     /// Parses one line of the log.
-    pub fn from_json(line: &str) -> Result<Self, String> {
-        let l: OwnedLine = serde_json::from_str(line).map_err(|e| format!("{e}: {line}"))?;
+    pub fn from_json(line: &str) -> Result<Self, ParseError> {
+        let l: OwnedLine = serde_json::from_str(line).map_err(|e| ParseError::Json {
+            cause: e.to_string(),
+            line: line.to_owned(),
+        })?;
         let outcome = match l.outcome.as_str() {
             "ok" => Outcome::Ok,
             "failed" => Outcome::Failed,
             "timeout" => Outcome::Timeout,
             "cancelled" => Outcome::Cancelled,
             "aborted" => Outcome::Aborted,
-            other => return Err(format!("unknown outcome {other:?}: {line}")),
+            other => {
+                return Err(ParseError::Outcome {
+                    outcome: other.to_owned(),
+                    line: line.to_owned(),
+                });
+            }
         };
         Ok(Self {
             job: l.job,

@@ -34,6 +34,20 @@ pub struct ShardContext {
     pub is_misfire: bool,
     /// Fires when the run must stop: timeout, lost lease, or shutdown.
     pub cancel: CancellationToken,
+    /// The shard's owner key in etcd (`<prefix>owners/<job>/<shard>`); see
+    /// [`ShardContext::owner_compare`].
+    pub owner_key: String,
+}
+
+impl ShardContext {
+    /// The compare that holds only while this execution's owner still owns the shard: its
+    /// owner key exists with this execution's token as its create revision (etcd's
+    /// `Mutex.IsOwner()`). Put it in the `when` of your own etcd txns, and a stale owner (a
+    /// process paused past its lease) writes nothing. The agent guards its own writes with the
+    /// same compare.
+    pub fn owner_compare(&self) -> etcd_client::Compare {
+        crate::runtime::txn::is_owner(self.owner_key.clone(), self.token)
+    }
 }
 
 /// How a run failed.

@@ -64,7 +64,7 @@ pub async fn claim_parts(
                     let c = match c {
                         ClaimResult::Won { token, .. } => Claimed::Won(token.0),
                         ClaimResult::Lost => Claimed::Lost,
-                        ClaimResult::Failed(e) => Claimed::Failed(e),
+                        ClaimResult::Failed(e) => Claimed::Failed(e.0),
                     };
                     (s, c)
                 })
@@ -80,6 +80,7 @@ pub async fn release_shards(
     keys: &Keys,
     items: &[(&str, u32, i64)],
 ) -> Vec<Result<bool, String>> {
+    // String here: the hook's callers compare texts.
     let items: Vec<ReleaseItem> = items
         .iter()
         .map(|(job, shard, token)| ReleaseItem {
@@ -89,5 +90,9 @@ pub async fn release_shards(
             last_fire: None,
         })
         .collect();
-    crate::runtime::txn::release_many(client, keys, &items, Duration::from_secs(5)).await
+    crate::runtime::txn::release_many(client, keys, &items, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::etcd_error::{EtcdError, bounded};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use tokio::time::timeout;
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -102,32 +102,34 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
             .with_user(user.clone(), password.clone())
             .with_auto_token_refresh(true);
     }
-    let classify = |cause: String| classify(config, &endpoints, tls, cause);
+    let classify = |e: EtcdError| classify(config, &endpoints, tls, e);
     let wait = config.dial_timeout * 2;
-    let mut client = timeout(wait, Client::connect(&config.endpoints, Some(opts)))
+    let mut client = bounded(
+        "connecting",
+        wait,
+        Client::connect(&config.endpoints, Some(opts)),
+    )
+    .await
+    .map_err(classify)?;
+    bounded("asking for status", wait, client.status())
         .await
-        .map_err(|_| classify(format!("no answer within {wait:?}")))?
-        .map_err(|e| classify(e.to_string()))?;
-    timeout(wait, client.status())
-        .await
-        .map_err(|_| classify(format!("no answer within {wait:?}")))?
-        .map_err(|e| classify(e.to_string()))?;
+        .map_err(classify)?;
     Ok(client)
 }
 
-fn classify(config: &ConnectConfig, endpoints: &str, tls: bool, cause: String) -> ConnectError {
-    let lower = cause.to_lowercase();
-    if let Some((user, _)) = &config.user {
-        if lower.contains("authentication failed") || lower.contains("invalid user") {
-            return ConnectError::AuthFailed {
-                user: user.clone(),
-                cause,
-            };
-        }
+/// Sorts a failure at connect by what etcd or the transport said, not by its text: a refusal
+/// of the credentials by its gRPC code, a TLS failure by the kind of the I/O error under it
+/// (rustls reports a bad certificate or handshake as `InvalidData`; a refused or reset
+/// connection has a network kind).
+fn classify(config: &ConnectConfig, endpoints: &str, tls: bool, e: EtcdError) -> ConnectError {
+    let cause = e.to_string();
+    if let (Some((user, _)), true) = (&config.user, e.is_auth()) {
+        return ConnectError::AuthFailed {
+            user: user.clone(),
+            cause,
+        };
     }
-    if tls
-        && (lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake"))
-    {
+    if tls && e.io_kind() == Some(std::io::ErrorKind::InvalidData) {
         return ConnectError::Tls {
             endpoints: endpoints.to_owned(),
             cause,

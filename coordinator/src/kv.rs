@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, KeyValue};
-use tokio::time::timeout;
-
+use crate::etcd_error::{EtcdError, bounded};
 use crate::keys::prefix_end;
+use etcd_client::{Client, GetOptions, KeyValue};
 
 /// Keys per page.
 const PAGE: i64 = 2_000;
@@ -26,7 +25,7 @@ pub async fn list_prefix(
     client: &Client,
     prefix: &str,
     at: Option<i64>,
-) -> Result<Listing, String> {
+) -> Result<Listing, EtcdError> {
     let mut client = client.clone();
     let end = prefix_end(prefix);
     let mut from = prefix.as_bytes().to_vec();
@@ -39,10 +38,12 @@ pub async fn list_prefix(
         if out.revision > 0 {
             opts = opts.with_revision(out.revision);
         }
-        let resp = timeout(PAGE_TIMEOUT, client.get(from.clone(), Some(opts)))
-            .await
-            .map_err(|_| format!("listing {prefix}: no answer within {PAGE_TIMEOUT:?}"))?
-            .map_err(|e| format!("listing {prefix}: {e}"))?;
+        let resp = bounded(
+            format!("listing {prefix}"),
+            PAGE_TIMEOUT,
+            client.get(from.clone(), Some(opts)),
+        )
+        .await?;
         if out.revision == 0 {
             out.revision = resp.header().map_or(0, |h| h.revision());
         }

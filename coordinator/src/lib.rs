@@ -2,17 +2,20 @@
 //!
 //! Where to start:
 //! - [`keys`]: the key layout (one module builds every key).
+//! - [`etcd_error`]: one error type for a failed etcd request, with `is_transient()`.
 //! - [`model`]: the JSON value of every key, with validation.
 //! - [`session`]: the lease an instance lives by, kept alive, with a proof of liveness
 //!   (`valid_until`) and a token that fires when the lease is lost.
 //! - [`election`]: leader election over etcd's Election API, and the fence every leader write
 //!   carries.
-//! - [`rebalance`]: what the leader runs: a pure planner (`plan`) and the watch/write loop.
+//! - [`rebalance`]: what the leader runs: a pure planner (`plan`), a pure timer of passes
+//!   (`Rebalancer`) and the watch/write loop.
 //! - [`watch`]: a list-then-watch helper that re-lists after a compaction.
 //! - [`view`]: a read-only snapshot of a namespace for the CLI and tests.
 
 pub mod connect;
 pub mod election;
+pub mod etcd_error;
 pub mod keys;
 pub mod kv;
 pub mod model;

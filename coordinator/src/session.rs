@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::etcd_error::{EtcdError, bounded};
 
 /// Shortest lease TTL etcd grants.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
@@ -38,9 +40,11 @@ pub enum SessionError {
     #[error("lease TTL {0:?} is outside 2..=300 s (whole seconds)")]
     BadTtl(Duration),
     #[error("granting a lease: {0}")]
-    Grant(String),
+    Grant(EtcdError),
+    #[error("etcd refused to grant a lease: {0}")]
+    GrantRefused(String),
     #[error("revoking lease {lease:x}: {cause}")]
-    Revoke { lease: i64, cause: String },
+    Revoke { lease: i64, cause: EtcdError },
 }
 
 #[derive(Debug)]
@@ -124,13 +128,16 @@ impl Session {
         }
         let mut client = client.clone();
         let sent = Instant::now();
-        let resp = timeout(ttl, client.lease_grant(ttl.as_secs() as i64, None))
-            .await
-            .map_err(|_| SessionError::Grant(format!("no answer within {ttl:?}")))?
-            .map_err(|e| SessionError::Grant(e.to_string()))?;
+        let resp = bounded(
+            "lease grant",
+            ttl,
+            client.lease_grant(ttl.as_secs() as i64, None),
+        )
+        .await
+        .map_err(SessionError::Grant)?;
         if !resp.error().is_empty() || resp.ttl() <= 0 {
-            return Err(SessionError::Grant(format!(
-                "server refused: {:?} (ttl {})",
+            return Err(SessionError::GrantRefused(format!(
+                "{:?} (ttl {})",
                 resp.error(),
                 resp.ttl()
             )));
@@ -186,18 +193,13 @@ impl Session {
         let deadline = Instant::now() + self.handle.ttl();
         let result = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt =
-                timeout(left.min(Duration::from_secs(1)), client.lease_revoke(lease)).await;
-            match attempt {
-                Ok(Ok(_)) => break Ok(()),
-                Ok(Err(e)) if e.to_string().contains("not found") => break Ok(()),
-                Ok(Err(e)) if Instant::now() + Duration::from_millis(200) >= deadline => {
-                    break Err(e.to_string());
-                }
-                Err(_) if Instant::now() >= deadline => {
-                    break Err("no answer within the TTL".into());
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            let limit = left.min(Duration::from_secs(1));
+            match bounded("lease revoke", limit, client.lease_revoke(lease)).await {
+                Ok(_) => break Ok(()),
+                // Already gone (expired, or revoked by someone else): what we wanted.
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => break Ok(()),
+                Err(e) if Instant::now() + Duration::from_millis(200) >= deadline => break Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
         self.handle.shared.lost.cancel();

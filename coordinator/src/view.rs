@@ -18,7 +18,10 @@ use crate::model::{
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ViewError {
     #[error("reading {root}: {cause}")]
-    Read { root: String, cause: String },
+    Read {
+        root: String,
+        cause: crate::etcd_error::EtcdError,
+    },
 }
 
 /// An owner key with its fencing token.

@@ -120,7 +120,7 @@ impl PrefixWatcher {
                             revision: listing.revision,
                         });
                     }
-                    Err(e) => self.backoff(&e, State::List).await,
+                    Err(e) => self.backoff(&e.to_string(), State::List).await,
                 },
                 State::Watch { from } => {
                     let mut opts = WatchOptions::new().with_prefix().with_start_revision(from);

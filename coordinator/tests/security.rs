@@ -70,6 +70,8 @@ async fn agents_and_cli_work_over_tls_and_a_wrong_ca_is_one_clear_line() {
     let bad = sj(wrong_ca).await;
     assert!(!bad.ok && bad.stderr.lines().count() == 1, "{}", bad.stderr);
     assert!(bad.stderr.starts_with("shardjob: "), "{}", bad.stderr);
+    // Sorted by the transport's error, not by its text: a TLS failure, not "cannot reach".
+    assert!(bad.stderr.contains("TLS handshake"), "{}", bad.stderr);
     eprintln!("wrong CA: {}", bad.stderr.trim());
 
     let plain = sj(args(&[

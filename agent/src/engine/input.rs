@@ -21,6 +21,16 @@ pub struct SeenOwner {
     pub lease: i64,
 }
 
+/// Why a write failed, as text: the engine only logs it and tries again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailed(pub String);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How claiming one shard went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimResult {
@@ -34,7 +44,7 @@ pub enum ClaimResult {
     /// Someone holds it, or the assignment changed: wait for the next event.
     Lost,
     /// etcd did not answer: try again later.
-    Failed(String),
+    Failed(WriteFailed),
 }
 
 /// A whole prefix as listed (at the start of a watch, and after a compaction).
@@ -99,7 +109,7 @@ pub enum Input {
         shard: u32,
         lease: LeaseId,
         token: Token,
-        result: Result<(), String>,
+        result: Result<(), WriteFailed>,
     },
     /// An execution ended by itself.
     ExecDone {

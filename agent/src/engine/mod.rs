@@ -35,8 +35,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 pub use command::Command;
-pub use input::{ClaimResult, Input, Listing, SeenOwner};
-pub use types::{ExecId, LeaseId, Now, RunKind, ShardRef, Token};
+pub use input::{ClaimResult, Input, Listing, SeenOwner, WriteFailed};
+pub use types::{ExecId, LeaseId, Now, RunKind, Token};
 
 use fires::FireHeap;
 use job::{JobState, Spec};

@@ -190,7 +190,7 @@ impl Engine {
         shard: u32,
         lease: LeaseId,
         token: Token,
-        result: Result<(), String>,
+        result: Result<(), super::WriteFailed>,
         now: Now,
     ) {
         if self.lease() != Some(lease) {

@@ -41,19 +41,6 @@ impl fmt::Display for Token {
     }
 }
 
-/// One shard of one job.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardRef {
-    pub job: String,
-    pub shard: u32,
-}
-
-impl fmt::Display for ShardRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.job, self.shard)
-    }
-}
-
 /// Names one execution, so a late report of an execution the engine already gave up on (it
 /// was aborted, the shard moved on) cannot be taken for a later one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

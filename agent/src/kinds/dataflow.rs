@@ -102,6 +102,7 @@ mod tests {
             is_failover: false,
             is_misfire: false,
             cancel,
+            owner_key: String::new(),
         }
     }
 

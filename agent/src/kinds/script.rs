@@ -122,6 +122,7 @@ mod tests {
             is_failover: false,
             is_misfire: true,
             cancel: CancellationToken::new(),
+            owner_key: String::new(),
         }
     }
 

@@ -157,6 +157,7 @@ impl Core {
             is_failover: kind == RunKind::Failover,
             is_misfire: matches!(kind, RunKind::Misfire | RunKind::CatchUp),
             cancel: cancel.clone(),
+            owner_key: self.cfg.keys.owner(&job, shard),
         };
         let (timeout, retries, failover) = (
             config.timeout.map(|t| t.0),

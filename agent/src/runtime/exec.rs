@@ -98,11 +98,16 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
     .await
 }
 
-async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, String> {
+async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, super::txn::TxnError> {
     let ctx = &req.ctx;
+    let instance = shardjob_sharding::InstanceId::new(req.instance.clone()).map_err(|e| {
+        super::txn::TxnError::Encode {
+            what: "the instance id",
+            cause: e.to_string(),
+        }
+    })?;
     let marker = shardjob_coordinator::model::Running {
-        instance: shardjob_sharding::InstanceId::new(req.instance.clone())
-            .map_err(|e| e.to_string())?,
+        instance,
         fire_time: ctx.fire_time,
         token: ctx.token,
     };
@@ -224,6 +229,7 @@ mod tests {
             is_failover: false,
             is_misfire: false,
             cancel: CancellationToken::new(),
+            owner_key: String::new(),
         }
     }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use etcd_client::{Client, PutOptions};
+use shardjob_coordinator::etcd_error::{EtcdError, bounded};
 use shardjob_coordinator::keys::Keys;
 use shardjob_coordinator::model::InstanceInfo;
 use shardjob_coordinator::rebalance::RebalanceOptions;
@@ -38,7 +39,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::builder::AgentError;
 use crate::engine::{
-    ClaimResult, Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now, Token,
+    ClaimResult, Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now, Token, WriteFailed,
 };
 use crate::execlog::{ExecLog, Outcome};
 use crate::handle::{AgentHandle, AgentStatus};
@@ -88,7 +89,7 @@ pub(crate) enum Event {
         shard: u32,
         lease: LeaseId,
         token: Token,
-        result: Result<(), String>,
+        result: Result<(), WriteFailed>,
     },
     ExecDone {
         job: String,
@@ -302,19 +303,16 @@ impl Core {
         }
     }
 
-    async fn try_open_session(&mut self) -> Result<(), String> {
-        let session = Session::grant(&self.client, self.cfg.ttl)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn try_open_session(&mut self) -> Result<(), OpenError> {
+        let session = Session::grant(&self.client, self.cfg.ttl).await?;
         // A grant answered late (etcd slow, or a partition that held the request) comes with
         // little proof left: claiming shards with it would only lose their next fires. Let it
         // expire and ask again.
         if !session.handle().is_valid(Instant::now(), self.cfg.ttl / 2) {
             session.orphan();
-            return Err("the lease was granted too late to be of use; asking again".into());
+            return Err(OpenError::GrantedTooLate);
         }
-        let lease = LeaseId::new(session.lease())
-            .ok_or_else(|| "etcd granted lease 0, which is no lease".to_owned())?;
+        let lease = LeaseId::new(session.lease()).ok_or(OpenError::LeaseZero)?;
         let info = InstanceInfo {
             id: self.cfg.instance.clone(),
             host: crate::builder::hostname(),
@@ -325,17 +323,14 @@ impl Core {
             handlers: self.cfg.handlers.keys().cloned().collect(),
             started_at: Utc::now(),
         };
-        let value = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
+        let value = serde_json::to_vec(&info).map_err(|e| OpenError::Encode(e.to_string()))?;
         let mut client = self.client.clone();
         let put = client.put(
             self.cfg.keys.instance(&self.cfg.id),
             value,
             Some(PutOptions::new().with_lease(lease.get())),
         );
-        timeout(Duration::from_secs(5), put)
-            .await
-            .map_err(|_| "registering: no answer within 5s".to_owned())?
-            .map_err(|e| format!("registering: {e}"))?;
+        bounded("registering the instance", Duration::from_secs(5), put).await?;
         self.renewals = session.handle().renewals();
         self.renewals.borrow_and_update();
         if self.cfg.leader_eligible {
@@ -403,10 +398,9 @@ impl Core {
         let left = retry("removing the instance key", || {
             let (mut c, key) = (client.clone(), key.clone());
             async move {
-                c.delete(key, None)
+                bounded("removing the instance key", ATTEMPT, c.delete(key, None))
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
             }
         })
         .await;
@@ -444,7 +438,8 @@ impl Core {
         for chunk in items.chunks(txn::RELEASE_CHUNK) {
             let w = &self.writes;
             let released = retry("releasing at shutdown", || async {
-                let results = txn::release_many(&w.client, &w.keys, chunk, w.timeout).await;
+                let limit = w.timeout.min(ATTEMPT);
+                let results = txn::release_many(&w.client, &w.keys, chunk, limit).await;
                 match results.into_iter().find_map(Result::err) {
                     Some(e) => Err(e),
                     None => Ok(()),
@@ -472,25 +467,43 @@ impl Core {
     }
 }
 
-/// Runs `op` up to 5 times, 200 ms apart, each attempt bounded by 1 s: for the few writes of a
-/// graceful shutdown, where a transient etcd error (a connection broken by a member restart)
-/// would otherwise cost a whole lease TTL or the shutdown timeout.
-async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T, String>
+/// The bound of one attempt of a shutdown write.
+const ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Why a session could not be opened (the loop tries again with backoff).
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Grant(#[from] shardjob_coordinator::session::SessionError),
+    #[error("the lease was granted too late to be of use; asking again")]
+    GrantedTooLate,
+    #[error("etcd granted lease 0, which is no lease")]
+    LeaseZero,
+    #[error("encoding the instance record: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Register(#[from] EtcdError),
+}
+
+/// Runs `op` (each attempt bounded by [`ATTEMPT`]) up to 5 times, 200 ms apart: for the few
+/// writes of a graceful shutdown, where a transient etcd error (a connection broken by a member
+/// restart) would otherwise cost a whole lease TTL or the shutdown timeout.
+async fn retry<T, E, F, Fut>(what: &str, op: F) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut last = String::new();
-    for attempt in 1..=5 {
-        match timeout(Duration::from_secs(1), op()).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = "no answer within 1s".into(),
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt == 5 => return Err(e),
+            Err(e) => warn!(what, attempt, error = %e, "retrying"),
         }
-        warn!(what, attempt, error = %last, "retrying");
+        attempt += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(last)
 }
 
 /// Feeds one prefix's watch events into the core, forever (a refused watch is retried).

@@ -63,7 +63,9 @@ impl Releaser {
                 Ok(false) => info!(job = %job, shard, "owner key already gone"),
                 Err(_) => {}
             }
-            let result = result.map(|_| ());
+            let result = result
+                .map(|_| ())
+                .map_err(|e| crate::engine::WriteFailed(e.to_string()));
             if self
                 .events
                 .send(Event::Released {

@@ -25,8 +25,25 @@ use shardjob_coordinator::keys::Keys;
 use shardjob_coordinator::model::{Cursor, Owner, Running};
 use shardjob_sharding::InstanceId;
 
-use crate::engine::{ClaimResult, LeaseId, Token};
-use tokio::time::timeout;
+use shardjob_coordinator::etcd_error::{EtcdError, bounded};
+
+use crate::engine::{ClaimResult, LeaseId, Token, WriteFailed};
+
+/// An ownership write that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum TxnError {
+    #[error("encoding the value of {what}: {cause}")]
+    Encode { what: &'static str, cause: String },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, TxnError> {
+    serde_json::to_vec(value).map_err(|e| TxnError::Encode {
+        what,
+        cause: e.to_string(),
+    })
+}
 
 /// What every ownership write of one agent shares: the client, the key layout and the limit of
 /// one write. One `Arc` of it serves the claimer, the releaser and the running markers.
@@ -81,7 +98,10 @@ pub(crate) async fn claim(
             }
             out
         }
-        Err(e) => parts.iter().map(|p| failed(p, &e)).collect(),
+        Err(e) => {
+            let e = e.to_string();
+            parts.iter().map(|p| failed(p, &e)).collect()
+        }
     }
 }
 
@@ -97,7 +117,7 @@ async fn claim_alone(
         match claim_batch(client, who, std::slice::from_ref(part)).await {
             Ok(Some(mut won)) => return won.pop().unwrap_or_default(),
             Ok(None) => {}
-            Err(e) => return failed(part, &e),
+            Err(e) => return failed(part, &e.to_string()),
         }
     }
     if part.shards.len() == 1 {
@@ -116,7 +136,7 @@ async fn claim_alone(
         match claim_batch(client, who, std::slice::from_ref(&one)).await {
             Ok(Some(won)) => out.extend(won.into_iter().flatten()),
             Ok(None) => out.push((s, ClaimResult::Lost)),
-            Err(e) => out.push((s, ClaimResult::Failed(e))),
+            Err(e) => out.push((s, ClaimResult::Failed(WriteFailed(e.to_string())))),
         }
     }
     out
@@ -125,7 +145,7 @@ async fn claim_alone(
 fn failed(part: &ClaimPart, e: &str) -> Vec<(u32, ClaimResult)> {
     part.shards
         .iter()
-        .map(|s| (*s, ClaimResult::Failed(e.to_owned())))
+        .map(|s| (*s, ClaimResult::Failed(WriteFailed(e.to_owned()))))
         .collect()
 }
 
@@ -134,17 +154,19 @@ async fn claim_batch(
     client: &Client,
     who: &Claimant<'_>,
     parts: &[ClaimPart],
-) -> Result<Option<Vec<Vec<(u32, ClaimResult)>>>, String> {
-    let claimed = serde_json::to_vec(&Cursor::default()).map_err(|e| e.to_string())?;
+) -> Result<Option<Vec<Vec<(u32, ClaimResult)>>>, TxnError> {
+    let claimed = encode("a cursor", &Cursor::default())?;
     let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
     let mut compares = Vec::with_capacity(parts.len() + shards);
     let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
     for part in parts {
-        let owner = serde_json::to_vec(&Owner {
-            instance: who.instance.clone(),
-            generation: part.generation,
-        })
-        .map_err(|e| e.to_string())?;
+        let owner = encode(
+            "an owner key",
+            &Owner {
+                instance: who.instance.clone(),
+                generation: part.generation,
+            },
+        )?;
         compares.push(Compare::mod_revision(
             who.keys.assignment(&part.job),
             CompareOp::Equal,
@@ -168,10 +190,7 @@ async fn claim_batch(
         }
     }
     let txn = Txn::new().when(compares).and_then(ops);
-    let resp = timeout(who.timeout, client.clone().txn(txn))
-        .await
-        .map_err(|_| format!("claim: no answer within {:?}", who.timeout))?
-        .map_err(|e| format!("claim: {e}"))?;
+    let resp = bounded("claim", who.timeout, client.clone().txn(txn)).await?;
     if !resp.succeeded() {
         return Ok(None);
     }
@@ -218,15 +237,12 @@ pub(crate) async fn put_marker(
     shard: u32,
     marker: &Running,
     limit: Duration,
-) -> Result<Option<i64>, String> {
-    let value = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
+) -> Result<Option<i64>, TxnError> {
+    let value = encode("a running marker", marker)?;
     let txn = Txn::new()
         .when(vec![owner_compare(keys, job, shard, Token(marker.token))])
         .and_then(vec![TxnOp::put(keys.running(job, shard), value, None)]);
-    let resp = timeout(limit, client.clone().txn(txn))
-        .await
-        .map_err(|_| format!("marker: no answer within {limit:?}"))?
-        .map_err(|e| format!("marker: {e}"))?;
+    let resp = bounded("running marker", limit, client.clone().txn(txn)).await?;
     Ok(resp
         .succeeded()
         .then(|| resp.header().map_or(0, |h| h.revision())))
@@ -240,7 +256,7 @@ pub(crate) async fn delete_marker(
     shard: u32,
     revision: i64,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), TxnError> {
     let key = keys.running(job, shard);
     let txn = Txn::new()
         .when(vec![Compare::mod_revision(
@@ -249,10 +265,7 @@ pub(crate) async fn delete_marker(
             revision,
         )])
         .and_then(vec![TxnOp::delete(key, None)]);
-    timeout(limit, client.clone().txn(txn))
-        .await
-        .map_err(|_| format!("marker delete: no answer within {limit:?}"))?
-        .map_err(|e| format!("marker delete: {e}"))?;
+    bounded("running marker delete", limit, client.clone().txn(txn)).await?;
     Ok(())
 }
 
@@ -271,8 +284,14 @@ pub(crate) struct ReleaseItem {
 /// The compare that holds only while `token` owns the shard: its owner key exists with that
 /// create revision (etcd's `Mutex.IsOwner()`). Every write made on a shard's behalf is guarded
 /// by it, so a stale owner writes nothing.
-pub fn owner_compare(keys: &Keys, job: &str, shard: u32, token: Token) -> Compare {
-    Compare::create_revision(keys.owner(job, shard), CompareOp::Equal, token.0)
+pub(crate) fn owner_compare(keys: &Keys, job: &str, shard: u32, token: Token) -> Compare {
+    is_owner(keys.owner(job, shard), token.0)
+}
+
+/// [`owner_compare`] for a key already built (what handlers get, through
+/// `ShardContext::owner_compare`).
+pub(crate) fn is_owner(owner_key: String, token: i64) -> Compare {
+    Compare::create_revision(owner_key, CompareOp::Equal, token)
 }
 
 /// Releases `items` (at most [`RELEASE_CHUNK`]) in one txn; if a token no longer matches, each
@@ -283,7 +302,7 @@ pub(crate) async fn release_many(
     keys: &Keys,
     items: &[ReleaseItem],
     limit: Duration,
-) -> Vec<Result<bool, String>> {
+) -> Vec<Result<bool, TxnError>> {
     if items.len() > 1 {
         match release_batch(client, keys, items, limit).await {
             Ok(true) => return items.iter().map(|_| Ok(true)).collect(),
@@ -304,23 +323,22 @@ async fn release_batch(
     keys: &Keys,
     items: &[ReleaseItem],
     limit: Duration,
-) -> Result<bool, String> {
+) -> Result<bool, TxnError> {
     let mut compares = Vec::with_capacity(items.len());
     let mut ops = Vec::with_capacity(items.len() * 2);
     for item in items {
-        let cursor = serde_json::to_vec(&Cursor {
-            last_fire: item.last_fire,
-            released: true,
-        })
-        .map_err(|e| e.to_string())?;
+        let cursor = encode(
+            "a cursor",
+            &Cursor {
+                last_fire: item.last_fire,
+                released: true,
+            },
+        )?;
         compares.push(owner_compare(keys, &item.job, item.shard, item.token));
         ops.push(TxnOp::delete(keys.owner(&item.job, item.shard), None));
         ops.push(TxnOp::put(keys.cursor(&item.job, item.shard), cursor, None));
     }
     let txn = Txn::new().when(compares).and_then(ops);
-    let resp = timeout(limit, client.clone().txn(txn))
-        .await
-        .map_err(|_| format!("release: no answer within {limit:?}"))?
-        .map_err(|e| format!("release: {e}"))?;
+    let resp = bounded("release", limit, client.clone().txn(txn)).await?;
     Ok(resp.succeeded())
 }

@@ -249,7 +249,12 @@ impl Model {
                 let results: Vec<(u32, ClaimResult)> = match (r, stale) {
                     (0, _) => shards
                         .iter()
-                        .map(|s| (*s, ClaimResult::Failed("timeout".into())))
+                        .map(|s| {
+                            (
+                                *s,
+                                ClaimResult::Failed(crate::engine::WriteFailed("timeout".into())),
+                            )
+                        })
                         .collect(),
                     (_, true) => shards.iter().map(|s| (*s, ClaimResult::Lost)).collect(),
                     _ => {
@@ -323,7 +328,11 @@ impl Model {
                         },
                     );
                 }
-                let result = if ok { Ok(()) } else { Err("timeout".into()) };
+                let result = if ok {
+                    Ok(())
+                } else {
+                    Err(crate::engine::WriteFailed("timeout".into()))
+                };
                 let out = self.h.step(Input::Released {
                     job: "j".into(),
                     shard,

@@ -370,7 +370,7 @@ fn a_failed_release_is_retried_with_the_same_cursor() {
         shard: 0,
         lease: lease(),
         token: crate::engine::Token(100),
-        result: Err("no answer".into()),
+        result: Err(crate::engine::WriteFailed("no answer".into())),
     });
     assert_eq!(
         releases(&h.at(2.6)),
@@ -388,7 +388,10 @@ fn a_key_of_mine_seen_without_a_claims_answer_is_held() {
     h.step(Input::Claimed {
         job: "j".into(),
         lease: lease(),
-        results: vec![(0, crate::engine::ClaimResult::Failed("timed out".into()))],
+        results: vec![(
+            0,
+            crate::engine::ClaimResult::Failed(crate::engine::WriteFailed("timed out".into())),
+        )],
     });
     // The claim did commit; the retry loses to the key it made.
     h.owner("j", 0, ME, 100, lease().get());

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use shardjob_agent::execlog::ExecRecord;
+use shardjob_agent::execlog::{ExecRecord, Outcome};
 
 enum Mode {
     Killed { killed: String, at: DateTime<Utc> },
@@ -97,8 +97,9 @@ fn analyse(records: &[ExecRecord], killed: &str, at: DateTime<Utc>) -> Report {
             _ => None,
         };
     }
+    // A fire run to its end twice (an execution the agent cut short, `aborted`, ran no fire).
     let mut per_fire: BTreeMap<(&str, u32, DateTime<Utc>), usize> = BTreeMap::new();
-    for r in records {
+    for r in records.iter().filter(|r| r.outcome == Outcome::Ok) {
         *per_fire
             .entry((r.job.as_str(), r.shard, r.fire_time))
             .or_default() += 1;

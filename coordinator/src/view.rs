@@ -55,7 +55,9 @@ impl JobView {
             .map_or(0, |a| a.owners.iter().filter(|o| o.is_some()).count())
     }
 
-    /// Assigned shards whose owner key names their assignee.
+    /// Assigned shards whose owner key names their assignee and is bound to the lease that
+    /// instance is registered with now (a key of an earlier session is one the instance no
+    /// longer acts on: it waits for that key to vanish before claiming again).
     pub fn owned_by_assignee(&self) -> usize {
         let Some(a) = &self.assignment else { return 0 };
         (0..a.owners.len() as u32)
@@ -63,14 +65,14 @@ impl JobView {
                 a.owner(*s).is_some_and(|assignee| {
                     self.owners
                         .get(s)
-                        .is_some_and(|o| &o.owner.instance == assignee)
+                        .is_some_and(|o| &o.owner.instance == assignee && o.current)
                 })
             })
             .count()
     }
 
     /// Converged: an assignment exists, covers the config's total, and every assigned shard is
-    /// owned by its assignee.
+    /// owned by its assignee on its current lease.
     pub fn converged(&self) -> bool {
         match (&self.config, &self.assignment) {
             (Some(c), Some(a)) => {
@@ -203,5 +205,46 @@ impl ClusterView {
         // The candidate created first leads (etcd's election rule).
         view.leader = candidates.into_iter().min_by_key(|c| c.create_revision);
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HumanDuration, Schedule};
+    use shardjob_sharding::{Assignment, InstanceId};
+
+    fn job(current: bool) -> JobView {
+        let a = InstanceId::new("a").unwrap();
+        let assignment = Assignment::from_owners(vec![Some(a.clone())]);
+        let owner = OwnerView {
+            owner: Owner {
+                instance: a,
+                generation: 1,
+            },
+            token: 10,
+            lease: 7,
+            current,
+        };
+        JobView {
+            config: Some(JobConfig::new(
+                Schedule::Every(HumanDuration(std::time::Duration::from_secs(1))),
+                1,
+            )),
+            assignment: Some(AssignmentRecord::from_assignment(1, &assignment)),
+            owners: BTreeMap::from([(0, owner)]),
+            ..JobView::default()
+        }
+    }
+
+    #[test]
+    fn converged_only_when_each_owner_key_is_on_its_instances_current_lease() {
+        assert!(job(true).converged());
+        let stale = job(false);
+        assert_eq!(stale.owned_by_assignee(), 0);
+        assert!(
+            !stale.converged(),
+            "a key of an earlier session does not count"
+        );
     }
 }

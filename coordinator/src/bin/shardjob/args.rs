@@ -136,9 +136,9 @@ pub enum Target {
     },
 }
 
-/// One of the three kinds of schedule.
+/// One of the three kinds of schedule (more than one is refused with a clear message), and
+/// what qualifies it. Not a clap group: a group would also forbid `--cron` with `--time-zone`.
 #[derive(Debug, Args)]
-#[group(multiple = false)]
 pub struct ScheduleArgs {
     /// Cron expression with seconds: "sec min hour day month weekday [year]".
     #[arg(long)]
@@ -152,6 +152,9 @@ pub struct ScheduleArgs {
     /// Once, at this RFC 3339 instant.
     #[arg(long)]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Shift of an interval schedule from the epoch, e.g. 15s (0s removes it).
+    #[arg(long)]
+    pub offset: Option<HumanDuration>,
 }
 
 /// Settable fields.
@@ -186,6 +189,15 @@ pub struct Settings {
     pub retries: Option<u32>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Remove every shard parameter (before any --shard-param of the same command).
+    #[arg(long)]
+    pub clear_shard_params: bool,
+    /// Remove the label selector (every instance with the handler is eligible).
+    #[arg(long, conflicts_with = "selector")]
+    pub clear_selector: bool,
+    /// Remove the execution timeout.
+    #[arg(long, conflicts_with = "timeout")]
+    pub clear_timeout: bool,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

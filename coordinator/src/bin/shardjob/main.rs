@@ -110,6 +110,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if let Some(tz) = &schedule.time_zone {
                 config.time_zone = tz.clone();
             }
+            set_offset(&mut config, schedule);
             apply(&mut config, settings);
             ops::create_job(&client, &keys, job, &config)
                 .await
@@ -150,6 +151,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 if let Some(tz) = &schedule.time_zone {
                     c.time_zone = tz.clone();
                 }
+                set_offset(c, schedule);
                 if handler.is_some() {
                     c.handler = handler;
                 }
@@ -223,7 +225,22 @@ fn schedule_of(s: &ScheduleArgs) -> Result<Option<Schedule>, String> {
     })
 }
 
+fn set_offset(c: &mut JobConfig, s: &ScheduleArgs) {
+    if let Some(off) = s.offset {
+        c.offset = (!off.0.is_zero()).then_some(off);
+    }
+}
+
 fn apply(c: &mut JobConfig, s: &Settings) {
+    if s.clear_shard_params {
+        c.shard_params.clear();
+    }
+    if s.clear_selector {
+        c.selector = Default::default();
+    }
+    if s.clear_timeout {
+        c.timeout = None;
+    }
     if let Some(n) = s.shards {
         c.total = n;
     }

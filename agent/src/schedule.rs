@@ -23,6 +23,8 @@ pub enum ScheduleError {
     TimeZone(String),
     #[error("interval must be at least 1 ms")]
     ZeroInterval,
+    #[error("interval {0:?} is longer than 366 days")]
+    TooLong(Duration),
 }
 
 /// A compiled schedule.
@@ -48,6 +50,10 @@ impl FireSchedule {
                 Ok(Self::Cron(Box::new(parsed), tz))
             }
             Schedule::Every(d) if d.0.as_millis() == 0 => Err(ScheduleError::ZeroInterval),
+            // Bounded, so interval arithmetic in i64 milliseconds cannot overflow.
+            Schedule::Every(d) if d.0 > shardjob_coordinator::model::MAX_INTERVAL => {
+                Err(ScheduleError::TooLong(d.0))
+            }
             Schedule::Every(d) => Ok(Self::Every(d.0, Duration::ZERO)),
             Schedule::At(t) => Ok(Self::At(*t)),
         }
@@ -139,6 +145,23 @@ mod tests {
 
     fn every(s: &str) -> FireSchedule {
         FireSchedule::new(&Schedule::Every(s.parse::<HumanDuration>().unwrap()), "UTC").unwrap()
+    }
+
+    #[test]
+    fn an_interval_near_u64_max_is_refused_not_a_spin_or_an_overflow() {
+        let huge = Schedule::Every(HumanDuration(Duration::from_millis(u64::MAX)));
+        assert!(matches!(
+            FireSchedule::new(&huge, "UTC"),
+            Err(ScheduleError::TooLong(_))
+        ));
+        // The longest allowed, with the longest offset, still computes.
+        let year = Schedule::Every(HumanDuration(shardjob_coordinator::model::MAX_INTERVAL));
+        let s = FireSchedule::new(&year, "UTC")
+            .unwrap()
+            .with_offset(Duration::from_millis(u64::MAX));
+        let at = t("2026-11-21T10:00:00Z");
+        let next = s.next_after(at).unwrap();
+        assert!(next > at && s.latest_at_or_before(next) == Some(next));
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub async fn create_job(
     job: &str,
     config: &JobConfig,
 ) -> Result<(), OpsError> {
-    config.validate(job)?;
+    config.validate_new(job, chrono::Utc::now())?;
     let key = keys.job(job);
     let value = serde_json::to_vec(config).map_err(|e| etcd("encoding")(e.to_string()))?;
     let txn = Txn::new()

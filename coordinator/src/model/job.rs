@@ -31,6 +31,9 @@ pub const MAX_DESCRIPTION: usize = 4 * 1024;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Shortest fixed interval.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest fixed interval (and so the longest offset): 366 days. Beyond it fire arithmetic in
+/// milliseconds would have nothing to gain and everything to overflow.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Most retries of one execution.
 pub const MAX_RETRIES: u32 = 100;
 
@@ -158,6 +161,38 @@ impl JobConfig {
         self.shard_params.get(&shard).map_or("", String::as_str)
     }
 
+    /// [`Self::validate`], plus what only holds for a job created at `now`: a one-shot `at` in
+    /// the future, a cron expression that still fires after `now` (its years not all past).
+    /// A stored config is not held to it: a one-shot stays valid after it ran.
+    pub fn validate_new(&self, job: &str, now: DateTime<Utc>) -> Result<(), ConfigError> {
+        self.validate(job)?;
+        let err = |field, reason: String| ConfigError {
+            job: job.to_owned(),
+            field,
+            reason,
+        };
+        match &self.schedule {
+            Schedule::At(t) if *t <= now => Err(err(
+                "schedule.at",
+                format!("{} is in the past", t.to_rfc3339()),
+            )),
+            Schedule::Cron(expr) => {
+                let tz = chrono_tz::Tz::from_str(&self.time_zone).unwrap_or(chrono_tz::UTC);
+                let fires = cron::Schedule::from_str(expr)
+                    .is_ok_and(|s| s.after(&now.with_timezone(&tz)).next().is_some());
+                if fires {
+                    Ok(())
+                } else {
+                    Err(err(
+                        "schedule.cron",
+                        format!("{expr:?} never fires after {}", now.to_rfc3339()),
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks every rule; the error names the job and the field.
     pub fn validate(&self, job: &str) -> Result<(), ConfigError> {
         let err = |field, reason: String| ConfigError {
@@ -206,6 +241,12 @@ impl JobConfig {
                 return Err(err(
                     "schedule.every",
                     format!("{d} is shorter than the minimum 100ms"),
+                ));
+            }
+            Schedule::Every(d) if d.0 > MAX_INTERVAL => {
+                return Err(err(
+                    "schedule.every",
+                    format!("{d} is longer than the maximum 366 days"),
                 ));
             }
             Schedule::Every(_) | Schedule::At(_) => {}
@@ -345,6 +386,10 @@ mod tests {
         cron_offset.offset = Some("1s".parse().unwrap());
         let mut long_offset = JobConfig::new(Schedule::Every("5s".parse().unwrap()), 1);
         long_offset.offset = Some("5s".parse().unwrap());
+        let huge_every = JobConfig::new(
+            Schedule::Every(HumanDuration(Duration::from_millis(u64::MAX))),
+            1,
+        );
         let table: Vec<(JobConfig, &str, &str)> = vec![
             (cron("* * * * * *", 0), "total", "0 is outside 1..=10000"),
             (cron("* * * * * *", 10_001), "total", "10001"),
@@ -366,6 +411,11 @@ mod tests {
             (retries, "max_retries", "1000"),
             (cron_offset, "offset", "only interval schedules"),
             (long_offset, "offset", "not shorter than the interval 5s"),
+            (
+                huge_every,
+                "schedule.every",
+                "longer than the maximum 366 days",
+            ),
         ];
         for (config, field, reason) in table {
             let err = config.validate("orders").unwrap_err();
@@ -379,6 +429,25 @@ mod tests {
         }
         let err = cron("* * * * * *", 1).validate("a/b").unwrap_err();
         assert_eq!(err.field, "name");
+    }
+
+    #[test]
+    fn a_new_job_must_still_fire() {
+        let now: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let past = JobConfig::new(Schedule::At("2026-12-01T09:59:59Z".parse().unwrap()), 1);
+        let e = past.validate_new("once", now).unwrap_err();
+        assert_eq!(e.field, "schedule.at", "{e}");
+        assert!(e.to_string().contains("in the past"), "{e}");
+        past.validate("once").unwrap(); // stored, it stays valid
+        let future = JobConfig::new(Schedule::At("2026-12-01T10:00:01Z".parse().unwrap()), 1);
+        future.validate_new("once", now).unwrap();
+        let e = cron("0 0 0 1 1 * 2025", 1)
+            .validate_new("old", now)
+            .unwrap_err();
+        assert!(e.to_string().contains("never fires after"), "{e}");
+        cron("0 0 0 1 1 * 2099", 1)
+            .validate_new("future", now)
+            .unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub use decode::{DecodeError, decode, decode_job};
 pub use duration::{BadDuration, HumanDuration};
 pub use instance::{InstanceInfo, MAX_WEIGHT};
 pub use job::{
-    ConfigError, JobConfig, MAX_DESCRIPTION, MAX_JOB_PARAM, MAX_RETRIES, MAX_SHARD_PARAM,
-    MAX_TIMEOUT, MAX_TOTAL, MIN_INTERVAL, Schedule,
+    ConfigError, JobConfig, MAX_DESCRIPTION, MAX_INTERVAL, MAX_JOB_PARAM, MAX_RETRIES,
+    MAX_SHARD_PARAM, MAX_TIMEOUT, MAX_TOTAL, MIN_INTERVAL, Schedule,
 };
 pub use records::{AssignmentRecord, Cursor, Owner, Running, Trigger};

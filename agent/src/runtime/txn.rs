@@ -205,8 +205,8 @@ async fn claim_batch(
                 .map(|&s| {
                     let won = ClaimResult::Won {
                         token: Token(token),
-                        cursor: got(&responses, OPS_PER_SHARD * i),
-                        running: got(&responses, OPS_PER_SHARD * i + 1),
+                        cursor: got(&responses, OPS_PER_SHARD * i, "cursor"),
+                        running: got(&responses, OPS_PER_SHARD * i + 1, "running"),
                     };
                     i += 1;
                     (s, won)
@@ -217,14 +217,28 @@ async fn claim_batch(
     Ok(Some(won))
 }
 
-/// The value of the `index`-th response, if it is a get that found JSON of `T`.
-fn got<T: serde::de::DeserializeOwned>(responses: &[TxnOpResponse], index: usize) -> Option<T> {
-    match responses.get(index) {
-        Some(TxnOpResponse::Get(get)) => get
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok()),
-        _ => None,
+/// The value of the `index`-th response, if it is a get that found JSON of `T`. A value that
+/// does not decode (someone wrote garbage with etcdctl) is logged with its key, counted in
+/// `shardjob_garbage_values_total{kind}`, and read as absent: the safe default, since an absent
+/// cursor is an untrusted one (no catch-up: nothing the previous owner ran can run twice) and
+/// an absent marker re-runs nothing.
+fn got<T: serde::de::DeserializeOwned>(
+    responses: &[TxnOpResponse],
+    index: usize,
+    kind: &'static str,
+) -> Option<T> {
+    let Some(TxnOpResponse::Get(get)) = responses.get(index) else {
+        return None;
+    };
+    let kv = get.kvs().first()?;
+    match serde_json::from_slice(kv.value()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %String::from_utf8_lossy(kv.key()), kind, error = %e,
+                "a value read at a claim does not decode; read as absent");
+            metrics::counter!("shardjob_garbage_values_total", "kind" => kind).increment(1);
+            None
+        }
     }
 }
 

@@ -50,21 +50,58 @@ impl ShardContext {
     }
 }
 
-/// How a run failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// How a run failed. Any error converts into it with `?` (as a retryable failure):
+///
+/// ```
+/// use shardjob_agent::{JobError, ShardContext};
+///
+/// async fn run(ctx: ShardContext) -> Result<(), JobError> {
+///     let n: u32 = ctx.job_param.parse()?; // a ParseIntError becomes JobError::Failed
+///     if n == 0 {
+///         return Err(JobError::permanent("the parameter must not be 0"));
+///     }
+///     Ok(())
+/// }
+/// ```
+///
+/// Like `anyhow::Error`, it does not implement `std::error::Error` itself: that is what lets
+/// every error type convert into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobError {
     /// The handler failed; the text says why. Retried if the job has retries left.
-    #[error("{0}")]
     Failed(String),
+    /// The handler failed in a way a retry cannot fix (bad input, a refused request): not
+    /// retried.
+    Permanent(String),
     /// The handler stopped because its context was cancelled.
-    #[error("cancelled")]
     Cancelled,
 }
 
 impl JobError {
-    /// A failure with `cause`'s text.
+    /// A failure with `cause`'s text (retried if the job has retries left).
     pub fn failed(cause: impl fmt::Display) -> Self {
         Self::Failed(cause.to_string())
+    }
+
+    /// A failure no retry can fix, with `cause`'s text.
+    pub fn permanent(cause: impl fmt::Display) -> Self {
+        Self::Permanent(cause.to_string())
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Failed(cause) => f.write_str(cause),
+            JobError::Permanent(cause) => write!(f, "{cause} (permanent)"),
+            JobError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> Self {
+        Self::Failed(e.to_string())
     }
 }
 

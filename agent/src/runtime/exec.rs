@@ -40,9 +40,12 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
         failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
     async move {
         let cancel = req.ctx.cancel.clone();
-        let Some(_permits) = acquire(&req.permits, &cancel).await else {
+        let Some(first) = acquire(&req.permits, &cancel).await else {
             return finish(&req, Utc::now(), Outcome::Cancelled);
         };
+        // Held for one attempt at a time: a backoff between attempts gives them back, so a
+        // failing shard waiting to retry does not keep others of the job from running.
+        let mut permits = Some(first);
         let marker = match &req.marker {
             Some(sink) => match Box::pin(mark(sink, &req)).await {
                 Ok(Some(rev)) => Some(rev),
@@ -60,16 +63,25 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
         let start = Utc::now();
         let mut outcome = Outcome::Cancelled;
         for attempt in 1..=req.retries.saturating_add(1) {
+            if permits.is_none() {
+                permits = acquire(&req.permits, &cancel).await;
+                if permits.is_none() {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
+            }
             let mut ctx = req.ctx.clone();
             ctx.attempt = attempt;
             // Each attempt has its own token, so a timeout cancels only that attempt.
             ctx.cancel = cancel.child_token();
-            outcome = run_once(&req.handler, ctx, req.timeout)
+            let retryable;
+            (outcome, retryable) = run_once(&req.handler, ctx, req.timeout)
                 .instrument(info_span!("attempt", attempt))
                 .await;
-            if outcome != Outcome::Failed || attempt > req.retries {
+            if !retryable || attempt > req.retries {
                 break;
             }
+            permits = None;
             let delay = backoff(attempt, &req.ctx);
             tokio::select! {
                 _ = cancel.cancelled() => { outcome = Outcome::Cancelled; break; }
@@ -138,32 +150,37 @@ async fn acquire(
     Some(permits)
 }
 
+/// Runs one attempt; the flag says whether a retry may help (a failure that is not permanent).
 async fn run_once(
     handler: &Arc<dyn DynJob>,
     ctx: ShardContext,
     timeout: Option<Duration>,
-) -> Outcome {
+) -> (Outcome, bool) {
     let cancel = ctx.cancel.clone();
     let mut run = handler.run_boxed(ctx);
     let limit = timeout.unwrap_or(Duration::MAX);
     let result = tokio::select! {
         r = &mut run => r,
         // Lost lease or shutdown: stop now (dropping the future aborts it at its next await).
-        _ = cancel.cancelled() => return Outcome::Cancelled,
+        _ = cancel.cancelled() => return (Outcome::Cancelled, false),
         _ = tokio::time::sleep(limit) => {
             // Timeout: ask the handler to stop, give it a moment, then abort.
             cancel.cancel();
             let grace = (limit / 4).min(Duration::from_secs(1));
             let _ = tokio::time::timeout(grace, &mut run).await;
-            return Outcome::Timeout;
+            return (Outcome::Timeout, false);
         }
     };
     match result {
-        Ok(()) => Outcome::Ok,
-        Err(JobError::Cancelled) => Outcome::Cancelled,
+        Ok(()) => (Outcome::Ok, false),
+        Err(JobError::Cancelled) => (Outcome::Cancelled, false),
         Err(JobError::Failed(cause)) => {
             warn!(%cause, "execution failed");
-            Outcome::Failed
+            (Outcome::Failed, true)
+        }
+        Err(JobError::Permanent(cause)) => {
+            warn!(%cause, "execution failed for good: not retried");
+            (Outcome::Failed, false)
         }
     }
 }
@@ -283,6 +300,49 @@ mod tests {
             waited >= Duration::from_millis(150) && waited < Duration::from_millis(300),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_is_not_retried_and_any_error_converts_with_a_question_mark() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let job = crate::job_fn(move |_| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Err(JobError::permanent("bad input"))
+            }
+        });
+        assert_eq!(execute(request(job, None, 5)).await, Outcome::Failed);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no retry of a permanent failure"
+        );
+        let parse = crate::job_fn(|_| async {
+            let _n: u32 = "x".parse()?;
+            Ok(())
+        });
+        assert_eq!(execute(request(parse, None, 1)).await, Outcome::Failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_gives_the_concurrency_permits_back() {
+        let limit = Arc::new(Semaphore::new(1));
+        let job = crate::job_fn(|ctx: ShardContext| async move {
+            if ctx.attempt == 1 {
+                Err(JobError::failed("once"))
+            } else {
+                Ok(())
+            }
+        });
+        let mut req = request(job, None, 1);
+        req.permits = vec![limit.clone()];
+        let run = tokio::spawn(execute(req));
+        // The first attempt fails at once; during the backoff (50..100 ms) the permit is free.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(limit.available_permits(), 1, "held during the backoff");
+        assert_eq!(run.await.unwrap(), Outcome::Ok);
     }
 
     #[tokio::test(start_paused = true)]

@@ -55,6 +55,7 @@ pub struct AgentBuilder {
     shutdown_timeout: Duration,
     rebalance: RebalanceOptions,
     leader_eligible: bool,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for AgentBuilder {
@@ -84,6 +85,7 @@ impl Default for AgentBuilder {
             shutdown_timeout: Duration::from_secs(30),
             rebalance: RebalanceOptions::default(),
             leader_eligible: true,
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -113,6 +115,14 @@ impl AgentBuilder {
     /// How long to wait for etcd to answer when connecting (default 5 s).
     pub fn dial_timeout(mut self, timeout: Duration) -> Self {
         self.connect.dial_timeout = timeout;
+        self
+    }
+
+    /// How long `start()` keeps trying to reach etcd when it is unreachable (default 30 s:
+    /// services and etcd often boot together). Each failure is logged; wrong credentials, a bad
+    /// certificate or unreadable files fail at once, since waiting cannot fix them.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -263,7 +273,7 @@ impl AgentBuilder {
             None => None,
         };
 
-        let client = connect(&self.connect).await?;
+        let client = connect_patiently(&self.connect, self.connect_timeout).await?;
         for (job, config) in &configs {
             publish(&client, &keys, job, config).await?;
         }
@@ -283,6 +293,29 @@ impl AgentBuilder {
             leader_eligible: self.leader_eligible,
         };
         Ok(Core::spawn(client, config))
+    }
+}
+
+/// Connects, retrying with backoff (100 ms doubling to 2 s) while etcd is unreachable and
+/// `patience` lasts.
+async fn connect_patiently(
+    config: &shardjob_coordinator::connect::ConnectConfig,
+    patience: Duration,
+) -> Result<Client, AgentError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(config).await {
+            Ok(client) => return Ok(client),
+            Err(e @ ConnectError::Unreachable { .. })
+                if tokio::time::Instant::now() + delay < deadline =>
+            {
+                tracing::warn!(error = %e, retry_in = ?delay, "etcd is unreachable; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -55,9 +55,7 @@ impl AgentHandle {
     /// to the shutdown timeout), release, resign, revoke the lease.
     pub async fn shutdown(self) -> Result<(), AgentError> {
         self.shutdown.cancel();
-        self.task
-            .await
-            .map_err(|e| AgentError::Task(e.to_string()))?
+        ended(self.task.await)
     }
 
     /// Stops at once as if the process died: executions are aborted, nothing is released,
@@ -69,9 +67,50 @@ impl AgentHandle {
     }
 
     /// Runs until `signal` completes (e.g. `tokio::signal::ctrl_c()`), then shuts down
-    /// gracefully.
-    pub async fn run_until<F: Future>(self, signal: F) -> Result<(), AgentError> {
-        signal.await;
-        self.shutdown().await
+    /// gracefully. If the agent's task ends first (it panicked, or was aborted), this returns
+    /// at once with an error saying so: a service must not go on believing it runs its jobs.
+    pub async fn run_until<F: Future>(mut self, signal: F) -> Result<(), AgentError> {
+        let signal = std::pin::pin!(signal);
+        let early = tokio::select! {
+            _ = signal => None,
+            r = &mut self.task => Some(r),
+        };
+        match early {
+            None => self.shutdown().await,
+            Some(r) => {
+                ended(r)?;
+                Err(AgentError::Task(
+                    "the agent stopped before it was asked to".into(),
+                ))
+            }
+        }
+    }
+
+    /// The switch [`AgentHandle::abort`] pulls, for tests that need the agent gone while
+    /// something else holds its handle.
+    #[doc(hidden)]
+    pub fn crash_switch(&self) -> CancellationToken {
+        self.crash.clone()
+    }
+}
+
+/// How the agent's task ended, as the caller sees it: a panic is reported with its message
+/// (and logged), never swallowed.
+fn ended(r: Result<Result<(), AgentError>, tokio::task::JoinError>) -> Result<(), AgentError> {
+    match r {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(%message, "the agent's task panicked");
+            Err(AgentError::Task(format!(
+                "the agent's task panicked: {message}"
+            )))
+        }
+        Err(e) => Err(AgentError::Task(e.to_string())),
     }
 }

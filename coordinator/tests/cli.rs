@@ -149,6 +149,94 @@ async fn operators_steer_a_running_namespace_with_the_cli() {
             .all(|r| r.fire == at && r.job_param == "list=december")
     );
 
+    // A one-shot in the past is refused at creation, naming the field.
+    let late = [
+        "job",
+        "create",
+        "late",
+        "--handler",
+        "reminders",
+        "--at",
+        "2020-01-01T00:00:00Z",
+    ];
+    let late = sj(&endpoints, "ops", &late).await;
+    assert!(
+        !late.ok && late.stderr.contains("schedule.at") && late.stderr.contains("in the past"),
+        "{}",
+        late.stderr
+    );
+
+    // A cron job in a time zone (a clap group refused --cron with --time-zone), an interval
+    // with an offset, and config set clearing shard params, selector and timeout.
+    let report = [
+        "job",
+        "create",
+        "report",
+        "--handler",
+        "reminders",
+        "--cron",
+        "0 30 9 * * Mon-Fri",
+        "--time-zone",
+        "Europe/Berlin",
+    ];
+    ok(&endpoints, "ops", &report).await;
+    let ticker = [
+        "job",
+        "create",
+        "ticker",
+        "--handler",
+        "reminders",
+        "--every",
+        "1h",
+        "--offset",
+        "15m",
+        "--shards",
+        "2",
+        "--shard-param",
+        "0=eu",
+        "--selector",
+        "zone=a",
+        "--timeout",
+        "5s",
+    ];
+    ok(&endpoints, "ops", &ticker).await;
+    let config = |dump: &serde_json::Value, job: &str| dump["jobs"][job]["config"].clone();
+    let dump: serde_json::Value =
+        serde_json::from_str(&ok(&endpoints, "ops", &["dump", "--json"]).await).unwrap();
+    assert_eq!(
+        config(&dump, "report")["time_zone"],
+        "Europe/Berlin",
+        "{dump}"
+    );
+    let t = config(&dump, "ticker");
+    assert_eq!(t["offset"], "15m", "{t}");
+    assert!(
+        t["shard_params"]["0"] == "eu" && !t["selector"].is_null() && !t["timeout"].is_null(),
+        "{t}"
+    );
+    let clear = [
+        "config",
+        "set",
+        "ticker",
+        "--clear-shard-params",
+        "--clear-selector",
+        "--clear-timeout",
+        "--offset",
+        "0s",
+    ];
+    ok(&endpoints, "ops", &clear).await;
+    let dump: serde_json::Value =
+        serde_json::from_str(&ok(&endpoints, "ops", &["dump", "--json"]).await).unwrap();
+    let t = config(&dump, "ticker");
+    let empty = |v: &serde_json::Value| {
+        v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) || v.as_str() == Some("")
+    };
+    assert!(
+        empty(&t["shard_params"]) && empty(&t["timeout"]) && empty(&t["offset"]),
+        "{t}"
+    );
+    assert!(!t["selector"].to_string().contains("zone"), "{t}");
+
     // delete: refused while enabled, then every key of the job is gone.
     let refused = sj(&endpoints, "ops", &["job", "delete", "j"]).await;
     assert!(

@@ -43,6 +43,7 @@ pub async fn register(
         weight: 1,
         handlers: handlers.iter().map(|h| h.to_string()).collect(),
         started_at: chrono::Utc::now(),
+        leaving: false,
     };
     let value = serde_json::to_vec(&info).expect("encode instance");
     client

@@ -132,6 +132,8 @@ pub(crate) struct Core {
     job_limits: HashMap<String, Arc<Semaphore>>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
+    /// What `instances/<id>` holds for the current session.
+    registered: Option<InstanceInfo>,
 }
 
 impl Core {
@@ -182,6 +184,7 @@ impl Core {
             leader: None,
             status,
             stopping: None,
+            registered: None,
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -322,6 +325,7 @@ impl Core {
             weight: self.cfg.weight,
             handlers: self.cfg.handlers.keys().cloned().collect(),
             started_at: Utc::now(),
+            leaving: false,
         };
         let value = serde_json::to_vec(&info).map_err(|e| OpenError::Encode(e.to_string()))?;
         let mut client = self.client.clone();
@@ -333,6 +337,7 @@ impl Core {
         bounded("registering the instance", Duration::from_secs(5), put).await?;
         self.renewals = session.handle().renewals();
         self.renewals.borrow_and_update();
+        self.registered = Some(info);
         if self.cfg.leader_eligible {
             let stop = CancellationToken::new();
             let task = lead::LeadTask {
@@ -358,6 +363,7 @@ impl Core {
     fn self_fence(&mut self) {
         metrics::counter!("shardjob_session_losses_total").increment(1);
         self.step(Input::SessionLost);
+        self.registered = None;
         if let Some((stop, _)) = self.leader.take() {
             stop.cancel();
         }
@@ -392,9 +398,25 @@ impl Core {
         self.step(Input::ShutdownBegun);
         // Leaving the instance list is what makes the leader move this instance's shards at
         // once; a connection broken by an etcd restart must not turn that into a wait for the
-        // shutdown timeout, so it is retried.
+        // shutdown timeout, so it is retried. The key's last value says `leaving` just before
+        // it is deleted, so a leader with `rebalance_delay` does not park these shards for a
+        // comeback that will not happen.
         let key = self.cfg.keys.instance(&self.cfg.id);
+        let last = self.registered.take().and_then(|mut info| {
+            info.leaving = true;
+            serde_json::to_vec(&info).ok()
+        });
+        let lease = self.engine.lease();
         let client = self.client.clone();
+        // Its own request: etcd refuses a txn that touches one key twice.
+        if let (Some(value), Some(lease)) = (last, lease) {
+            let opts = PutOptions::new().with_lease(lease.get());
+            let mut c = client.clone();
+            let put = c.put(key.clone(), value, Some(opts));
+            if let Err(e) = bounded("marking the instance as leaving", ATTEMPT, put).await {
+                warn!(error = %e, "could not mark the instance as leaving; with a rebalance_delay its shards may be parked");
+            }
+        }
         let left = retry("removing the instance key", || {
             let (mut c, key) = (client.clone(), key.clone());
             async move {

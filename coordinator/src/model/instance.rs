@@ -28,6 +28,11 @@ pub struct InstanceInfo {
     #[serde(default)]
     pub handlers: BTreeSet<String>,
     pub started_at: DateTime<Utc>,
+    /// Set in the instance's last write, just before it deletes its key, by an agent shutting
+    /// down gracefully: the leader moves its shards at once instead of parking them for
+    /// `rebalance_delay` (which is for an instance whose lease expired and may come back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 fn one() -> u32 {

@@ -202,6 +202,7 @@ fn stub_info(id: &InstanceId) -> InstanceInfo {
         weight: 1,
         handlers: Default::default(),
         started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        leaving: false,
     }
 }
 

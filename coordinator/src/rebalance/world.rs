@@ -96,7 +96,13 @@ impl World {
                 })
                 .map(|info| {
                     self.departed.remove(&info.id);
-                    if self.instances.get(&info.id) != Some(&info) {
+                    if info.leaving {
+                        // A graceful leave: gone now, and not parked (the delete that follows
+                        // finds nothing to record).
+                        if self.instances.remove(&info.id).is_some() {
+                            self.dirty.all = true;
+                        }
+                    } else if self.instances.get(&info.id) != Some(&info) {
                         self.instances.insert(info.id.clone(), info);
                         self.dirty.all = true;
                     }
@@ -281,6 +287,25 @@ mod tests {
         // It comes back: no longer departed.
         w.put("/shardjob/ns/instances/a", &instance_json("a", &["h"]));
         assert!(w.departed.is_empty());
+    }
+
+    #[test]
+    fn a_graceful_leave_is_no_departure_to_park() {
+        let mut w = world();
+        let key = "/shardjob/ns/instances/a";
+        w.put(key, &instance_json("a", &["h"]));
+        w.take_dirty();
+        let mut leaving: serde_json::Value =
+            serde_json::from_slice(&instance_json("a", &["h"])).unwrap();
+        leaving["leaving"] = true.into();
+        w.put(key, leaving.to_string().as_bytes());
+        assert!(w.instances.is_empty() && w.take_dirty().all);
+        w.delete(key, Instant::now());
+        assert!(w.departed.is_empty(), "parked after a graceful leave");
+        // A plain delete (lease expiry) is a departure, as before.
+        w.put(key, &instance_json("a", &["h"]));
+        w.delete(key, Instant::now());
+        assert!(w.departed.contains_key(&InstanceId::new("a").unwrap()));
     }
 
     #[test]

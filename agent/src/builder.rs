@@ -37,6 +37,15 @@ pub enum AgentError {
     ExecLog { path: String, cause: String },
     #[error("the agent's task ended abnormally: {0}")]
     Task(String),
+    #[error(
+        "instance id {id:?} is in use by a live process ({holder}); give each process its own id"
+    )]
+    InstanceLive { id: String, holder: String },
+    #[error("checking whether instance id {id:?} is free: {cause}")]
+    InstanceCheck {
+        id: String,
+        cause: shardjob_coordinator::etcd_error::EtcdError,
+    },
 }
 
 /// Configures an agent; see [`crate::Agent::builder`].
@@ -274,6 +283,7 @@ impl AgentBuilder {
         };
 
         let client = connect_patiently(&self.connect, self.connect_timeout).await?;
+        wait_until_free(&client, &keys, &id).await?;
         for (job, config) in &configs {
             publish(&client, &keys, job, config).await?;
         }
@@ -316,6 +326,68 @@ async fn connect_patiently(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Waits until no live process holds `instances/<id>`. A key left by a crashed process of the
+/// same id vanishes with its lease, within that lease's TTL: wait for it (a quick restart). A
+/// key still there after its TTL and a second is kept alive by a live process: two processes
+/// with one id would overwrite each other's registration, so refuse to start.
+async fn wait_until_free(client: &Client, keys: &Keys, id: &str) -> Result<(), AgentError> {
+    use shardjob_coordinator::etcd_error::bounded;
+    let key = keys.instance(id);
+    let check = |cause| AgentError::InstanceCheck {
+        id: id.to_owned(),
+        cause,
+    };
+    let mut client = client.clone();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let resp = bounded(
+            "reading the instance key",
+            Duration::from_secs(5),
+            client.get(key.clone(), None),
+        )
+        .await
+        .map_err(check)?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let holder =
+            serde_json::from_slice::<shardjob_coordinator::model::InstanceInfo>(kv.value())
+                .map_or_else(
+                    |_| "unreadable record".to_owned(),
+                    |i| format!("host {:?}, pid {}", i.host, i.pid),
+                );
+        let now = tokio::time::Instant::now();
+        let deadline = match deadline {
+            Some(d) => d,
+            None if kv.lease() == 0 => {
+                return Err(AgentError::InstanceLive {
+                    id: id.to_owned(),
+                    holder: format!("{holder}, a key without a lease: delete {key} by hand"),
+                });
+            }
+            None => {
+                let ttl = bounded(
+                    "reading the holder's lease",
+                    Duration::from_secs(5),
+                    client.lease_time_to_live(kv.lease(), None),
+                )
+                .await
+                .map_err(check)?;
+                let granted = Duration::from_secs(u64::try_from(ttl.granted_ttl()).unwrap_or(0));
+                *deadline.insert(now + granted + Duration::from_secs(1))
+            }
+        };
+        if now >= deadline {
+            return Err(AgentError::InstanceLive {
+                id: id.to_owned(),
+                holder,
+            });
+        }
+        tracing::info!(id, %holder, "the instance id is still registered; waiting for its lease to end");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -125,3 +125,83 @@ async fn a_graceful_leave_hands_off_at_once_even_with_a_rebalance_delay() {
         a.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_instance_id_fails_to_start() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let first = builder(&endpoints, "dup", "a")
+        .job(spec(), recorder("a", tx.clone(), Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let statuses = [first.status()];
+    shardjob_integration::agents::wait_owned(&statuses, "j", 2, |_| true).await;
+    let err = builder(&endpoints, "dup", "a")
+        .job(spec(), recorder("a", tx, Slow::default()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::InstanceLive { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by a live process"),
+        "{err}"
+    );
+    // The first one was not disturbed: same lease, same shards.
+    let status = first.status().borrow().clone();
+    assert_eq!(status.owned["j"], [0, 1], "{status:?}");
+    first.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_by_hand_is_repaired_an_instance_key_and_an_assignment() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let mut client = etcd.client().await.unwrap();
+    let keys = shardjob_coordinator::keys::Keys::new("repair").unwrap();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let agent = builder(&endpoints, "repair", "a")
+        .job(spec(), recorder("a", tx, Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let statuses = [agent.status()];
+    shardjob_integration::agents::wait_owned(&statuses, "j", 2, |_| true).await;
+    let lease = agent.status().borrow().lease;
+
+    // Its instance key deleted by hand: the agent puts it back, under the same lease.
+    client.delete(keys.instance("a"), None).await.unwrap();
+    let back = timeout(PATIENCE, put_of(&mut client, keys.instance("a")))
+        .await
+        .expect("the instance key was never put back");
+    assert_eq!(back, lease);
+
+    // The assignment deleted by hand: the leader writes it again, and the shards are owned.
+    client.delete(keys.assignment("j"), None).await.unwrap();
+    timeout(PATIENCE, put_of(&mut client, keys.assignment("j")))
+        .await
+        .expect("the assignment was never rewritten");
+    shardjob_integration::agents::wait_owned(&statuses, "j", 2, |_| true).await;
+    agent.shutdown().await.unwrap();
+}
+
+/// Waits until `key` exists (read, then watched from that read's revision: no put is missed)
+/// and returns its lease.
+async fn put_of(client: &mut etcd_client::Client, key: String) -> i64 {
+    let resp = client.get(key.clone(), None).await.unwrap();
+    if let Some(kv) = resp.kvs().first() {
+        return kv.lease();
+    }
+    let from = resp.header().unwrap().revision() + 1;
+    let opts = etcd_client::WatchOptions::new().with_start_revision(from);
+    let mut stream = client.watch(key, Some(opts)).await.unwrap();
+    while let Some(resp) = stream.message().await.unwrap() {
+        for ev in resp.events() {
+            if ev.event_type() == etcd_client::EventType::Put {
+                return ev.kv().map_or(0, |kv| kv.lease());
+            }
+        }
+    }
+    panic!("the watch ended");
+}

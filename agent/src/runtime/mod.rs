@@ -74,6 +74,8 @@ pub(crate) enum Stream {
     Assignments,
     Owners,
     Triggers,
+    /// This instance's own key (to register again when someone deletes it).
+    Instance,
 }
 
 /// What the tasks of the runtime report to its loop.
@@ -132,8 +134,8 @@ pub(crate) struct Core {
     job_limits: HashMap<String, Arc<Semaphore>>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
-    /// What `instances/<id>` holds for the current session.
-    registered: Option<InstanceInfo>,
+    /// What `instances/<id>` holds for the current session, and the revision it was put at.
+    registered: Option<(InstanceInfo, i64)>,
 }
 
 impl Core {
@@ -218,6 +220,7 @@ impl Core {
             (Stream::Assignments, keys.assignments_prefix()),
             (Stream::Owners, keys.owners_root()),
             (Stream::Triggers, keys.triggers_prefix()),
+            (Stream::Instance, keys.instance(&self.cfg.id)),
         ]
         .into_iter()
         .map(|(stream, prefix)| {
@@ -334,10 +337,11 @@ impl Core {
             value,
             Some(PutOptions::new().with_lease(lease.get())),
         );
-        bounded("registering the instance", Duration::from_secs(5), put).await?;
+        let put = bounded("registering the instance", Duration::from_secs(5), put).await?;
+        let revision = put.header().map_or(0, |h| h.revision());
         self.renewals = session.handle().renewals();
         self.renewals.borrow_and_update();
-        self.registered = Some(info);
+        self.registered = Some((info, revision));
         if self.cfg.leader_eligible {
             let stop = CancellationToken::new();
             let task = lead::LeadTask {
@@ -402,7 +406,7 @@ impl Core {
         // it is deleted, so a leader with `rebalance_delay` does not park these shards for a
         // comeback that will not happen.
         let key = self.cfg.keys.instance(&self.cfg.id);
-        let last = self.registered.take().and_then(|mut info| {
+        let last = self.registered.take().and_then(|(mut info, _)| {
             info.leaving = true;
             serde_json::to_vec(&info).ok()
         });

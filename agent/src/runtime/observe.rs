@@ -18,6 +18,7 @@ fn key_of(kv: &KeyValue) -> String {
 impl Core {
     pub(super) fn handle(&mut self, event: Event) {
         let input = match event {
+            Event::Watch(Stream::Instance, ev) => return self.on_own_key(ev),
             Event::Watch(stream, ev) => match self.translate(stream, ev) {
                 Some(input) => input,
                 None => return,
@@ -70,6 +71,46 @@ impl Core {
         self.step(input);
     }
 
+    /// This instance's key changed. Deleted (by hand, while the session lives) or missing from
+    /// a re-list, it is put again: an instance without its key gets no shards, though its lease
+    /// is alive. Events older than the registration speak of an earlier session's key.
+    fn on_own_key(&mut self, ev: WatchEvent) {
+        let own = self.cfg.keys.instance(&self.cfg.id);
+        let gone_at = match &ev {
+            WatchEvent::Delete { kv, .. } if key_of(kv) == own => kv.mod_revision(),
+            WatchEvent::Restarted { kvs, revision } if !kvs.iter().any(|kv| key_of(kv) == own) => {
+                *revision
+            }
+            _ => return,
+        };
+        let (Some((info, registered_at)), Some(lease), None) =
+            (&self.registered, self.engine.lease(), self.stopping)
+        else {
+            return;
+        };
+        if gone_at < *registered_at {
+            return;
+        }
+        let Ok(value) = serde_json::to_vec(info) else {
+            return;
+        };
+        warn!(key = %own, "my instance key is gone while my lease lives; registering again");
+        let mut client = self.client.clone();
+        tokio::spawn(async move {
+            let opts = etcd_client::PutOptions::new().with_lease(lease.get());
+            let put = client.put(own.clone(), value, Some(opts));
+            if let Err(e) = shardjob_coordinator::etcd_error::bounded(
+                "registering the instance again",
+                std::time::Duration::from_secs(5),
+                put,
+            )
+            .await
+            {
+                warn!(key = %own, error = %e, "registering again failed; unregistered until the next re-list or session");
+            }
+        });
+    }
+
     fn translate(&self, stream: Stream, ev: WatchEvent) -> Option<Input> {
         match ev {
             WatchEvent::Restarted { kvs, revision } => Some(Input::Relisted(match stream {
@@ -84,6 +125,7 @@ impl Core {
                 Stream::Triggers => {
                     Listing::Triggers(kvs.iter().filter_map(|kv| self.trigger(kv)).collect())
                 }
+                Stream::Instance => return None,
             })),
             WatchEvent::Put(kv) => match stream {
                 Stream::Jobs => self.job(&kv).map(|(job, config)| Input::JobPut {
@@ -105,6 +147,7 @@ impl Core {
                 Stream::Triggers => self
                     .trigger(&kv)
                     .map(|(job, trigger)| Input::TriggerPut { job, trigger }),
+                Stream::Instance => None,
             },
             WatchEvent::Delete { kv, .. } => match (stream, self.cfg.keys.parse(&key_of(&kv))?) {
                 (Stream::Jobs, KeyKind::Job(job)) => Some(Input::JobDeleted { job }),

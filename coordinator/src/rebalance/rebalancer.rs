@@ -12,7 +12,9 @@
 //!   departed then (`assumed`), so `rebalance_delay` parks their shards too;
 //! - with `rebalance_delay`, a plan returns when a parking ends: everything is planned again
 //!   then, and departures older than the delay are forgotten;
-//! - a failed write plans the same jobs again after `retry`.
+//! - a failed write plans the same jobs again after `retry`;
+//! - an assignment deleted by hand is planned again (and so rewritten); puts of assignments
+//!   are the leader's own writes coming back and change nothing.
 
 use std::time::Duration;
 
@@ -106,6 +108,16 @@ impl Rebalancer {
 
     /// Applies a change seen at `now`.
     pub fn on_event(&mut self, event: Observed, now: Instant) {
+        // The leader's own writes come back as puts, possibly after a later pass replaced
+        // them: the world keeps what it wrote. A delete (by hand) is planned again.
+        if let Observed::Put { key, .. } = &event {
+            if matches!(
+                self.world.keys().parse(key),
+                Some(crate::keys::KeyKind::Assignment(_))
+            ) {
+                return;
+            }
+        }
         let joined = self.is_join(&event);
         match event {
             Observed::Reset { prefix, entries } => self.world.reset_prefix(&prefix, &entries, now),
@@ -353,6 +365,34 @@ mod tests {
         assert!(r.poll(t0 + ms(100)).is_none());
         let pass = r.poll(t0 + o.rebalance_delay).expect("the delay ended");
         assert_eq!(owners(&pass), ["b", "b"]);
+    }
+
+    #[test]
+    fn an_assignment_deleted_by_hand_is_rewritten_and_echoes_of_own_writes_change_nothing() {
+        let o = RebalanceOptions::default();
+        let t0 = Instant::now();
+        let mut r = Rebalancer::start(world_with(&["a", "b"], Some("a")), o.clone(), t0);
+        let pass = r.poll(t0).unwrap();
+        let written = pass.plan.writes[0].1.clone();
+        r.written(pass, t0);
+        // The echo of an older write arrives after the newer one: ignored.
+        r.on_event(
+            Observed::Put {
+                key: "/shardjob/ns/assignments/j".into(),
+                value: br#"{"generation":1,"instances":["a"],"owners":[0,0]}"#.to_vec(),
+            },
+            t0 + ms(1),
+        );
+        assert_eq!(r.world().assignments["j"], written);
+        assert_eq!(r.deadline(), None);
+        r.on_event(
+            Observed::Delete {
+                key: "/shardjob/ns/assignments/j".into(),
+            },
+            t0 + ms(2),
+        );
+        let again = r.poll(t0 + ms(2) + o.debounce).expect("rewritten");
+        assert_eq!(owners(&again), ["a", "b"]);
     }
 
     #[test]

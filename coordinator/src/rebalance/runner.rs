@@ -2,8 +2,9 @@
 //! (what to write) and [`super::Rebalancer`] (when).
 //!
 //! 1. Read `instances/`, `jobs/`, `disabled/` and `assignments/` at one revision R.
-//! 2. Watch the first three from R + 1 (each in its own task, feeding one channel; a compaction
-//!    makes a watcher re-list, and the world replaces that prefix).
+//! 2. Watch all four from R + 1 (each in its own task, feeding one channel; a compaction makes
+//!    a watcher re-list, and the world replaces that prefix). A deleted assignment is planned
+//!    again, so damage by hand is repaired.
 //! 3. Plan at once, then after every change, debounced; write the plan in txns of at most 128
 //!    ops, each guarded by the leader fence. A fence that fails means another leader exists:
 //!    return [`RebalanceExit::Deposed`]. Other write errors are retried.
@@ -115,10 +116,13 @@ pub async fn run_leader(
 
     let (tx, mut rx) = mpsc::channel::<(String, Result<WatchEvent, WatchError>)>(1024);
     let mut watchers = JoinSet::new();
+    // assignments/ too: an assignment deleted by hand is planned again and rewritten (the
+    // leader's own writes come back as puts of what the world already holds: no pass).
     for prefix in [
         keys.instances_prefix(),
         keys.jobs_prefix(),
         keys.disabled_prefix(),
+        keys.assignments_prefix(),
     ] {
         let watcher = PrefixWatcher::from_revision(client, prefix.clone(), revision + 1);
         watchers.spawn(forward(watcher, tx.clone()));

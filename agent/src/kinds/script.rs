@@ -13,13 +13,19 @@
 //! | `SHARDJOB_TOKEN` | fencing token |
 //! | `SHARDJOB_ATTEMPT`, `SHARDJOB_IS_FAILOVER`, `SHARDJOB_IS_MISFIRE` | run details |
 //!
-//! Exit status 0 is success, anything else a failure (retried if the job has retries). On
-//! cancellation (timeout, lost lease, shutdown) the process is killed.
+//! Exit status 0 is success, anything else a failure (retried if the job has retries). The
+//! program runs in a process group of its own; on cancellation (timeout, lost lease, shutdown)
+//! or when the execution is aborted, the whole group is killed (SIGKILL), so what the program
+//! started dies with it. Its stdout and stderr go to `tracing` line by line (target
+//! `shardjob::script`, with the job and shard), never to the agent's own terminal.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use chrono::SecondsFormat;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::job::{Job, JobError, ShardContext};
@@ -76,9 +82,47 @@ impl ScriptJob {
             .env("SHARDJOB_IS_FAILOVER", ctx.is_failover.to_string())
             .env("SHARDJOB_IS_MISFIRE", ctx.is_misfire.to_string())
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         cmd
     }
+}
+
+/// Kills a process group when dropped, unless disarmed: an execution aborted mid-run (its
+/// future dropped) takes the program's children with it too.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            // ESRCH (the group is gone already) is what we want anyway.
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends each line of `pipe` to tracing until it closes.
+fn forward_lines(
+    pipe: Option<impl AsyncRead + Unpin + Send + 'static>,
+    stream: &'static str,
+    job: String,
+    shard: u32,
+) {
+    let Some(pipe) = pipe else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "shardjob::script", job, shard, stream, "{line}");
+        }
+    });
 }
 
 impl Job for ScriptJob {
@@ -87,8 +131,15 @@ impl Job for ScriptJob {
             .command(&ctx)
             .spawn()
             .map_err(|e| JobError::Failed(format!("starting {}: {e}", self.program.display())))?;
+        // The child leads its own group (process_group(0)): its pid is the group id.
+        let pid = child.id().and_then(|id| i32::try_from(id).ok());
+        let mut group = GroupGuard(pid.map(Pid::from_raw));
+        forward_lines(child.stdout.take(), "stdout", ctx.job.clone(), ctx.shard);
+        forward_lines(child.stderr.take(), "stderr", ctx.job.clone(), ctx.shard);
         tokio::select! {
             status = child.wait() => {
+                // It ended by itself: what it left running in the background is its business.
+                group.0 = None;
                 let status = status.map_err(|e| JobError::failed(format!("waiting for {}: {e}", self.program.display())))?;
                 if status.success() {
                     Ok(())
@@ -97,7 +148,8 @@ impl Job for ScriptJob {
                 }
             }
             _ = ctx.cancel.cancelled() => {
-                let _ = child.kill().await;
+                group.kill();
+                let _ = child.wait().await;
                 Err(JobError::Cancelled)
             }
         }
@@ -169,16 +221,74 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn cancellation_kills_the_process() {
+    /// True while `pid` names a process that is not a zombie.
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+            .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+    }
+
+    /// Runs a script that starts a grandchild (`sleep 30 &`), writes both pids, and waits.
+    async fn started_with_a_grandchild(
+        dir: &std::path::Path,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), JobError>>,
+        CancellationToken,
+        [i32; 2],
+    ) {
+        let pids = dir.join("pids");
         let c = ctx("");
         let cancel = c.cancel.clone();
-        let job = ScriptJob::new("sleep").args(["30"]);
+        let job = ScriptJob::new("/bin/sh")
+            .args(["-c", r#"sleep 30 & echo "$$ $!" > "$PIDS.tmp"; mv "$PIDS.tmp" "$PIDS"; echo started; wait"#])
+            .env("PIDS", &pids);
         let run = tokio::spawn(async move { job.run(c).await });
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let started = std::time::Instant::now();
+        // The script says when it is ready by the file appearing (written by rename).
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&pids) {
+                break t;
+            }
+            tokio::task::yield_now().await;
+        };
+        let mut it = text.split_whitespace().map(|p| p.parse::<i32>().unwrap());
+        let (sh, sleeper) = (it.next().unwrap(), it.next().unwrap());
+        assert!(alive(sh) && alive(sleeper));
+        (run, cancel, [sh, sleeper])
+    }
+
+    async fn gone(pids: [i32; 2]) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while pids.iter().any(|p| alive(*p)) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a process of the script's group outlived its cancellation");
+    }
+
+    #[tokio::test]
+    async fn cancellation_kills_the_whole_process_group() {
+        let dir = std::env::temp_dir().join(format!("shardjob-script-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (run, cancel, pids) = started_with_a_grandchild(&dir).await;
         cancel.cancel();
-        assert_eq!(run.await.unwrap(), Err(JobError::Cancelled));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .expect("the run did not end at its cancellation");
+        assert_eq!(ended.unwrap(), Err(JobError::Cancelled));
+        gone(pids).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_aborted_execution_kills_the_whole_process_group() {
+        let dir = std::env::temp_dir().join(format!("shardjob-script-ab-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (run, _cancel, pids) = started_with_a_grandchild(&dir).await;
+        run.abort();
+        let _ = run.await;
+        gone(pids).await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

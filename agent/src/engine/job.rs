@@ -1,11 +1,10 @@
 //! What the agent knows of one job: its config (if this agent can run it), the assignment, and
 //! the shards it has seen or holds.
 
-use std::collections::BTreeMap;
-
 use shardjob_coordinator::model::{AssignmentRecord, JobConfig};
 
 use super::shard::Shard;
+use super::shard_map::ShardMap;
 use crate::schedule::FireSchedule;
 
 /// A job this agent can run: it has the handler and the config compiles.
@@ -24,7 +23,7 @@ pub struct JobState {
     /// The assignment and the mod revision it was read at.
     pub assignment: Option<(AssignmentRecord, i64)>,
     /// Shards seen or held; a shard with nothing known is absent.
-    pub shards: BTreeMap<u32, Shard>,
+    pub shards: ShardMap,
 }
 
 impl JobState {

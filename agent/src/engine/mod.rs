@@ -27,6 +27,7 @@ mod observe;
 mod ownership;
 mod runs;
 pub mod shard;
+pub mod shard_map;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub handlers: BTreeSet<String>,
     /// Act on the lease only while it is proven for this much longer (a tenth of the TTL).
     pub margin: Duration,
+    /// The fire metrics carry a `job` label.
+    pub job_labels: bool,
 }
 
 /// The agent's decisions; see the module docs.
@@ -268,7 +271,7 @@ impl Engine {
         let lease = self.lease();
         let lapsed = self.session.is_some_and(|p| p.lapsed);
         for (job, js) in &self.jobs {
-            for (shard, sh) in &js.shards {
+            for (shard, sh) in js.shards.iter() {
                 if let Err(e) = sh.check(&self.cfg.id, lease) {
                     panic!("engine invariant broken at {job}/{shard}: {e}");
                 }

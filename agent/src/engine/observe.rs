@@ -100,7 +100,7 @@ impl Engine {
         let me = self.cfg.id.clone();
         let js = self.jobs.entry(job.to_owned()).or_default();
         let relevant = js.concerns(shard, &me) || owner.as_ref().is_some_and(|o| o.instance == me);
-        let sh = js.shards.entry(shard).or_default();
+        let sh = js.shards.slot(shard);
         // An event older than the key I hold (the claim's answer and the watch travel apart):
         // it speaks of a previous key.
         let event_rev = owner.as_ref().map_or(revision, |o| o.token.0);
@@ -198,13 +198,7 @@ impl Engine {
                     }
                 }
                 for (job, shard, owner) in owners {
-                    let sh = self
-                        .jobs
-                        .entry(job)
-                        .or_default()
-                        .shards
-                        .entry(shard)
-                        .or_default();
+                    let sh = self.jobs.entry(job).or_default().shards.slot(shard);
                     if sh.seen.as_ref().is_none_or(|o| o.token <= owner.token) {
                         sh.seen = Some(owner);
                     }

@@ -57,7 +57,7 @@ impl Engine {
             }
             if !claim.is_empty() && proven {
                 for &s in &claim {
-                    js.shards.entry(s).or_default().local = Local::Claiming;
+                    js.shards.slot(s).local = Local::Claiming;
                 }
                 self.out.push(Command::Claim {
                     lease,
@@ -122,7 +122,7 @@ impl Engine {
         let mut failed = false;
         let js = self.jobs.entry(job.to_owned()).or_default();
         for (shard, result) in results {
-            let sh = js.shards.entry(shard).or_default();
+            let sh = js.shards.slot(shard);
             match result {
                 ClaimResult::Won {
                     token,

@@ -65,6 +65,7 @@ pub struct AgentBuilder {
     rebalance: RebalanceOptions,
     leader_eligible: bool,
     connect_timeout: Duration,
+    job_labels: bool,
 }
 
 impl std::fmt::Debug for AgentBuilder {
@@ -95,6 +96,7 @@ impl Default for AgentBuilder {
             rebalance: RebalanceOptions::default(),
             leader_eligible: true,
             connect_timeout: Duration::from_secs(30),
+            job_labels: true,
         }
     }
 }
@@ -214,6 +216,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Whether the fire and execution metrics carry a `job` label (default true). Each job
+    /// then has series of its own in `shardjob_fires_total`, `shardjob_fire_lateness_seconds`,
+    /// `shardjob_executions_total{outcome}` and `shardjob_execution_seconds`: one series per
+    /// job this agent runs (×4 outcomes, × the histogram's buckets). With tens of thousands of
+    /// jobs, turn it off and the series are per agent only.
+    pub fn metrics_job_label(mut self, on: bool) -> Self {
+        self.job_labels = on;
+        self
+    }
+
     /// Whether this instance campaigns for leadership (default true).
     pub fn leader_eligible(mut self, on: bool) -> Self {
         self.leader_eligible = on;
@@ -301,6 +313,7 @@ impl AgentBuilder {
             shutdown_timeout: self.shutdown_timeout,
             rebalance: self.rebalance,
             leader_eligible: self.leader_eligible,
+            job_labels: self.job_labels,
         };
         Ok(Core::spawn(client, config))
     }

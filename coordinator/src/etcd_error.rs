@@ -137,16 +137,17 @@ fn transient_code(code: Code) -> bool {
     )
 }
 
-/// Runs `request` under `limit`, naming it `op` in the error.
-pub async fn bounded<T, F>(
-    op: impl Into<String>,
-    limit: Duration,
-    request: F,
-) -> Result<T, EtcdError>
+/// Runs `request` under `limit`, naming it `op` in the error, and records how long it took in
+/// `shardjob_etcd_request_seconds{op}` (`op` is static: a handful of label values).
+pub async fn bounded<T, F>(op: &'static str, limit: Duration, request: F) -> Result<T, EtcdError>
 where
     F: Future<Output = Result<T, etcd_client::Error>>,
 {
-    match tokio::time::timeout(limit, request).await {
+    let began = tokio::time::Instant::now();
+    let result = tokio::time::timeout(limit, request).await;
+    metrics::histogram!("shardjob_etcd_request_seconds", "op" => op)
+        .record(began.elapsed().as_secs_f64());
+    match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(EtcdError::client(op, e)),
         Err(_) => Err(EtcdError::timed_out(op, limit)),

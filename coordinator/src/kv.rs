@@ -39,11 +39,15 @@ pub async fn list_prefix(
             opts = opts.with_revision(out.revision);
         }
         let resp = bounded(
-            format!("listing {prefix}"),
+            "listing",
             PAGE_TIMEOUT,
             client.get(from.clone(), Some(opts)),
         )
-        .await?;
+        .await
+        .map_err(|mut e| {
+            e.op = format!("listing {prefix}");
+            e
+        })?;
         if out.revision == 0 {
             out.revision = resp.header().map_or(0, |h| h.revision());
         }

@@ -115,9 +115,18 @@ fn the_prometheus_example_exports_agent_metrics() {
             let has = |m: &str| body.lines().any(|l| l.starts_with(m));
             if has("shardjob_owned_shards 8")
                 && has("shardjob_fires_total")
-                && has("shardjob_executions_total{outcome=\"ok\"}")
+                && has("shardjob_executions_total{outcome=\"ok\"")
             {
                 assert!(has("shardjob_is_leader 1"), "{body}");
+                // Per job (the default), etcd request times, the lease's remaining proof.
+                assert!(
+                    body.lines().any(
+                        |l| l.starts_with("shardjob_executions_total{") && l.contains("job=\"")
+                    ),
+                    "{body}"
+                );
+                assert!(has("shardjob_etcd_request_seconds"), "{body}");
+                assert!(has("shardjob_lease_remaining_seconds"), "{body}");
                 return;
             }
             last = body;

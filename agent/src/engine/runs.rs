@@ -178,8 +178,15 @@ impl Engine {
                 continue; // the job was removed or rescheduled
             };
             let lateness = (now.wall - f.fire_time).to_std().unwrap_or_default();
-            metrics::histogram!("shardjob_fire_lateness_seconds").record(lateness.as_secs_f64());
-            metrics::counter!("shardjob_fires_total").increment(1);
+            if self.cfg.job_labels {
+                metrics::histogram!("shardjob_fire_lateness_seconds", "job" => f.job.clone())
+                    .record(lateness.as_secs_f64());
+                metrics::counter!("shardjob_fires_total", "job" => f.job.clone()).increment(1);
+            } else {
+                metrics::histogram!("shardjob_fire_lateness_seconds")
+                    .record(lateness.as_secs_f64());
+                metrics::counter!("shardjob_fires_total").increment(1);
+            }
             let (next, skipped) = spec.schedule.following(f.fire_time, now.wall);
             coalesced += u64::from(skipped);
             if let Some(next) = next {

@@ -118,6 +118,7 @@ impl Core {
                 Command::PublishAll => self.publish_all(|_| {}),
                 Command::Lapsed => {
                     metrics::counter!("shardjob_lease_lapses_total").increment(1);
+                    metrics::gauge!("shardjob_lease_remaining_seconds").set(0.0);
                     self.publish_all(|s| s.lapses += 1);
                 }
             }
@@ -182,6 +183,7 @@ impl Core {
             instance: self.cfg.id.clone(),
             log: self.cfg.exec_log.clone(),
             logged: logged.clone(),
+            job_label: self.cfg.job_labels,
         };
         let tx = self.tx.clone();
         let job_name = job.clone();

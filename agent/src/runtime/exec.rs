@@ -28,6 +28,8 @@ pub(crate) struct ExecRequest {
     /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
     /// it (one line per execution, whichever comes first).
     pub logged: Arc<AtomicBool>,
+    /// The metrics carry a `job` label.
+    pub job_label: bool,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -205,9 +207,16 @@ fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
 
 fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
     let end = Utc::now();
-    metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str()).increment(1);
-    metrics::histogram!("shardjob_execution_seconds")
-        .record((end - start).to_std().unwrap_or_default().as_secs_f64());
+    let seconds = (end - start).to_std().unwrap_or_default().as_secs_f64();
+    if req.job_label {
+        let job = req.ctx.job.clone();
+        metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str(), "job" => job.clone())
+            .increment(1);
+        metrics::histogram!("shardjob_execution_seconds", "job" => job).record(seconds);
+    } else {
+        metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str()).increment(1);
+        metrics::histogram!("shardjob_execution_seconds").record(seconds);
+    }
     if let Some(log) = req
         .log
         .as_ref()
@@ -261,6 +270,7 @@ mod tests {
             instance: "me".into(),
             log: None,
             logged: Arc::new(AtomicBool::new(false)),
+            job_label: true,
         }
     }
 

@@ -65,6 +65,8 @@ pub(crate) struct AgentConfig {
     pub shutdown_timeout: Duration,
     pub rebalance: RebalanceOptions,
     pub leader_eligible: bool,
+    /// Fire and execution metrics carry a `job` label.
+    pub job_labels: bool,
 }
 
 /// Which watch an event came from.
@@ -169,6 +171,7 @@ impl Core {
             id: cfg.id.clone(),
             handlers: cfg.handlers.keys().cloned().collect(),
             margin: cfg.ttl / 10,
+            job_labels: cfg.job_labels,
         });
         let core = Core {
             client,
@@ -263,6 +266,8 @@ impl Core {
                 _ = lost.cancelled(), if has_session => self.self_fence(),
                 _ = renewals.changed(), if has_session => {
                     let valid_until = *self.renewals.borrow_and_update();
+                    let left = valid_until.saturating_duration_since(Instant::now());
+                    metrics::gauge!("shardjob_lease_remaining_seconds").set(left.as_secs_f64());
                     self.step(Input::Proof { valid_until: valid_until.into_std() });
                 }
                 _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
@@ -366,6 +371,7 @@ impl Core {
     /// loop turn opens a new session.
     fn self_fence(&mut self) {
         metrics::counter!("shardjob_session_losses_total").increment(1);
+        metrics::gauge!("shardjob_lease_remaining_seconds").set(0.0);
         self.step(Input::SessionLost);
         self.registered = None;
         if let Some((stop, _)) = self.leader.take() {

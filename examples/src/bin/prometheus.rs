@@ -4,8 +4,10 @@
 //! SHARDJOB_METRICS_ADDR=127.0.0.1:9898 cargo run -p shardjob-examples --bin prometheus
 //! curl -s http://127.0.0.1:9898/metrics | grep shardjob_
 //! ```
-//! Exported: `shardjob_fires_total`, `shardjob_executions_total{outcome}`,
-//! `shardjob_execution_seconds`, `shardjob_fire_lateness_seconds`, `shardjob_misfires_total`,
+//! Exported: `shardjob_fires_total{job}`, `shardjob_executions_total{outcome,job}`,
+//! `shardjob_execution_seconds{job}`, `shardjob_fire_lateness_seconds{job}` (the `job` label
+//! unless the builder's `metrics_job_label(false)`), `shardjob_etcd_request_seconds{op}`,
+//! `shardjob_lease_remaining_seconds`, `shardjob_garbage_values_total{kind}`, `shardjob_misfires_total`,
 //! `shardjob_fires_coalesced_total`, `shardjob_owned_shards`, `shardjob_shard_claims_total`,
 //! `shardjob_shard_moves_total`, `shardjob_rebalances_total`,
 //! `shardjob_is_leader`, `shardjob_lease_keepalive_failures_total`,

@@ -92,6 +92,7 @@ impl Harness {
             id: ME.into(),
             handlers: BTreeSet::from(["h".to_owned()]),
             margin: TTL / 10,
+            job_labels: true,
         });
         Self {
             engine,

@@ -139,6 +139,12 @@ impl JobSpec {
         self
     }
 
+    /// Retry runs that timed out too, not only runs that failed (default false).
+    pub fn retry_timeouts(mut self, on: bool) -> Self {
+        self.config.retry_timeouts = on;
+        self
+    }
+
     /// At most this many runs of this job at once on one agent.
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);

@@ -179,6 +179,7 @@ impl Core {
             ctx,
             timeout,
             retries,
+            retry_timeouts: config.retry_timeouts,
             permits,
             instance: self.cfg.id.clone(),
             log: self.cfg.exec_log.clone(),

@@ -22,6 +22,8 @@ pub(crate) struct ExecRequest {
     pub ctx: ShardContext,
     pub timeout: Option<Duration>,
     pub retries: u32,
+    /// A timed-out attempt is retried too.
+    pub retry_timeouts: bool,
     pub permits: Vec<Arc<Semaphore>>,
     pub instance: String,
     pub log: Option<Arc<ExecLog>>,
@@ -80,6 +82,7 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
             (outcome, retryable) = run_once(&req.handler, ctx, req.timeout)
                 .instrument(info_span!("attempt", attempt))
                 .await;
+            let retryable = retryable || (req.retry_timeouts && outcome == Outcome::Timeout);
             if !retryable || attempt > req.retries {
                 break;
             }
@@ -266,6 +269,7 @@ mod tests {
             ctx: ctx(),
             timeout,
             retries,
+            retry_timeouts: false,
             permits: vec![],
             instance: "me".into(),
             log: None,
@@ -353,6 +357,32 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(limit.available_permits(), 1, "held during the backoff");
         assert_eq!(run.await.unwrap(), Outcome::Ok);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_is_retried_only_when_the_job_says_so() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let job = |calls: Arc<AtomicU32>| {
+            crate::job_fn(move |ctx: ShardContext| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if ctx.attempt == 1 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(())
+                }
+            })
+        };
+        let timeout = Some(Duration::from_secs(1));
+        let req = request(job(calls.clone()), timeout, 2);
+        assert_eq!(execute(req).await, Outcome::Timeout);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried by default");
+        calls.store(0, Ordering::SeqCst);
+        let mut req = request(job(calls.clone()), timeout, 2);
+        req.retry_timeouts = true;
+        assert_eq!(execute(req).await, Outcome::Ok);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

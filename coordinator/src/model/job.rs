@@ -89,6 +89,10 @@ pub struct JobConfig {
     pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub max_retries: u32,
+    /// Retry a run that timed out too (default false: a timeout is counted as a failed attempt
+    /// but not retried, since a handler that hangs once often hangs again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_timeouts: bool,
     /// When publishing from code: replace the stored config (otherwise etcd's copy wins).
     #[serde(default)]
     pub overwrite: bool,
@@ -141,6 +145,7 @@ impl JobConfig {
             disabled: false,
             timeout: None,
             max_retries: 0,
+            retry_timeouts: false,
             overwrite: false,
             description: String::new(),
         }

@@ -187,6 +187,9 @@ pub struct Settings {
     /// Retries of a failed execution.
     #[arg(long)]
     pub retries: Option<u32>,
+    /// Retry an execution that timed out too (true) or only failed ones (false).
+    #[arg(long)]
+    pub retry_timeouts: Option<bool>,
     #[arg(long)]
     pub description: Option<String>,
     /// Remove every shard parameter (before any --shard-param of the same command).

@@ -268,6 +268,9 @@ fn apply(c: &mut JobConfig, s: &Settings) {
     if let Some(v) = s.retries {
         c.max_retries = v;
     }
+    if let Some(v) = s.retry_timeouts {
+        c.retry_timeouts = v;
+    }
     if let Some(v) = &s.description {
         c.description = v.clone();
     }

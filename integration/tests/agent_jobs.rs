@@ -344,3 +344,41 @@ async fn a_one_shot_job_created_at_runtime_runs_once_on_handler_only_agents() {
     assert_eq!(shards_per_fire(&runs)[&at].len(), 2);
     shutdown_all(agents).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_whose_instant_passed_before_any_agent_ran_runs_once_when_claimed() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("late").unwrap();
+    // Written with a plain put, in the past: a cold cluster that comes up after T.
+    let at = next_whole_second(Utc::now(), 0) - chrono::Duration::seconds(5);
+    let config = serde_json::json!({"handler": "expire", "schedule": {"at": at}, "total": 2});
+    client
+        .clone()
+        .put(keys.job("expire-coupons"), config.to_string(), None)
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let agent = builder(&endpoints, "late", "a")
+        .handler("expire", recorder("a", tx, Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| r.len() >= 2).await;
+    assert!(runs.iter().all(|r| r.fire == at && r.misfire), "{runs:?}");
+    assert_eq!(shards_per_fire(&runs)[&at].len(), 2, "{runs:?}");
+    // A graceful restart hands over a clean cursor: it does not run again.
+    agent.shutdown().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let again = builder(&endpoints, "late", "b")
+        .handler("expire", recorder("b", tx, Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let statuses = [again.status()];
+    shardjob_integration::agents::wait_owned(&statuses, "expire-coupons", 2, |_| true).await;
+    // A run would have started at the claim; shutting down waits for whatever started.
+    again.shutdown().await.unwrap();
+    assert!(rx.try_recv().is_err(), "ran again after a clean hand-off");
+}

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use super::input::{ClaimResult, SeenOwner};
 use super::shard::{Held, Local};
 use super::{Command, Engine, LeaseId, Now, RunKind, Token};
+use crate::schedule::FireSchedule;
 
 impl Engine {
     /// Decisions for every job (a re-list, a new session).
@@ -153,6 +154,15 @@ impl Engine {
                     if let (Some(last), Some(latest), true) = (floor, latest, spec.config.misfire) {
                         if latest > last {
                             runs.push((shard, latest, RunKind::CatchUp));
+                        }
+                    }
+                    // A one-shot whose instant passed before anyone held this shard (created
+                    // just before it, a cold cluster, no eligible instance at T) or whose last
+                    // owner died without a clean release: it runs now, once — at least once is
+                    // its promise. Only a clean release at or after T says it ran.
+                    if let (FireSchedule::At(at), true) = (&spec.schedule, floor.is_none()) {
+                        if *at <= now.wall {
+                            runs.push((shard, *at, RunKind::CatchUp));
                         }
                     }
                 }

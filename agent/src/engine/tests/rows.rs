@@ -127,6 +127,53 @@ fn a_catch_up_runs_the_most_recent_missed_fire_once_and_never_the_previous_last(
     );
 }
 
+#[test]
+fn a_one_shot_claimed_after_its_instant_runs_once_unless_a_clean_release_says_it_ran() {
+    let at = |secs: f64| {
+        shardjob_coordinator::model::JobConfig::new(
+            shardjob_coordinator::model::Schedule::At(wall(secs)),
+            1,
+        )
+    };
+    // Never held before (no cursor): it runs at once, and the heap's own pop does not repeat it.
+    let mut h = Harness::new();
+    h.open();
+    h.job("once", at(1.0));
+    h.assign("once", &[ME], 40);
+    h.set(2.5);
+    let won = h.won("once", 0, 100, None, None);
+    assert_eq!(launches(&won), [(0, 1.0, CatchUp)]);
+    assert_eq!(launches(&h.at(3.0)), []);
+    // Its last owner crashed (an untrusted cursor): at least once, so it runs.
+    let mut h = Harness::new();
+    h.open();
+    h.job("once", at(1.0));
+    h.assign("once", &[ME], 40);
+    h.set(2.5);
+    let crashed = Some(shardjob_coordinator::model::Cursor::default());
+    assert_eq!(
+        launches(&h.won("once", 0, 100, crashed, None)),
+        [(0, 1.0, CatchUp)]
+    );
+    // A clean release after it ran: not again.
+    let mut h = Harness::new();
+    h.open();
+    h.job("once", at(1.0));
+    h.assign("once", &[ME], 40);
+    h.set(2.5);
+    assert_eq!(
+        launches(&h.won("once", 0, 100, released_cursor(1.0), None)),
+        []
+    );
+    // Before its instant: nothing yet, the heap runs it.
+    let mut h = Harness::new();
+    h.open();
+    h.job("once", at(1.0));
+    h.assign("once", &[ME], 40);
+    assert_eq!(launches(&h.won("once", 0, 100, None, None)), []);
+    assert_eq!(launches(&h.at(1.0)), [(0, 1.0, Scheduled)]);
+}
+
 // ---- coalescing ----------------------------------------------------------------------------
 
 #[test]

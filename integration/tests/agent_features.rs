@@ -290,3 +290,159 @@ async fn a_wrong_password_is_a_clear_error_from_the_agent() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_same_id_inside_the_rebalance_delay_gets_its_shards_back() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    // Far longer than the test: a parking that ended would show as b's shards on a or c.
+    let delay = Duration::from_secs(120);
+    let start = |id: &'static str| {
+        let endpoints = endpoints.clone();
+        async move {
+            builder(&endpoints, "comeback", id)
+                .rebalance_delay(delay)
+                // Only a leads, so a crash of b or c never costs a leader change.
+                .leader_eligible(id == "a")
+                .job(never("j").shards(6), job_fn(|_| async { Ok(()) }))
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let c = start("c").await;
+    let statuses = [a.status(), b.status(), c.status()];
+    let before = wait_owned(&statuses, "j", 6, |o| o.values().all(|s| s.len() == 2)).await;
+    // b dies without a word; its shards stay parked for it.
+    b.abort().await;
+    // The same id starts again (start() waits for the dead process's lease to end first).
+    let b = start("b").await;
+    let statuses = [a.status(), b.status(), c.status()];
+    let after = wait_owned(&statuses, "j", 6, |o| {
+        o.get("b").is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    assert_eq!(after, before, "b got other shards back, or a and c's moved");
+    // The only leader last, so the others' hand-offs have someone to reassign them.
+    for agent in [c, b, a] {
+        agent.shutdown().await.unwrap();
+    }
+}
+
+/// A fetch/process job whose shard has 3 batches of work.
+struct Batches {
+    left: std::sync::Mutex<std::collections::BTreeMap<u32, u32>>,
+    processed: mpsc::UnboundedSender<(u32, u32)>,
+}
+
+impl shardjob_agent::kinds::DataflowJob for Batches {
+    type Item = u32;
+    async fn fetch(&self, ctx: &ShardContext) -> Result<Vec<u32>, JobError> {
+        let mut left = self.left.lock().unwrap();
+        let n = left.entry(ctx.shard).or_insert(3);
+        if *n == 0 {
+            return Ok(vec![]);
+        }
+        *n -= 1;
+        Ok(vec![*n])
+    }
+    async fn process(&self, ctx: &ShardContext, items: Vec<u32>) -> Result<(), JobError> {
+        for i in items {
+            let _ = self.processed.send((ctx.shard, i));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataflow_job_drains_its_shards_work_under_a_real_agent() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd.client().await.unwrap();
+    let keys = Keys::new("dataflow").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let job = shardjob_agent::kinds::Dataflow(Batches {
+        left: Default::default(),
+        processed: tx,
+    });
+    let agent = builder(&etcd.endpoints(), "dataflow", "a")
+        .job(never("d").shards(2), job)
+        .start()
+        .await
+        .unwrap();
+    wait_owned(&[agent.status()], "d", 2, |_| true).await;
+    ops::trigger(&client, &keys, "d").await.unwrap();
+    let mut status = agent.status();
+    timeout(PATIENCE, status.wait_for(|s| s.executions == 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        got.push(p);
+    }
+    got.sort();
+    assert_eq!(got, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_under_every_key_kind_leaves_running_agents_running() {
+    use shardjob_integration::agents::{Ran, Slow, drain_until, recorder, shards_per_fire};
+    let etcd = EtcdCluster::single().unwrap();
+    let mut client = etcd.client().await.unwrap();
+    let keys = Keys::new("garbage").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut agents = Vec::new();
+    for id in ["a", "b"] {
+        let spec = JobSpec::every("j", Duration::from_secs(1))
+            .unwrap()
+            .shards(4);
+        let agent = builder(&etcd.endpoints(), "garbage", id)
+            .job(spec, recorder(id, tx.clone(), Slow::default()))
+            .start()
+            .await
+            .unwrap();
+        agents.push(agent);
+    }
+    let statuses: Vec<_> = agents.iter().map(|a| a.status()).collect();
+    let owned = wait_owned(&statuses, "j", 4, |o| o.values().all(|s| s.len() == 2)).await;
+
+    // Garbage under every kind of key (an owner key of a shard that does not exist: writing
+    // over a held one would take the shard from its owner, which is what it means).
+    let garbage = b"{not json".to_vec();
+    for key in [
+        keys.job("j"),
+        keys.assignment("j"),
+        keys.owner("j", 99),
+        keys.cursor("j", 0),
+        keys.running("j", 0),
+        keys.trigger("j"),
+        keys.instance("ghost"),
+    ] {
+        client.put(key, garbage.clone(), None).await.unwrap();
+    }
+    let written = chrono::Utc::now();
+
+    // Both agents keep running every shard of every fire, with the last good config and
+    // assignment, and nobody's shards move.
+    let mut runs: Vec<Ran> = Vec::new();
+    drain_until(&mut rx, &mut runs, |r| {
+        shards_per_fire(r)
+            .range(written..)
+            .filter(|(_, s)| s.len() == 4)
+            .count()
+            >= 3
+    })
+    .await;
+    let later = wait_owned(&statuses, "j", 4, |_| true).await;
+    assert_eq!(later, owned, "shards moved after garbage was written");
+    for agent in &agents {
+        let s = agent.status().borrow().clone();
+        assert_eq!(s.session_losses, 0, "{s:?}");
+    }
+    for agent in agents {
+        agent.shutdown().await.unwrap();
+    }
+}

@@ -40,6 +40,32 @@ async fn agents_and_cli_work_over_tls_and_a_wrong_ca_is_one_clear_line() {
         .unwrap();
     wait_owned(&[agent.status()], "j", 2, |_| true).await;
 
+    // From the agent's side, a CA that did not sign the server fails start() at once as a TLS
+    // failure (waiting cannot fix it), not as an unreachable etcd retried for connect_timeout.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let wrong = builder(&endpoints, "tls", "b")
+        .tls(
+            &pki.other_ca,
+            Some((pki.client_cert.clone(), pki.client_key.clone())),
+        )
+        .dial_timeout(std::time::Duration::from_secs(2))
+        .job(
+            JobSpec::new("j", "0 0 0 1 1 * 2099").unwrap().shards(2),
+            recorder("b", tx, Slow::default()),
+        )
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            shardjob_agent::AgentError::Connect(
+                shardjob_coordinator::connect::ConnectError::Tls { .. }
+            )
+        ),
+        "{wrong}"
+    );
+
     let p = |path: &std::path::Path| path.display().to_string();
     let base = |ca: &str| {
         args(&[

@@ -288,6 +288,14 @@ impl Engine {
         self.owed.insert(job.to_owned());
     }
 
+    /// The held state of a shard, if it is held (not releasing).
+    fn held_mut(&mut self, job: &str, shard: u32) -> Option<&mut shard::Held> {
+        match &mut self.jobs.get_mut(job)?.shards.get_mut(&shard)?.local {
+            Local::Held(h) => Some(h),
+            _ => None,
+        }
+    }
+
     fn spec(&self, job: &str) -> Option<&Spec> {
         self.jobs.get(job).and_then(|j| j.spec.as_ref())
     }

@@ -70,23 +70,19 @@ impl Engine {
     fn launch(&mut self, job: &str, shard: u32, fire: DateTime<Utc>, kind: RunKind, replay: bool) {
         self.next_exec += 1;
         let exec = ExecId(self.next_exec);
-        let Some(Local::Held(h)) = self
-            .jobs
-            .get_mut(job)
-            .and_then(|js| js.shards.get_mut(&shard))
-            .map(|s| &mut s.local)
-        else {
+        let Some(h) = self.held_mut(job, shard) else {
             return;
         };
         if kind.is_scheduled() {
             h.cover(fire);
         }
         h.run = Some(Run { exec, fire, kind });
+        let token = h.token;
         self.out.push(Command::Launch {
             exec,
             job: job.to_owned(),
             shard,
-            token: h.token,
+            token,
             fire,
             kind,
             replay,
@@ -142,12 +138,7 @@ impl Engine {
         outcome: Outcome,
         now: Now,
     ) {
-        let Some(Local::Held(h)) = self
-            .jobs
-            .get_mut(job)
-            .and_then(|js| js.shards.get_mut(&shard))
-            .map(|s| &mut s.local)
-        else {
+        let Some(h) = self.held_mut(job, shard) else {
             return;
         };
         // Only the execution's own report: after a lapse a later execution may already run.

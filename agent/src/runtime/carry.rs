@@ -14,7 +14,7 @@ use super::exec::{ExecRequest, execute};
 use super::releaser::ReleaseWork;
 use super::txn::{self, ClaimPart, ReleaseItem};
 use super::{Core, Event};
-use crate::engine::{Command, ExecId, RunKind, Token};
+use crate::engine::{Command, ExecId, Input, RunKind, Token};
 use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::handle::AgentStatus;
 use crate::job::ShardContext;
@@ -192,12 +192,12 @@ impl Core {
             async move {
                 let outcome = execute(req).await;
                 let _ = tx
-                    .send(Event::ExecDone {
+                    .send(Event::Engine(Input::ExecDone {
                         job: job_name,
                         shard,
                         exec,
                         outcome,
-                    })
+                    }))
                     .await;
             }
             .in_current_span(),

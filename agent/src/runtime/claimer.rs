@@ -4,7 +4,7 @@
 //! txns and 10k tasks alive at once (each with its own client and request). The claimer packs
 //! queued claims of one lease into txns of up to [`CLAIM_CHUNK`] shards, keeps at most
 //! [`IN_FLIGHT`] running (the loop is `batch::run_packed`), and reports each job's results to
-//! the core as `Event::Claimed`.
+//! the core as `Input::Claimed`.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use tracing::{Instrument, info_span};
 use super::Event;
 use super::batch::{Packable, run_packed};
 use super::txn::{CLAIM_CHUNK, ClaimPart, Claimant, Writes, claim};
-use crate::engine::LeaseId;
+use crate::engine::{Input, LeaseId};
 
 /// Claim txns running at once.
 pub(crate) const IN_FLIGHT: usize = 8;
@@ -68,11 +68,11 @@ impl Claimer {
         };
         let results = claim(&self.writes.client, &who, &parts).await;
         for (part, results) in parts.into_iter().zip(results) {
-            let ev = Event::Claimed {
+            let ev = Event::Engine(Input::Claimed {
                 job: part.job,
                 lease,
                 results,
-            };
+            });
             if self.events.send(ev).await.is_err() {
                 return;
             }

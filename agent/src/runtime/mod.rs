@@ -38,10 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::builder::AgentError;
-use crate::engine::{
-    ClaimResult, Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now, Token, WriteFailed,
-};
-use crate::execlog::{ExecLog, Outcome};
+use crate::engine::{Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now};
+use crate::execlog::ExecLog;
 use crate::handle::{AgentHandle, AgentStatus};
 use crate::job::DynJob;
 use carry::RunningExec;
@@ -80,27 +78,11 @@ pub(crate) enum Stream {
     Instance,
 }
 
-/// What the tasks of the runtime report to its loop.
+/// What the tasks of the runtime report to its loop: watch events (decoded there), results
+/// for the engine as they are (claims, releases, executions), and leadership.
 pub(crate) enum Event {
     Watch(Stream, WatchEvent),
-    Claimed {
-        job: String,
-        lease: LeaseId,
-        results: Vec<(u32, ClaimResult)>,
-    },
-    Released {
-        job: String,
-        shard: u32,
-        lease: LeaseId,
-        token: Token,
-        result: Result<(), WriteFailed>,
-    },
-    ExecDone {
-        job: String,
-        shard: u32,
-        exec: ExecId,
-        outcome: Outcome,
-    },
+    Engine(Input),
     Leader(bool),
 }
 

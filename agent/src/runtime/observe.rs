@@ -23,46 +23,15 @@ impl Core {
                 Some(input) => input,
                 None => return,
             },
-            Event::Claimed {
-                job,
-                lease,
-                results,
-            } => Input::Claimed {
-                job,
-                lease,
-                results,
-            },
-            Event::Released {
-                job,
-                shard,
-                lease,
-                token,
-                result,
-            } => Input::Released {
-                job,
-                shard,
-                lease,
-                token,
-                result,
-            },
-            Event::ExecDone {
-                job,
-                shard,
-                exec,
-                outcome,
-            } => {
+            Event::Engine(input @ Input::ExecDone { exec, .. }) => {
                 // An execution the engine aborted is no longer its concern.
                 if self.execs.remove(&exec).is_none() {
                     return;
                 }
                 self.status.send_modify(|s| s.executions += 1);
-                Input::ExecDone {
-                    job,
-                    shard,
-                    exec,
-                    outcome,
-                }
+                input
             }
+            Event::Engine(input) => input,
             Event::Leader(leading) => {
                 self.status.send_modify(|s| s.is_leader = leading);
                 return;

@@ -11,7 +11,7 @@ use tracing::{Instrument, info, info_span};
 use super::Event;
 use super::batch::{Packable, run_packed};
 use super::txn::{RELEASE_CHUNK, ReleaseItem, Writes, release_many};
-use crate::engine::LeaseId;
+use crate::engine::{Input, LeaseId};
 
 /// Release txns running at once.
 const IN_FLIGHT: usize = 8;
@@ -68,13 +68,13 @@ impl Releaser {
                 .map_err(|e| crate::engine::WriteFailed(e.to_string()));
             if self
                 .events
-                .send(Event::Released {
+                .send(Event::Engine(Input::Released {
                     job,
                     shard,
                     lease,
                     token,
                     result,
-                })
+                }))
                 .await
                 .is_err()
             {

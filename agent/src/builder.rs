@@ -216,6 +216,14 @@ impl AgentBuilder {
         self
     }
 
+    /// How long a finished one-shot job (every shard done) keeps its keys and done records
+    /// before the leader deletes them (default 24 h; this agent's setting applies while it
+    /// leads).
+    pub fn one_shot_retention(mut self, retention: Duration) -> Self {
+        self.rebalance.one_shot_retention = retention;
+        self
+    }
+
     /// Whether the fire and execution metrics carry a `job` label (default true). Each job
     /// then has series of its own in `shardjob_fires_total`, `shardjob_fire_lateness_seconds`,
     /// `shardjob_executions_total{outcome}` and `shardjob_execution_seconds`: one series per

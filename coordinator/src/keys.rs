@@ -11,6 +11,7 @@
 //! /shardjob/<ns>/owners/<job>/<shard>        lease-bound; create_revision = fencing token
 //! /shardjob/<ns>/running/<job>/<shard>       failover jobs: an execution in progress
 //! /shardjob/<ns>/cursors/<job>/<shard>       last fire run by the previous owner
+//! /shardjob/<ns>/done/<job>/<shard>          a one-shot's shard ran: when, how, where
 //! /shardjob/<ns>/triggers/<job>              run every shard once now
 //! /shardjob/<ns>/disabled/<instance>         drain: the leader assigns it nothing
 //! ```
@@ -34,6 +35,7 @@ pub enum KeyKind {
     Owner { job: String, shard: u32 },
     Running { job: String, shard: u32 },
     Cursor { job: String, shard: u32 },
+    Done { job: String, shard: u32 },
     Trigger(String),
     Disabled(String),
 }
@@ -134,6 +136,18 @@ impl Keys {
     pub fn cursor(&self, job: &str, shard: u32) -> String {
         self.under("cursors", &format!("{job}/{shard}"))
     }
+    /// `done/` (all jobs)
+    pub fn done_root(&self) -> String {
+        self.under("done", "")
+    }
+    /// `done/<job>/`
+    pub fn done_prefix(&self, job: &str) -> String {
+        self.under("done", &format!("{job}/"))
+    }
+    /// `done/<job>/<shard>`
+    pub fn done(&self, job: &str, shard: u32) -> String {
+        self.under("done", &format!("{job}/{shard}"))
+    }
     /// `triggers/`
     pub fn triggers_prefix(&self) -> String {
         self.under("triggers", "")
@@ -161,6 +175,7 @@ impl Keys {
                 self.owners_prefix(job),
                 self.running_prefix(job),
                 self.cursors_prefix(job),
+                self.done_prefix(job),
             ],
         }
     }
@@ -175,11 +190,12 @@ impl Keys {
             (valid(job) && !shard.starts_with('+'))
                 .then(|| shard.parse().ok().map(|s| (job.to_owned(), s)))?
         };
-        if matches!(kind, "owners" | "running" | "cursors") {
+        if matches!(kind, "owners" | "running" | "cursors" | "done") {
             let (job, shard) = sharded(name)?;
             return Some(match kind {
                 "owners" => KeyKind::Owner { job, shard },
                 "running" => KeyKind::Running { job, shard },
+                "done" => KeyKind::Done { job, shard },
                 _ => KeyKind::Cursor { job, shard },
             });
         }
@@ -205,8 +221,8 @@ pub struct JobKeys {
     pub config: String,
     pub assignment: String,
     pub trigger: String,
-    /// `owners/<job>/`, `running/<job>/`, `cursors/<job>/`.
-    pub prefixes: [String; 3],
+    /// `owners/<job>/`, `running/<job>/`, `cursors/<job>/`, `done/<job>/`.
+    pub prefixes: [String; 4],
 }
 
 /// The end of the key range of every key starting with `prefix` (etcd's `prefix + 1`).

@@ -98,6 +98,25 @@ pub async fn create_job(
     Ok(())
 }
 
+/// The ops that delete every key of `job` (its config, assignment, trigger, and every owner,
+/// running marker, cursor and done record): one txn's worth, used by `delete_job` and by the
+/// leader retiring a finished one-shot.
+pub fn delete_job_ops(keys: &Keys, job: &str) -> Vec<TxnOp> {
+    let jk = keys.job_keys(job);
+    let mut ops = vec![
+        TxnOp::delete(jk.config, None),
+        TxnOp::delete(jk.assignment, None),
+        TxnOp::delete(jk.trigger, None),
+    ];
+    for prefix in &jk.prefixes {
+        ops.push(TxnOp::delete(
+            prefix.clone(),
+            Some(DeleteOptions::new().with_range(prefix_end(prefix))),
+        ));
+    }
+    ops
+}
+
 /// Changes `job`'s config with `change`, validated, written only if nobody changed it meanwhile.
 pub async fn update_job(
     client: &Client,
@@ -204,17 +223,7 @@ pub async fn delete_job(
             )));
         }
     }
-    let mut ops = vec![
-        TxnOp::delete(jk.config.clone(), None),
-        TxnOp::delete(jk.assignment.clone(), None),
-        TxnOp::delete(jk.trigger.clone(), None),
-    ];
-    for prefix in &jk.prefixes {
-        ops.push(TxnOp::delete(
-            prefix.clone(),
-            Some(DeleteOptions::new().with_range(prefix_end(prefix))),
-        ));
-    }
+    let ops = delete_job_ops(keys, job);
     let resp = within(
         &format!("deleting job {job}"),
         client.clone().txn(Txn::new().and_then(ops)),

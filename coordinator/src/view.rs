@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::keys::{KeyKind, Keys};
 use crate::kv::list_prefix;
 use crate::model::{
-    AssignmentRecord, Cursor, InstanceInfo, JobConfig, Owner, Running, Trigger, decode, decode_job,
+    AssignmentRecord, Cursor, Done, InstanceInfo, JobConfig, Owner, Running, Trigger, decode,
+    decode_job,
 };
 
 /// Reading the namespace failed.
@@ -44,6 +45,8 @@ pub struct JobView {
     pub owners: BTreeMap<u32, OwnerView>,
     pub running: BTreeMap<u32, Running>,
     pub cursors: BTreeMap<u32, Cursor>,
+    /// Shards of a one-shot that ran to their end.
+    pub done: BTreeMap<u32, Done>,
     pub trigger: Option<Trigger>,
 }
 
@@ -183,6 +186,11 @@ impl ClusterView {
                 KeyKind::Cursor { job, shard } => decode::<Cursor>(&key, "cursor", value)
                     .map(|c| {
                         view.jobs.entry(job).or_default().cursors.insert(shard, c);
+                    })
+                    .map_err(|e| e.to_string()),
+                KeyKind::Done { job, shard } => decode::<Done>(&key, "done record", value)
+                    .map(|d| {
+                        view.jobs.entry(job).or_default().done.insert(shard, d);
                     })
                     .map_err(|e| e.to_string()),
                 KeyKind::Trigger(job) => decode::<Trigger>(&key, "trigger", value)

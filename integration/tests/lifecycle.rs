@@ -205,3 +205,90 @@ async fn put_of(client: &mut etcd_client::Client, key: String) -> i64 {
     }
     panic!("the watch ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_records_each_shard_done_then_is_retired_after_its_retention() {
+    use shardjob_coordinator::keys::Keys;
+    use shardjob_coordinator::view::ClusterView;
+    let etcd = EtcdCluster::single().unwrap();
+    let mut client = etcd.client().await.unwrap();
+    let keys = Keys::new("finish").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let agent = builder(&etcd.endpoints(), "finish", "a")
+        .one_shot_retention(Duration::from_secs(3))
+        .handler("expire", recorder("a", tx, Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let at = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let mut config = shardjob_coordinator::model::JobConfig::new(
+        shardjob_coordinator::model::Schedule::At(at),
+        2,
+    );
+    config.handler = Some("expire".into());
+    shardjob_coordinator::ops::create_job(&client, &keys, "coupons", &config)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        timeout(PATIENCE, rx.recv()).await.unwrap().unwrap();
+    }
+    // Each shard's end is recorded, fenced by its owner's token.
+    for shard in 0..2 {
+        timeout(PATIENCE, put_of(&mut client, keys.done("coupons", shard)))
+            .await
+            .expect("no done record");
+    }
+    let view = ClusterView::load(&client, &keys).await.unwrap();
+    let job = &view.jobs["coupons"];
+    assert_eq!(job.done.len(), 2, "{job:?}");
+    assert!(
+        job.done
+            .values()
+            .all(|d| d.outcome == "ok" && d.instance.as_str() == "a" && d.fire_time == at)
+    );
+    // Then every key of the job goes, after the retention.
+    timeout(PATIENCE, gone(&mut client, keys.job("coupons")))
+        .await
+        .expect("the finished one-shot was never retired");
+    let left = client
+        .get(
+            keys.root(),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let of_job: Vec<String> = left
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .filter(|k| k.contains("/coupons"))
+        .collect();
+    assert!(of_job.is_empty(), "keys left: {of_job:?}");
+    assert!(rx.try_recv().is_err(), "the one-shot ran again");
+    agent.shutdown().await.unwrap();
+}
+
+/// Waits until `key` does not exist (read, then watched from that read's revision).
+async fn gone(client: &mut etcd_client::Client, key: String) {
+    let resp = client.get(key.clone(), None).await.unwrap();
+    if resp.kvs().is_empty() {
+        return;
+    }
+    let from = resp.header().unwrap().revision() + 1;
+    let opts = etcd_client::WatchOptions::new().with_start_revision(from);
+    let mut stream = client.watch(key, Some(opts)).await.unwrap();
+    while let Some(resp) = stream.message().await.unwrap() {
+        if resp
+            .events()
+            .iter()
+            .any(|ev| ev.event_type() == etcd_client::EventType::Delete)
+        {
+            return;
+        }
+    }
+    panic!("the watch ended");
+}

@@ -44,6 +44,15 @@ pub enum Command {
         job: String,
         shard: u32,
     },
+    /// A one-shot's shard ran its fire to the end: record it in `done/<job>/<shard>`, guarded
+    /// by `token` (the leader then assigns the shard to nobody, and the release follows).
+    RecordDone {
+        job: String,
+        shard: u32,
+        token: Token,
+        fire: DateTime<Utc>,
+        outcome: crate::execlog::Outcome,
+    },
     /// The shards this agent may fire changed for these jobs: publish them.
     PublishOwned(Vec<String>),
     /// Publish the whole status (a re-list, a new or lost session, shutdown).

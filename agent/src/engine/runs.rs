@@ -148,6 +148,21 @@ impl Engine {
         debug!(job, shard, fire = %run.fire, outcome = outcome.as_str(), "execution ended");
         h.run = None;
         h.last_run = h.last_run.max(Some(run.fire));
+        let token = h.token;
+        // A one-shot's only fire ended by itself: it is done, whatever the outcome (retries
+        // were the execution's to make).
+        let one_shot = self.spec(job).is_some_and(
+            |s| matches!(s.schedule, crate::schedule::FireSchedule::At(at) if at == run.fire),
+        );
+        if one_shot {
+            self.out.push(Command::RecordDone {
+                job: job.to_owned(),
+                shard,
+                token,
+                fire: run.fire,
+                outcome,
+            });
+        }
         self.launch_owed(job, shard, now);
         self.decide(job, now);
     }

@@ -114,6 +114,13 @@ impl Core {
                         run.abort(&self.cfg.id, &self.cfg.exec_log);
                     }
                 }
+                Command::RecordDone {
+                    job,
+                    shard,
+                    token,
+                    fire,
+                    outcome,
+                } => self.record_done(job, shard, token, fire, outcome),
                 Command::PublishOwned(jobs) => self.publish_owned(&jobs),
                 Command::PublishAll => self.publish_all(|_| {}),
                 Command::Lapsed => {
@@ -213,6 +220,52 @@ impl Core {
             launched: Utc::now(),
         };
         self.execs.insert(exec, run);
+    }
+
+    /// Writes a one-shot shard's done record in the background, guarded by its token (a stale
+    /// owner writes nothing), trying 5 times 500 ms apart. If every try fails the shard stays
+    /// assigned and held, and the job does not finish until its next owner runs it again.
+    fn record_done(
+        &self,
+        job: String,
+        shard: u32,
+        token: Token,
+        fire: DateTime<Utc>,
+        outcome: Outcome,
+    ) {
+        let Ok(instance) = shardjob_sharding::InstanceId::new(self.cfg.id.clone()) else {
+            return;
+        };
+        let record = shardjob_coordinator::model::Done {
+            instance,
+            fire_time: fire,
+            outcome: outcome.as_str().to_owned(),
+            token: token.0,
+            ended_at: Utc::now(),
+        };
+        let writes = self.writes.clone();
+        tokio::spawn(
+            async move {
+                let (client, keys, limit) = (&writes.client, &writes.keys, writes.timeout);
+                for attempt in 1..=5 {
+                    match txn::put_done(client, keys, &job, shard, token, &record, limit).await {
+                        Ok(true) => {
+                            tracing::info!(job, shard, outcome = %record.outcome, "one-shot done");
+                            return;
+                        }
+                        Ok(false) => {
+                            tracing::warn!(job, shard, "not recording done: the shard is no longer owned with this token");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job, shard, attempt, error = %e, "recording done failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Publishes the whole status, with `change` applied.

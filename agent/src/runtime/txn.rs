@@ -262,6 +262,25 @@ pub(crate) async fn put_marker(
         .then(|| resp.header().map_or(0, |h| h.revision())))
 }
 
+/// Writes the done record of a one-shot's shard if `token` still owns it; `Ok(false)` when it
+/// no longer does.
+pub(crate) async fn put_done(
+    client: &Client,
+    keys: &Keys,
+    job: &str,
+    shard: u32,
+    token: Token,
+    record: &shardjob_coordinator::model::Done,
+    limit: Duration,
+) -> Result<bool, TxnError> {
+    let value = encode("a done record", record)?;
+    let txn = Txn::new()
+        .when(vec![owner_compare(keys, job, shard, token)])
+        .and_then(vec![TxnOp::put(keys.done(job, shard), value, None)]);
+    let resp = bounded("done record", limit, client.clone().txn(txn)).await?;
+    Ok(resp.succeeded())
+}
+
 /// Deletes the running marker written at `revision` (not a successor's).
 pub(crate) async fn delete_marker(
     client: &Client,

@@ -15,4 +15,4 @@ pub use job::{
     ConfigError, JobConfig, MAX_DESCRIPTION, MAX_INTERVAL, MAX_JOB_PARAM, MAX_RETRIES,
     MAX_SHARD_PARAM, MAX_TIMEOUT, MAX_TOTAL, MIN_INTERVAL, Schedule,
 };
-pub use records::{AssignmentRecord, Cursor, Owner, Running, Trigger};
+pub use records::{AssignmentRecord, Cursor, Done, Owner, Running, Trigger};

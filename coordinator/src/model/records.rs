@@ -100,6 +100,19 @@ pub struct Cursor {
     pub released: bool,
 }
 
+/// `done/<job>/<shard>`: a one-shot job's shard ran to its end (written by its owner, fenced
+/// by its token). The leader assigns a done shard to nobody, and retires the job once every
+/// shard is done and the retention has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub instance: InstanceId,
+    pub fire_time: DateTime<Utc>,
+    /// How the execution ended: ok, failed, timeout or cancelled.
+    pub outcome: String,
+    pub token: i64,
+    pub ended_at: DateTime<Utc>,
+}
+
 /// `triggers/<job>`: run every shard once now; `id` deduplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {

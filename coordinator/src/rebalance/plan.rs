@@ -30,12 +30,14 @@ pub struct Plan {
     pub moves: usize,
     /// When a parked instance's delay runs out and everything must be planned again.
     pub wake_at: Option<Instant>,
+    /// Finished one-shot jobs to delete with every key they have (retention passed).
+    pub retire: Vec<String>,
 }
 
 impl Plan {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.deletes.is_empty()
+        self.writes.is_empty() && self.deletes.is_empty() && self.retire.is_empty()
     }
 }
 
@@ -61,6 +63,19 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
         let next = config
             .strategy
             .assign(job, config.total, &eligible, previous.as_ref());
+        // A one-shot's done shards are nobody's: their owners release them, and nobody claims.
+        let next = match world.done.get(job.as_str()) {
+            Some(done) if matches!(config.schedule, crate::model::Schedule::At(_)) => {
+                Assignment::from_owners(
+                    next.owners()
+                        .iter()
+                        .enumerate()
+                        .map(|(s, o)| o.clone().filter(|_| !done.contains(&(s as u32))))
+                        .collect(),
+                )
+            }
+            _ => next,
+        };
         if previous.as_ref() == Some(&next) {
             continue;
         }

@@ -61,6 +61,8 @@ pub struct Rebalancer {
     joins_only: bool,
     /// When a parking ends and everything must be planned again.
     wake: Option<Instant>,
+    /// One-shot jobs with every shard done, and since when this leader knows it.
+    finished: std::collections::BTreeMap<String, Instant>,
 }
 
 impl Rebalancer {
@@ -97,6 +99,7 @@ impl Rebalancer {
             due: Some(now + settle),
             joins_only: fresh,
             wake: None,
+            finished: Default::default(),
             options,
         }
     }
@@ -149,8 +152,9 @@ impl Rebalancer {
         self.due = None;
         self.joins_only = false;
         let dirty = self.world.take_dirty();
-        let p = plan(&self.world, &dirty, now, self.options.rebalance_delay);
+        let mut p = plan(&self.world, &dirty, now, self.options.rebalance_delay);
         self.wake = p.wake_at;
+        self.retire_finished(&mut p, now);
         match now.checked_sub(self.options.rebalance_delay) {
             Some(horizon) if !self.options.rebalance_delay.is_zero() => {
                 self.world.forget_departed_before(horizon)
@@ -172,6 +176,12 @@ impl Rebalancer {
         for job in pass.plan.deletes {
             self.world.assignments.remove(&job);
         }
+        for job in pass.plan.retire {
+            self.world.jobs.remove(&job);
+            self.world.assignments.remove(&job);
+            self.world.done.remove(&job);
+            self.finished.remove(&job);
+        }
         self.debounce_leftovers(now);
     }
 
@@ -179,6 +189,33 @@ impl Rebalancer {
     pub fn write_failed(&mut self, pass: Pass, now: Instant) {
         self.world.restore_dirty(pass.dirty);
         self.due = Some(now + self.options.retry);
+    }
+
+    /// One-shot jobs whose every shard is done are retired once `one_shot_retention` has passed
+    /// since this leader saw them finished: every key goes. Until then the pass wakes for it.
+    fn retire_finished(&mut self, p: &mut Plan, now: Instant) {
+        let world = &self.world;
+        let finished: Vec<String> = world
+            .jobs
+            .iter()
+            .filter(|(job, c)| {
+                matches!(c.schedule, crate::model::Schedule::At(_))
+                    && world.done.get(job.as_str()).map_or(0, |d| d.len()) >= c.total as usize
+            })
+            .map(|(job, _)| job.clone())
+            .collect();
+        self.finished.retain(|job, _| finished.contains(job));
+        for job in finished {
+            let since = *self.finished.entry(job.clone()).or_insert(now);
+            let at = since + self.options.one_shot_retention;
+            if at <= now {
+                p.writes.retain(|(j, _)| *j != job);
+                p.deletes.retain(|j| *j != job);
+                p.retire.push(job);
+            } else {
+                self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+            }
+        }
     }
 
     /// Changes that arrived while planning plan after the debounce.
@@ -393,6 +430,55 @@ mod tests {
         );
         let again = r.poll(t0 + ms(2) + o.debounce).expect("rewritten");
         assert_eq!(owners(&again), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_one_shots_done_shards_go_to_nobody_and_the_finished_job_retires_after_the_retention() {
+        let o = RebalanceOptions {
+            one_shot_retention: Duration::from_secs(60),
+            ..RebalanceOptions::default()
+        };
+        let t0 = Instant::now();
+        let mut w = World::new(Keys::new("ns").unwrap());
+        w.put(
+            JOB,
+            br#"{"schedule":{"at":"2026-12-01T10:00:00Z"},"total":2}"#,
+        );
+        if let Observed::Put { key, value } = put_instance("a") {
+            w.put(&key, &value);
+        }
+        w.take_dirty();
+        let mut r = Rebalancer::start(w, o.clone(), t0);
+        let pass = r.poll(t0 + o.join_settle).unwrap();
+        assert_eq!(owners(&pass), ["a", "a"]);
+        r.written(pass, t0 + o.join_settle);
+        let done = |shard: u32| {
+            Observed::Put {
+            key: format!("/shardjob/ns/done/j/{shard}"),
+            value: br#"{"instance":"a","fire_time":"2026-12-01T10:00:00Z","outcome":"ok","token":9,"ended_at":"2026-12-01T10:00:01Z"}"#.to_vec(),
+        }
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        r.on_event(done(0), t1);
+        let pass = r.poll(t1 + o.debounce).expect("shard 0 goes to nobody");
+        assert_eq!(owners(&pass), ["-", "a"]);
+        r.written(pass, t1 + o.debounce);
+        let t2 = t1 + Duration::from_secs(1);
+        r.on_event(done(1), t2);
+        let pass = r.poll(t2 + o.debounce).expect("shard 1 too");
+        assert_eq!(owners(&pass), ["-", "-"]);
+        r.written(pass, t2 + o.debounce);
+        assert_eq!(
+            r.deadline(),
+            Some(t2 + o.debounce + o.one_shot_retention),
+            "wakes when the retention ends"
+        );
+        let end = t2 + o.debounce + o.one_shot_retention;
+        let pass = r.poll(end).expect("retired");
+        assert_eq!(pass.plan.retire, ["j"]);
+        r.written(pass, end);
+        assert!(r.world().jobs.is_empty());
+        assert_eq!(r.deadline(), None);
     }
 
     #[test]

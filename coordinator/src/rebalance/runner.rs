@@ -43,6 +43,10 @@ pub struct RebalanceOptions {
     pub join_settle: Duration,
     /// Retry delay after a failed write.
     pub retry: Duration,
+    /// How long a finished one-shot job (every shard done) stays, with its done records, for
+    /// people to look at (`shardjob job show`) before the leader deletes all its keys. Counted
+    /// from when the current leader saw it finished (a new leader starts counting again).
+    pub one_shot_retention: Duration,
 }
 
 impl Default for RebalanceOptions {
@@ -52,6 +56,7 @@ impl Default for RebalanceOptions {
             rebalance_delay: Duration::ZERO,
             join_settle: Duration::from_millis(500),
             retry: Duration::from_millis(500),
+            one_shot_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -106,6 +111,7 @@ pub async fn run_leader(
         keys.jobs_prefix(),
         keys.disabled_prefix(),
         keys.assignments_prefix(),
+        keys.done_root(),
     ] {
         let listing = list_prefix(client, &prefix, Some(revision))
             .await
@@ -123,6 +129,7 @@ pub async fn run_leader(
         keys.jobs_prefix(),
         keys.disabled_prefix(),
         keys.assignments_prefix(),
+        keys.done_root(),
     ] {
         let watcher = PrefixWatcher::from_revision(client, prefix.clone(), revision + 1);
         watchers.spawn(forward(watcher, tx.clone()));
@@ -237,6 +244,9 @@ async fn write(
     }
     for job in &plan.deletes {
         ops.push(TxnOp::delete(keys.assignment(job), None));
+    }
+    for job in &plan.retire {
+        ops.extend(crate::ops::delete_job_ops(keys, job));
     }
     let mut client = client.clone();
     let mut txns = 0;

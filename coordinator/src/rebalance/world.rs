@@ -53,6 +53,8 @@ pub struct World {
     pub disabled: BTreeSet<String>,
     pub assignments: BTreeMap<String, AssignmentRecord>,
     pub departed: BTreeMap<InstanceId, Departed>,
+    /// Shards of one-shot jobs that ran to their end (`done/<job>/<shard>`).
+    pub done: BTreeMap<String, BTreeSet<u32>>,
     /// Keys whose value was rejected, with the reason.
     pub problems: BTreeMap<String, String>,
     dirty: Dirty,
@@ -68,6 +70,7 @@ impl World {
             disabled: BTreeSet::new(),
             assignments: BTreeMap::new(),
             departed: BTreeMap::new(),
+            done: BTreeMap::new(),
             problems: BTreeMap::new(),
             dirty: Dirty::default(),
         }
@@ -125,6 +128,12 @@ impl World {
                     self.assignments.insert(job, record);
                 })
             }
+            KeyKind::Done { job, shard } => decode::<crate::model::Done>(key, "done record", value)
+                .map(|_| {
+                    if self.done.entry(job.clone()).or_default().insert(shard) {
+                        self.dirty.jobs.insert(job);
+                    }
+                }),
             _ => Ok(()),
         };
         match result {
@@ -162,6 +171,16 @@ impl World {
             Some(KeyKind::Disabled(id)) if self.disabled.remove(&id) => {
                 self.dirty.all = true;
             }
+            Some(KeyKind::Done { job, shard }) => {
+                if let Some(done) = self.done.get_mut(&job) {
+                    if done.remove(&shard) {
+                        self.dirty.jobs.insert(job.clone());
+                    }
+                    if done.is_empty() {
+                        self.done.remove(&job);
+                    }
+                }
+            }
             Some(KeyKind::Assignment(job)) => {
                 // Someone removed it by hand: plan the job again so it is rewritten.
                 self.assignments.remove(&job);
@@ -194,6 +213,11 @@ impl World {
         keys.extend(self.jobs.keys().map(|j| k.job(j)));
         keys.extend(self.disabled.iter().map(|d| k.disabled(d)));
         keys.extend(self.assignments.keys().map(|j| k.assignment(j)));
+        keys.extend(
+            self.done
+                .iter()
+                .flat_map(|(j, shards)| shards.iter().map(|s| k.done(j, *s))),
+        );
         keys.extend(self.problems.keys().cloned());
         keys.retain(|key| key.starts_with(prefix));
         keys

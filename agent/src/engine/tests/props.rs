@@ -220,7 +220,10 @@ impl Model {
                         self.launched.insert(*key, true);
                     }
                 }
-                Command::PublishOwned(_) | Command::PublishAll | Command::Lapsed => {}
+                Command::PublishOwned(_)
+                | Command::PublishAll
+                | Command::Lapsed
+                | Command::RecordDone { .. } => {}
             }
         }
     }

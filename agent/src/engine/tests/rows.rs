@@ -171,7 +171,22 @@ fn a_one_shot_claimed_after_its_instant_runs_once_unless_a_clean_release_says_it
     h.job("once", at(1.0));
     h.assign("once", &[ME], 40);
     assert_eq!(launches(&h.won("once", 0, 100, None, None)), []);
-    assert_eq!(launches(&h.at(1.0)), [(0, 1.0, Scheduled)]);
+    let run = h.at(1.0);
+    assert_eq!(launches(&run), [(0, 1.0, Scheduled)]);
+    // Its end is recorded as done (a cron job's ends are not).
+    let done = h.done("once", 0, exec_of(&run, 0));
+    assert!(
+        done.iter()
+            .any(|c| matches!(c, Command::RecordDone { shard: 0, token, .. } if token.0 == 100)),
+        "{done:?}"
+    );
+    let mut h = Harness::holding(1, every_second(1));
+    let run = h.at(1.0);
+    let done = h.done("j", 0, exec_of(&run, 0));
+    assert!(
+        !done.iter().any(|c| matches!(c, Command::RecordDone { .. })),
+        "{done:?}"
+    );
 }
 
 // ---- coalescing ----------------------------------------------------------------------------

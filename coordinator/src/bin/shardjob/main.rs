@@ -507,5 +507,27 @@ fn job_show(view: &ClusterView, job: &str, as_json: bool) -> Result<String, Stri
             ));
         }
     }
+    if !j.done.is_empty() {
+        let total = j.config.as_ref().map_or(j.done.len(), |c| c.total as usize);
+        out.push_str(&format!("\n\ndone: {} of {total} shards\n", j.done.len()));
+        let rows: Vec<Vec<String>> = j
+            .done
+            .iter()
+            .map(|(s, d)| {
+                vec![
+                    s.to_string(),
+                    d.outcome.clone(),
+                    d.instance.to_string(),
+                    d.token.to_string(),
+                    d.fire_time.to_rfc3339(),
+                    d.ended_at.to_rfc3339(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["SHARD", "OUTCOME", "INSTANCE", "TOKEN", "FIRE", "ENDED"],
+            &rows,
+        ));
+    }
     Ok(out.trim_end().to_owned())
 }

@@ -423,6 +423,22 @@ async fn publish(
         job: job.to_owned(),
         cause,
     };
+    // A one-shot whose instant has passed is never created from code: it either ran and was
+    // retired (creating it again would run it again), or its moment was missed before it ever
+    // existed. One already stored is left alone (it runs, or ran, as stored).
+    if let shardjob_coordinator::model::Schedule::At(at) = config.schedule {
+        if at <= chrono::Utc::now() && !config.overwrite {
+            let key = keys.job(job);
+            let stored = timeout(Duration::from_secs(10), client.clone().get(key, None))
+                .await
+                .map_err(|_| err("no answer within 10s".into()))?
+                .map_err(|e| err(e.to_string()))?;
+            if stored.kvs().is_empty() {
+                tracing::warn!(job, %at, "not publishing a one-shot whose instant has passed");
+            }
+            return Ok(());
+        }
+    }
     let value = serde_json::to_vec(config).map_err(|e| err(e.to_string()))?;
     let key = keys.job(job);
     let put = TxnOp::put(key.clone(), value, None);

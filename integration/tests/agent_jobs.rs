@@ -390,3 +390,31 @@ async fn a_one_shot_whose_instant_passed_before_any_agent_ran_runs_once_when_cla
     again.shutdown().await.unwrap();
     assert!(rx.try_recv().is_err(), "a done one-shot ran again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_defined_in_code_is_not_created_once_its_instant_has_passed() {
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("past").unwrap();
+    let past = Utc::now() - chrono::Duration::seconds(10);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let agent = builder(&endpoints, "past", "a")
+        .job(
+            JobSpec::at("long-gone", past).unwrap().shards(1),
+            recorder("a", tx, Slow::default()),
+        )
+        .start()
+        .await
+        .unwrap();
+    // start() has published what it publishes before it returns.
+    let stored = client
+        .clone()
+        .get(keys.job("long-gone"), None)
+        .await
+        .unwrap();
+    assert!(
+        stored.kvs().is_empty(),
+        "a one-shot in the past was created"
+    );
+    agent.shutdown().await.unwrap();
+}

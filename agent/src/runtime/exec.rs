@@ -128,17 +128,40 @@ async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, super::tx
         fire_time: ctx.fire_time,
         token: ctx.token,
     };
-    // Boxed: the txn future is large, and an execution of a job without failover must not
-    // carry its size.
-    Box::pin(super::txn::put_marker(
-        &sink.client,
-        &sink.keys,
-        &ctx.job,
-        ctx.shard,
-        &marker,
-        sink.timeout,
-    ))
-    .await
+    // A transient failure (etcd electing a raft leader takes one to two seconds) is tried
+    // again, 100 ms doubling, for up to one write timeout and while the run is not cancelled
+    // (a lapse cancels it): giving up at the first error dropped the fire (found by the fault
+    // campaign: an etcd leader kill, then a crash of the owner, left a shard 10 s without a
+    // run).
+    let deadline = tokio::time::Instant::now() + sink.timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        // Boxed: the txn future is large, and an execution of a job without failover must
+        // not carry its size.
+        let put = Box::pin(super::txn::put_marker(
+            &sink.client,
+            &sink.keys,
+            &ctx.job,
+            ctx.shard,
+            &marker,
+            sink.timeout,
+        ));
+        match put.await {
+            Err(super::txn::TxnError::Etcd(e))
+                if e.is_transient()
+                    && !ctx.cancel.is_cancelled()
+                    && tokio::time::Instant::now() + delay < deadline =>
+            {
+                warn!(error = %e, retry_in = ?delay, "the running marker could not be written; trying again");
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Err(super::txn::TxnError::Etcd(e)),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn acquire(

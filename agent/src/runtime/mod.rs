@@ -343,7 +343,10 @@ impl Core {
             self.leader = Some((stop, tokio::spawn(task.run().in_current_span())));
         }
         info!(%lease, "registered");
-        let valid_until = session.handle().valid_until().into_std();
+        let proven = session.handle().valid_until();
+        let left = proven.saturating_duration_since(Instant::now());
+        metrics::gauge!("shardjob_lease_remaining_seconds").set(left.as_secs_f64());
+        let valid_until = proven.into_std();
         self.session = Some(session);
         self.step(Input::SessionOpened { lease, valid_until });
         Ok(())

@@ -114,3 +114,26 @@ fn ended(r: Result<Result<(), AgentError>, tokio::task::JoinError>) -> Result<()
         Err(e) => Err(AgentError::Task(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_the_agents_task_is_reported_with_its_message() {
+        let task = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("engine invariant broken at j/0");
+            }
+            Ok::<(), AgentError>(())
+        });
+        let err = ended(task.await).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the agent's task panicked: engine invariant broken at j/0"),
+            "{err}"
+        );
+        let fine = tokio::spawn(async { Ok::<(), AgentError>(()) });
+        assert!(ended(fine.await).is_ok());
+    }
+}

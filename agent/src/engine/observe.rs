@@ -203,12 +203,12 @@ impl Engine {
                         sh.seen = Some(owner);
                     }
                 }
-                let held: Vec<(String, u32)> = self
+                let known: Vec<(String, u32)> = self
                     .jobs
                     .iter()
                     .flat_map(|(j, js)| js.shards.keys().map(move |s| (j.clone(), *s)))
                     .collect();
-                for (job, shard) in held {
+                for (job, shard) in known {
                     self.key_changed(&job, shard);
                     if let Some(js) = self.jobs.get_mut(&job) {
                         js.prune(shard);

@@ -149,12 +149,14 @@ impl Engine {
         h.run = None;
         h.last_run = h.last_run.max(Some(run.fire));
         let token = h.token;
-        // A one-shot's only fire ended by itself: it is done, whatever the outcome (retries
-        // were the execution's to make).
+        // A one-shot's only fire ran and ended: it is done, whatever the outcome (retries were
+        // the execution's to make). `cancelled` is no end: the handler did not run to a result
+        // (its running marker could not be written, or it gave up on its token), so the next
+        // owner runs it again.
         let one_shot = self.spec(job).is_some_and(
             |s| matches!(s.schedule, crate::schedule::FireSchedule::At(at) if at == run.fire),
         );
-        if one_shot {
+        if one_shot && outcome != Outcome::Cancelled {
             self.out.push(Command::RecordDone {
                 job: job.to_owned(),
                 shard,

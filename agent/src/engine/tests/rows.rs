@@ -173,7 +173,25 @@ fn a_one_shot_claimed_after_its_instant_runs_once_unless_a_clean_release_says_it
     assert_eq!(launches(&h.won("once", 0, 100, None, None)), []);
     let run = h.at(1.0);
     assert_eq!(launches(&run), [(0, 1.0, Scheduled)]);
-    // Its end is recorded as done (a cron job's ends are not).
+    // A cancelled end is no end; a real one is recorded as done (a cron job's ends are not).
+    let mut twin = Harness::new();
+    twin.open();
+    twin.job("once", at(1.0));
+    twin.assign("once", &[ME], 40);
+    twin.won("once", 0, 100, None, None);
+    let twin_run = twin.at(1.0);
+    let cancelled = twin.step(Input::ExecDone {
+        job: "once".into(),
+        shard: 0,
+        exec: exec_of(&twin_run, 0),
+        outcome: crate::execlog::Outcome::Cancelled,
+    });
+    assert!(
+        !cancelled
+            .iter()
+            .any(|c| matches!(c, Command::RecordDone { .. })),
+        "{cancelled:?}"
+    );
     let done = h.done("once", 0, exec_of(&run, 0));
     assert!(
         done.iter()

@@ -7,6 +7,15 @@ use super::shard::Shard;
 use super::shard_map::ShardMap;
 use crate::schedule::FireSchedule;
 
+/// True when `assignment` gives `shard` to `me` (a free function, so a caller iterating the
+/// job's shards mutably can still ask).
+pub fn assigns(assignment: &Option<(AssignmentRecord, i64)>, shard: u32, me: &str) -> bool {
+    assignment
+        .as_ref()
+        .and_then(|(r, _)| r.owner(shard))
+        .is_some_and(|o| o.as_str() == me)
+}
+
 /// A job this agent can run: it has the handler and the config compiles.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -29,10 +38,17 @@ pub struct JobState {
 impl JobState {
     /// True when the assignment gives `shard` to `me`.
     pub fn assigned_to(&self, shard: u32, me: &str) -> bool {
-        self.assignment
-            .as_ref()
-            .and_then(|(r, _)| r.owner(shard))
-            .is_some_and(|o| o.as_str() == me)
+        assigns(&self.assignment, shard, me)
+    }
+
+    /// True when `me` may fire `shard` now: it holds it, and the assignment still gives it to
+    /// `me`.
+    pub fn fireable(&self, shard: u32, me: &str) -> bool {
+        self.assigned_to(shard, me)
+            && self
+                .shards
+                .get(&shard)
+                .is_some_and(|sh| matches!(sh.local, super::shard::Local::Held(_)))
     }
 
     /// True when the assignment gives `me` any shard.

@@ -201,11 +201,9 @@ impl Engine {
             return Vec::new();
         };
         js.shards
-            .iter()
-            .filter(|(s, sh)| {
-                matches!(sh.local, Local::Held(_)) && js.assigned_to(**s, &self.cfg.id)
-            })
-            .map(|(s, _)| *s)
+            .keys()
+            .copied()
+            .filter(|s| js.fireable(*s, &self.cfg.id))
             .collect()
     }
 

@@ -74,13 +74,7 @@ impl Engine {
             let Local::Held(h) = &sh.local else {
                 continue;
             };
-            if h.run.is_some()
-                || js
-                    .assignment
-                    .as_ref()
-                    .and_then(|(r, _)| r.owner(s))
-                    .is_some_and(|o| o.as_str() == me)
-            {
+            if h.run.is_some() || super::job::assigns(&js.assignment, s, &me) {
                 continue;
             }
             let Local::Held(mut h) = std::mem::take(&mut sh.local) else {
@@ -239,12 +233,8 @@ impl Engine {
 
     /// True when `shard` of `job` is held and still assigned to me.
     pub(super) fn fireable_shard(&self, job: &str, shard: u32) -> bool {
-        self.jobs.get(job).is_some_and(|js| {
-            js.assigned_to(shard, &self.cfg.id)
-                && js
-                    .shards
-                    .get(&shard)
-                    .is_some_and(|sh| matches!(sh.local, Local::Held(_)))
-        })
+        self.jobs
+            .get(job)
+            .is_some_and(|js| js.fireable(shard, &self.cfg.id))
     }
 }

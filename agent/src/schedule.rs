@@ -5,7 +5,8 @@
 //! - fixed interval: aligned to the Unix epoch plus the job's `offset` (every 30 s fires at :00
 //!   and :30; with offset 10s at :10 and :40), so every agent computes the same fire times and a
 //!   new owner agrees with the old one about which fire is which;
-//! - one-shot: once at its instant.
+//! - one-shot: once at its instant;
+//! - resident: never (its runs last as long as a shard is held).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub enum FireSchedule {
     /// Period and offset from the epoch (offset < period).
     Every(Duration, Duration),
     At(DateTime<Utc>),
+    /// Never fires: the job's runs last as long as its shards are held.
+    Resident,
 }
 
 impl FireSchedule {
@@ -56,6 +59,7 @@ impl FireSchedule {
             }
             Schedule::Every(d) => Ok(Self::Every(d.0, Duration::ZERO)),
             Schedule::At(t) => Ok(Self::At(*t)),
+            Schedule::Resident => Ok(Self::Resident),
         }
     }
 
@@ -81,6 +85,7 @@ impl FireSchedule {
                 .map(|f| f.with_timezone(&Utc)),
             Self::Every(period, off) => slot_start(*period, *off, slot(*period, *off, t) + 1),
             Self::At(at) => (*at > t).then_some(*at),
+            Self::Resident => None,
         }
     }
 
@@ -112,6 +117,7 @@ impl FireSchedule {
             }
             Self::Every(period, off) => slot_start(*period, *off, slot(*period, *off, t)),
             Self::At(at) => (*at <= t).then_some(*at),
+            Self::Resident => None,
         }
     }
 }

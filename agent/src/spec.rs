@@ -38,6 +38,21 @@ impl JobSpec {
         Self::with_schedule(name, Schedule::At(at))
     }
 
+    /// A resident job: no fires; each shard's handler runs for as long as this agent holds the
+    /// shard (started with the shard's token when it is claimed, its `cancel` fired before the
+    /// release and at a self-fence, started again a second after it ends by itself). Like a
+    /// Kafka consumer's partitions assigned / revoked. [`JobSpec::timeout`] is how long a stop
+    /// may take (default 10 s) before the run is aborted.
+    ///
+    /// ```
+    /// use shardjob_agent::JobSpec;
+    /// let spec = JobSpec::resident("segments").unwrap().shards(64);
+    /// assert!(spec.validate().is_ok());
+    /// ```
+    pub fn resident(name: impl Into<String>) -> Result<Self, ConfigError> {
+        Self::with_schedule(name, Schedule::Resident)
+    }
+
     fn with_schedule(name: impl Into<String>, schedule: Schedule) -> Result<Self, ConfigError> {
         let spec = Self {
             name: name.into(),

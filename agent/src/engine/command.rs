@@ -44,6 +44,13 @@ pub enum Command {
         job: String,
         shard: u32,
     },
+    /// Ask a resident run to stop: cancel its token and let it end (the runtime aborts it after
+    /// the job's stop grace). Answered by `Input::ExecDone`.
+    Stop {
+        exec: ExecId,
+        job: String,
+        shard: u32,
+    },
     /// A one-shot's shard ran its fire to the end: record it in `done/<job>/<shard>`, guarded
     /// by `token` (the leader then assigns the shard to nobody, and the release follows).
     RecordDone {

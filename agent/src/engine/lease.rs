@@ -74,7 +74,10 @@ impl Engine {
                 let Some(run) = h.run.take() else {
                     continue;
                 };
-                owe(h, run.fire, run.kind, true, misfire_allowed);
+                // A resident run being stopped is not owed again: its shard is on its way out.
+                if !run.stopping {
+                    owe(h, run.fire, run.kind, true, misfire_allowed);
+                }
                 aborted.push((job.clone(), *shard, run.exec));
             }
         }
@@ -97,11 +100,13 @@ impl Engine {
         self.publish_all = true;
     }
 
-    /// Graceful shutdown, step 1: start nothing more, claim nothing more; shards are released
-    /// as the leader reassigns them.
-    pub(super) fn on_shutdown(&mut self) {
+    /// Graceful shutdown, step 1: start nothing more, claim nothing more, stop resident runs;
+    /// shards are released as the leader reassigns them.
+    pub(super) fn on_shutdown(&mut self, now: Now) {
         self.stopping = true;
         self.heap.clear();
+        // Resident runs are asked to stop now, even on shards still assigned here.
+        self.decide_all(now);
         self.publish_all = true;
     }
 

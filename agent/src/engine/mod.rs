@@ -164,7 +164,7 @@ impl Engine {
             }
             Input::SessionLost => self.self_fence(),
             Input::Tick => self.on_tick(now),
-            Input::ShutdownBegun => self.on_shutdown(),
+            Input::ShutdownBegun => self.on_shutdown(now),
             Input::Finish => self.on_finish(),
         }
         self.flush()

@@ -100,6 +100,48 @@ impl Engine {
         if had_releases {
             self.publish.insert(job.to_owned());
         }
+        self.steer_residents(job, now);
+    }
+
+    /// Resident jobs: a held shard that is wanted (assigned to me, the job runnable, not
+    /// shutting down) has its run; one that is not has its run asked to stop, and the release
+    /// follows the run's end (`decide` never releases a shard with a run).
+    fn steer_residents(&mut self, job: &str, now: Now) {
+        let stopping = self.stopping;
+        let me = self.cfg.id.clone();
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let resident = js
+            .runnable()
+            .is_some_and(|s| matches!(s.schedule, FireSchedule::Resident));
+        let mut start = Vec::new();
+        let mut stop = Vec::new();
+        for (&s, sh) in js.shards.iter_mut() {
+            let Local::Held(h) = &mut sh.local else {
+                continue;
+            };
+            let wanted = resident && !stopping && super::job::assigns(&js.assignment, s, &me);
+            match h.run.as_mut() {
+                Some(run) if run.kind == RunKind::Resident && !wanted && !run.stopping => {
+                    run.stopping = true;
+                    stop.push((s, run.exec));
+                }
+                None if wanted && h.owed.is_none() => start.push(s),
+                _ => {}
+            }
+        }
+        for (shard, exec) in stop {
+            debug!(job, shard, "stopping the resident run before the release");
+            self.out.push(Command::Stop {
+                exec,
+                job: job.to_owned(),
+                shard,
+            });
+        }
+        for shard in start {
+            self.offer(job, shard, now.wall, RunKind::Resident, now);
+        }
     }
 
     pub(super) fn on_claimed(

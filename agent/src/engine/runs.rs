@@ -76,7 +76,12 @@ impl Engine {
         if kind.is_scheduled() {
             h.cover(fire);
         }
-        h.run = Some(Run { exec, fire, kind });
+        h.run = Some(Run {
+            exec,
+            fire,
+            kind,
+            stopping: false,
+        });
         let token = h.token;
         self.out.push(Command::Launch {
             exec,
@@ -147,6 +152,21 @@ impl Engine {
         };
         debug!(job, shard, fire = %run.fire, outcome = outcome.as_str(), "execution ended");
         h.run = None;
+        if run.kind == RunKind::Resident {
+            // Ended by itself while held and wanted (a handler that returned or failed): start
+            // it again at the re-check, never in a tight loop. Stopped: the release follows.
+            if !run.stopping {
+                h.owed = Some(Owed {
+                    fire: now.wall,
+                    kind: RunKind::Resident,
+                    replay: false,
+                });
+                self.mark_owed(job);
+                self.defer(job, now);
+            }
+            self.decide(job, now);
+            return;
+        }
         h.last_run = h.last_run.max(Some(run.fire));
         let token = h.token;
         // A one-shot's only fire ran and ended: it is done, whatever the outcome (retries were
@@ -233,16 +253,21 @@ impl Engine {
         }
     }
 
-    /// Decides again the jobs whose last decision could not be carried out.
+    /// Decides again the jobs whose last decision could not be carried out, and starts what
+    /// they owe (a resident run waiting to start again).
     pub(super) fn recheck(&mut self, now: Now) {
         for job in std::mem::take(&mut self.retry) {
             self.decide(&job, now);
+            for shard in self.fireable(&job) {
+                self.launch_owed(&job, shard, now);
+            }
         }
     }
 }
 
 /// Records a run `h` owes for `fire`; true when it was kept. A scheduled fire is owed (as a
-/// misfire) only when the job allows misfires; a failover re-run or a trigger always.
+/// misfire) only when the job allows misfires; a failover re-run, a trigger or a resident run
+/// always.
 pub(super) fn owe(
     h: &mut super::shard::Held,
     fire: DateTime<Utc>,
@@ -255,7 +280,7 @@ pub(super) fn owe(
             return false;
         }
         RunKind::Scheduled | RunKind::Misfire | RunKind::CatchUp => RunKind::Misfire,
-        RunKind::Failover | RunKind::Trigger => kind,
+        RunKind::Failover | RunKind::Trigger | RunKind::Resident => kind,
     };
     if kind.is_scheduled() {
         h.cover(fire);

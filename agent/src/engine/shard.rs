@@ -22,6 +22,9 @@ pub struct Run {
     pub exec: ExecId,
     pub fire: DateTime<Utc>,
     pub kind: RunKind,
+    /// A resident run asked to stop (the shard is to be released): it ends by itself, or is
+    /// aborted by the runtime after the job's stop grace.
+    pub stopping: bool,
 }
 
 /// A run this owner owes: it could not start yet (the previous run goes on, or the lease is

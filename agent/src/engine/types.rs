@@ -59,13 +59,15 @@ pub enum RunKind {
     Failover,
     /// Asked for through `triggers/<job>`.
     Trigger,
+    /// A resident job's run: it lasts as long as the shard is held.
+    Resident,
 }
 
 impl RunKind {
     /// True for the kinds that stand for a fire of the job's schedule (as opposed to a trigger,
-    /// whose fire time is when it was asked for).
+    /// whose fire time is when it was asked for, or a resident run, whose is when it started).
     pub fn is_scheduled(self) -> bool {
-        !matches!(self, RunKind::Trigger)
+        !matches!(self, RunKind::Trigger | RunKind::Resident)
     }
 }
 

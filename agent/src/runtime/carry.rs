@@ -19,6 +19,9 @@ use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::handle::AgentStatus;
 use crate::job::ShardContext;
 
+/// How long a resident run may take to stop when its job sets no `timeout`.
+pub(crate) const RESIDENT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// An execution in progress.
 pub(super) struct RunningExec {
     abort: AbortHandle,
@@ -114,6 +117,13 @@ impl Core {
                         run.abort(&self.cfg.id, &self.cfg.exec_log);
                     }
                 }
+                Command::Stop { exec, .. } => {
+                    // Asked, not forced: the run ends by itself (its end is reported as usual)
+                    // or is aborted by its own stop grace (`exec::run_once`).
+                    if let Some(run) = self.execs.get(&exec) {
+                        run.cancel.cancel();
+                    }
+                }
                 Command::RecordDone {
                     job,
                     shard,
@@ -172,13 +182,26 @@ impl Core {
             config.max_retries,
             config.failover,
         );
+        // A resident run lasts as long as its shard is held: no deadline, no retries, no
+        // concurrency permit (it would keep one for good), and its `timeout` is how long a stop
+        // may take.
+        let resident = kind == RunKind::Resident;
+        let (timeout, stop_grace) = if resident {
+            (None, Some(timeout.unwrap_or(RESIDENT_STOP_GRACE)))
+        } else {
+            (timeout, None)
+        };
         let job_limit = self.cfg.job_limits.get(&job).map(|n| {
             self.job_limits
                 .entry(job.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(*n)))
                 .clone()
         });
-        let permits = self.global_limit.iter().cloned().chain(job_limit).collect();
+        let permits = if resident {
+            Vec::new()
+        } else {
+            self.global_limit.iter().cloned().chain(job_limit).collect()
+        };
         let logged = Arc::new(AtomicBool::new(false));
         let req = ExecRequest {
             marker: failover.then(|| self.writes.clone()),
@@ -187,6 +210,7 @@ impl Core {
             timeout,
             retries,
             retry_timeouts: config.retry_timeouts,
+            stop_grace,
             permits,
             instance: self.cfg.id.clone(),
             log: self.cfg.exec_log.clone(),

@@ -24,6 +24,9 @@ pub(crate) struct ExecRequest {
     pub retries: u32,
     /// A timed-out attempt is retried too.
     pub retry_timeouts: bool,
+    /// Resident runs: when cancelled, the handler gets this long to return before it is
+    /// dropped (other runs are dropped at once).
+    pub stop_grace: Option<Duration>,
     pub permits: Vec<Arc<Semaphore>>,
     pub instance: String,
     pub log: Option<Arc<ExecLog>>,
@@ -79,7 +82,7 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
             // Each attempt has its own token, so a timeout cancels only that attempt.
             ctx.cancel = cancel.child_token();
             let retryable;
-            (outcome, retryable) = run_once(&req.handler, ctx, req.timeout)
+            (outcome, retryable) = run_once(&req.handler, ctx, req.timeout, req.stop_grace)
                 .instrument(info_span!("attempt", attempt))
                 .await;
             let retryable = retryable || (req.retry_timeouts && outcome == Outcome::Timeout);
@@ -183,14 +186,23 @@ async fn run_once(
     handler: &Arc<dyn DynJob>,
     ctx: ShardContext,
     timeout: Option<Duration>,
+    stop_grace: Option<Duration>,
 ) -> (Outcome, bool) {
     let cancel = ctx.cancel.clone();
     let mut run = handler.run_boxed(ctx);
     let limit = timeout.unwrap_or(Duration::MAX);
     let result = tokio::select! {
         r = &mut run => r,
+        // A resident run asked to stop: it may finish what it is doing, up to its grace.
+        _ = cancel.cancelled(), if stop_grace.is_some() => {
+            let grace = stop_grace.unwrap_or_default();
+            if tokio::time::timeout(grace, &mut run).await.is_err() {
+                warn!(?grace, "the resident run did not stop within its grace; dropped");
+            }
+            return (Outcome::Cancelled, false);
+        }
         // Lost lease or shutdown: stop now (dropping the future aborts it at its next await).
-        _ = cancel.cancelled() => return (Outcome::Cancelled, false),
+        _ = cancel.cancelled(), if stop_grace.is_none() => return (Outcome::Cancelled, false),
         _ = tokio::time::sleep(limit) => {
             // Timeout: ask the handler to stop, give it a moment, then abort.
             cancel.cancel();
@@ -293,6 +305,7 @@ mod tests {
             timeout,
             retries,
             retry_timeouts: false,
+            stop_grace: None,
             permits: vec![],
             instance: "me".into(),
             log: None,
@@ -311,6 +324,33 @@ mod tests {
             0,
         )));
         assert!(size <= 2048, "the execution future is {size} bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resident_run_asked_to_stop_may_finish_within_its_grace_and_is_dropped_after() {
+        // Finishes its work 2 s after the cancel: inside a 5 s grace, dropped by a 1 s one.
+        for (grace, finished) in [(5, true), (1, false)] {
+            let done = Arc::new(AtomicBool::new(false));
+            let seen = done.clone();
+            let job = crate::job_fn(move |ctx: ShardContext| {
+                let seen = seen.clone();
+                async move {
+                    ctx.cancel.cancelled().await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    seen.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            });
+            let mut req = request(job, None, 0);
+            req.stop_grace = Some(Duration::from_secs(grace));
+            let cancel = req.ctx.cancel.clone();
+            let run = tokio::spawn(execute(req));
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(!run.is_finished(), "a resident run has no deadline");
+            cancel.cancel();
+            assert_eq!(run.await.unwrap(), Outcome::Cancelled);
+            assert_eq!(done.load(Ordering::SeqCst), finished, "grace {grace} s");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,6 +48,11 @@ pub enum Schedule {
     Every(HumanDuration),
     /// Once at this instant, then the job is finished (a delayed task).
     At(DateTime<Utc>),
+    /// No fires: each shard's handler runs for as long as the shard is held (started when it
+    /// is claimed, cancelled before it is released and at a self-fence; started again a
+    /// second after it ends by itself). Its `timeout` is how long a stop may take before the
+    /// run is aborted. A delayed-task queue's segment worker is one. Written `"resident"`.
+    Resident,
 }
 
 /// A job's configuration (the value of `jobs/<job>`).
@@ -255,6 +260,16 @@ impl JobConfig {
                 ));
             }
             Schedule::Every(_) | Schedule::At(_) => {}
+            Schedule::Resident => {
+                if self.failover || self.max_retries > 0 || self.retry_timeouts {
+                    return Err(err(
+                        "schedule.resident",
+                        "a resident job runs while its shard is held: failover, max_retries \
+                         and retry_timeouts do not apply (leave them unset)"
+                            .into(),
+                    ));
+                }
+            }
         }
         match (&self.schedule, &self.offset) {
             (_, None) => {}
@@ -439,6 +454,18 @@ mod tests {
     #[test]
     fn a_new_job_must_still_fire() {
         let now: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let resident = JobConfig::new(Schedule::Resident, 4);
+        assert!(resident.validate_new("r", now).is_ok());
+        let mut retried = resident.clone();
+        retried.max_retries = 2;
+        assert_eq!(
+            retried.validate("r").unwrap_err().field,
+            "schedule.resident"
+        );
+        assert_eq!(
+            serde_json::to_string(&resident.schedule).unwrap(),
+            "\"resident\""
+        );
         let past = JobConfig::new(Schedule::At("2026-12-01T09:59:59Z".parse().unwrap()), 1);
         let e = past.validate_new("once", now).unwrap_err();
         assert_eq!(e.field, "schedule.at", "{e}");

@@ -3,4 +3,5 @@
 
 mod harness;
 mod props;
+mod resident;
 mod rows;

@@ -168,6 +168,9 @@ impl Model {
                     assignment_revision,
                     ..
                 } => self.claims.push((lease, shards, assignment_revision)),
+                Command::Stop { shard, .. } => {
+                    panic!("a stop of shard {shard}: this model has no resident job")
+                }
                 Command::Release {
                     lease,
                     shard,

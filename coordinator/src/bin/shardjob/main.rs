@@ -295,6 +295,7 @@ fn schedule_text(c: &JobConfig) -> String {
             None => format!("every {d}"),
         },
         Schedule::At(t) => format!("at {}", t.to_rfc3339()),
+        Schedule::Resident => "resident".to_owned(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct ShardContext {
     pub is_misfire: bool,
     /// Fires when the run must stop: timeout, lost lease, or shutdown.
     pub cancel: CancellationToken,
+    /// This agent's instance id (the owner this execution runs for).
+    pub instance: String,
     /// The shard's owner key in etcd (`<prefix>owners/<job>/<shard>`); see
     /// [`ShardContext::owner_compare`].
     pub owner_key: String,

@@ -1,8 +1,9 @@
-//! Tests and benchmarks of shardjob against real etcd processes.
+//! Tests and benchmarks of shardjob against real etcd and PostgreSQL processes.
 //!
 //! Where to start: [`EtcdCluster`] starts `etcd` (from `ETCD_BIN` or `PATH`) on free loopback
 //! ports with a temporary data dir, waits until it is healthy, and kills every process it
-//! started when dropped (also while a test panics). Tests live in `tests/`, benchmarks are the
+//! started when dropped (also while a test panics); [`postgres::PgServer`] does the same for
+//! PostgreSQL. Tests live in `tests/`, benchmarks are the
 //! `bench-*` binaries in `src/bin/`.
 
 pub mod agents;
@@ -15,8 +16,10 @@ pub mod fixtures;
 mod health;
 pub mod lateness;
 mod ports;
+pub mod postgres;
 pub mod proxy;
 pub use ports::free_ports;
 pub mod rng;
+pub mod taskkit;
 
 pub use cluster::{ClusterOptions, EtcdCluster, HarnessError, TlsFiles};

@@ -102,6 +102,7 @@ mod tests {
             is_failover: false,
             is_misfire: false,
             cancel,
+            instance: "me".into(),
             owner_key: String::new(),
         }
     }

@@ -174,6 +174,7 @@ mod tests {
             is_failover: false,
             is_misfire: true,
             cancel: CancellationToken::new(),
+            instance: "me".into(),
             owner_key: String::new(),
         }
     }

@@ -175,6 +175,7 @@ impl Core {
             is_failover: kind == RunKind::Failover,
             is_misfire: matches!(kind, RunKind::Misfire | RunKind::CatchUp),
             cancel: cancel.clone(),
+            instance: self.cfg.id.clone(),
             owner_key: self.cfg.keys.owner(&job, shard),
         };
         let (timeout, retries, failover) = (

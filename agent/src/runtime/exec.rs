@@ -293,6 +293,7 @@ mod tests {
             is_failover: false,
             is_misfire: false,
             cancel: CancellationToken::new(),
+            instance: "me".into(),
             owner_key: String::new(),
         }
     }

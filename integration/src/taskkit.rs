@@ -55,6 +55,47 @@ pub struct Recorder {
     pub overlaps: Arc<Mutex<Vec<Uuid>>>,
 }
 
+/// One live run of a task; leaves when dropped (also when its task is aborted with a crash).
+struct Live {
+    rec: Recorder,
+    id: Uuid,
+}
+
+impl Live {
+    fn enter(rec: &Recorder, id: Uuid) -> Self {
+        let mut live = rec.live.lock().unwrap_or_else(|p| p.into_inner());
+        let n = live.entry(id).or_default();
+        if *n > 0 {
+            rec.overlaps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(id);
+        }
+        *n += 1;
+        Self {
+            rec: rec.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self.rec.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = live.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A dedupe key whose task lands in `segment` of `segments`.
+pub fn key_in(segment: u32, segments: u32, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|k| shardjob_tasks::segment::segment_of(k, segments) == segment)
+        .unwrap_or_default()
+}
+
 /// What a recording handler does, from the payload: `{"fail": n}` fails attempts up to n;
 /// `{"sleep_ms": n}` takes n ms (stopping early when cancelled: interrupted).
 pub fn recording_queue(
@@ -70,17 +111,7 @@ pub fn recording_queue(
             let (rec, tx) = (rec.clone(), tx.clone());
             async move {
                 let start = Utc::now();
-                {
-                    let mut live = rec.live.lock().unwrap_or_else(|p| p.into_inner());
-                    let n = live.entry(t.id).or_default();
-                    if *n > 0 {
-                        rec.overlaps
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(t.id);
-                    }
-                    *n += 1;
-                }
+                let _live = Live::enter(&rec, t.id);
                 let sleep = t
                     .payload
                     .get("sleep_ms")
@@ -94,11 +125,6 @@ pub fn recording_queue(
                 } else {
                     false
                 };
-                *rec.live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(t.id)
-                    .or_default() -= 1;
                 let run = TaskRun {
                     id: t.id,
                     instance: t.instance.clone(),

@@ -215,3 +215,232 @@ async fn cancel_dedupe_and_bad_input_answer_clearly() {
     );
     agent.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_fence_rejects_the_old_owners_writes_and_it_runs_nothing_more() {
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = recording_queue(&tasks, "f", &rec, tx)
+        .segments(2)
+        .window(Duration::from_secs(5));
+    let agent = agent_with(&etcd.endpoints(), "tasks-fence", "a", spec).await;
+    tasks.ensure_queue("f", 2).await.unwrap();
+    let running = tasks
+        .submit(
+            "f",
+            soon(100)
+                .dedupe_key(key_in(0, 2, "run"))
+                .payload(json!({"sleep_ms": 1500})),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait_status(&tasks, &[running], "running").await;
+    // Another owner takes segment 0 in the store (as after a partition): its fence rises.
+    let db = raw(&pg).await;
+    let raised = db
+        .execute(
+            "UPDATE segment_fences SET token = token + 1000 WHERE queue = 'f' AND segment = 0",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(raised, 1);
+    // The handler runs to its end; writing that end is refused.
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 1, |r| r.id == running).await;
+    let fenced_next = tasks
+        .submit("f", soon(300).dedupe_key(key_in(0, 2, "next")))
+        .await
+        .unwrap()
+        .id;
+    let other = tasks
+        .submit("f", soon(1_000).dedupe_key(key_in(1, 2, "other")))
+        .await
+        .unwrap()
+        .id;
+    runs_until(&mut rx, &mut seen, 1, |r| r.id == other).await;
+    wait_status(&tasks, &[other], "done").await;
+    let st = tasks.get(running).await.unwrap().unwrap();
+    assert_eq!(
+        (st.task.status.as_str(), st.attempts.len()),
+        ("running", 0),
+        "{st:?}"
+    );
+    let st = tasks.get(fenced_next).await.unwrap().unwrap();
+    assert_eq!(
+        st.task.status, "pending",
+        "claimed under a stale fence: {st:?}"
+    );
+    assert!(seen.iter().all(|r| r.id != fenced_next));
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_notification_was_lost_is_found_by_the_refill() {
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = recording_queue(&tasks, "n", &rec, tx)
+        .segments(1)
+        .window(Duration::from_secs(5))
+        .refill_every(Duration::from_secs(1));
+    let agent = agent_with(&etcd.endpoints(), "tasks-notify", "a", spec).await;
+    tasks.ensure_queue("n", 1).await.unwrap();
+    // A first task through the API proves the worker is up and has refilled once.
+    let first = tasks.submit("n", soon(0)).await.unwrap().id;
+    wait_status(&tasks, &[first], "done").await;
+    // Inserted behind the API's back: no NOTIFY, due inside the loaded window.
+    let id = shardjob_tasks::Uuid::now_v7();
+    let due = chrono::Utc::now() + chrono::Duration::milliseconds(200);
+    raw(&pg)
+        .await
+        .execute(
+            "INSERT INTO tasks (id, queue, segment, due_at, payload, status, max_attempts)
+             VALUES ($1, 'n', 0, $2, 'null', 'pending', 1)",
+            &[&id, &due],
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 1, |r| r.id == id).await;
+    wait_status(&tasks, &[id], "done").await;
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_spreads_over_two_servers_by_segment() {
+    logs();
+    let etcd = EtcdCluster::single().unwrap();
+    let (pg0, pg1) = (PgServer::start().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg0, &pg1]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = recording_queue(&tasks, "m", &rec, tx)
+        .segments(4)
+        .window(Duration::from_secs(5));
+    let agent = agent_with(&etcd.endpoints(), "tasks-multi", "a", spec).await;
+    tasks.ensure_queue("m", 4).await.unwrap();
+    let ids: Vec<_> = tasks
+        .submit_batch(
+            "m",
+            (0..40)
+                .map(|i| soon(200).payload(json!({"n": i})))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 40, |_| true).await;
+    wait_status(&tasks, &ids, "done").await;
+    for (server, pg, segs) in [(0, &pg0, [0, 1]), (1, &pg1, [2, 3])] {
+        let rows = raw(pg)
+            .await
+            .query("SELECT DISTINCT segment FROM tasks", &[])
+            .await
+            .unwrap();
+        let mut got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        got.sort();
+        assert!(
+            !got.is_empty() && got.iter().all(|s| segs.contains(s)),
+            "server {server}: {got:?}"
+        );
+    }
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agents_running_tasks_are_run_again_by_the_new_owner_never_at_once() {
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let q = |tx| {
+        recording_queue(&tasks, "k", &rec, tx)
+            .segments(4)
+            .window(Duration::from_secs(5))
+    };
+    let a = agent_with(&etcd.endpoints(), "tasks-crash", "a", q(tx.clone())).await;
+    tasks.ensure_queue("k", 4).await.unwrap();
+    let ids: Vec<_> = tasks
+        .submit_batch(
+            "k",
+            (0..8)
+                .map(|_| soon(100).payload(json!({"sleep_ms": 4000})))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    wait_status(&tasks, &ids, "running").await;
+    let b = agent_with(&etcd.endpoints(), "tasks-crash", "b", q(tx.clone())).await;
+    a.crash_switch().cancel(); // gone as with SIGKILL: its handlers die, its lease runs out
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 8, |r| r.instance == "b").await;
+    wait_status(&tasks, &ids, "done").await;
+    for id in &ids {
+        let st = tasks.get(*id).await.unwrap().unwrap();
+        let outcomes: Vec<&str> = st.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["lost", "ok"], "{st:?}");
+        assert!(st.attempts[0].token < st.attempts[1].token, "{st:?}");
+        let rerun = seen
+            .iter()
+            .find(|r| r.id == *id && r.instance == "b")
+            .unwrap();
+        assert!((rerun.attempt, rerun.is_recovery) == (2, true), "{rerun:?}");
+    }
+    assert!(
+        rec.overlaps.lock().unwrap().is_empty(),
+        "{:?}",
+        rec.overlaps
+    );
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_and_restart_loses_no_task_and_runs_none_twice() {
+    logs();
+    let (etcd, mut pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = recording_queue(&tasks, "p", &rec, tx)
+        .segments(4)
+        .window(Duration::from_secs(5));
+    let agent = agent_with(&etcd.endpoints(), "tasks-pg", "a", spec).await;
+    tasks.ensure_queue("p", 4).await.unwrap();
+    let ids: Vec<_> = tasks
+        .submit_batch("p", (0..60).map(|i| soon(50 * i)).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 5, |_| true).await;
+    pg.crash();
+    tokio::time::sleep(Duration::from_millis(800)).await; // the database stays down a while
+    pg.resume().unwrap();
+    runs_until(&mut rx, &mut seen, 60, |_| true).await;
+    wait_status(&tasks, &ids, "done").await;
+    let db = raw(&pg).await;
+    let ok: i64 = db
+        .query_one("SELECT count(*) FROM attempts WHERE outcome = 'ok'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ok, 60, "one ok attempt per task");
+    assert!(rec.overlaps.lock().unwrap().is_empty());
+    agent.shutdown().await.unwrap();
+}

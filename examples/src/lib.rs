@@ -8,6 +8,7 @@
 //! | `SHARDJOB_TTL` | lease TTL in seconds | `10` |
 //! | `SHARDJOB_EXEC_LOG` | append one JSON line per finished execution to this file | none |
 //! | `SHARDJOB_LOG` | log filter (`info`, `shardjob_agent=debug`, ...) | `warn` |
+//! | `SHARDJOB_PG_URL` | delayed tasks: PostgreSQL URLs, comma separated | none |
 //!
 //! `cargo run -p shardjob-examples --bin quickstart` starts one agent of a 12-shard job.
 

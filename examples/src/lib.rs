@@ -9,6 +9,7 @@
 //! | `SHARDJOB_EXEC_LOG` | append one JSON line per finished execution to this file | none |
 //! | `SHARDJOB_LOG` | log filter (`info`, `shardjob_agent=debug`, ...) | `warn` |
 //! | `SHARDJOB_PG_URL` | delayed tasks: PostgreSQL URLs, comma separated | none |
+//! | `SHARDJOB_TASK_LOG` | delayed tasks: append one JSON line per handler run to this file | none |
 //!
 //! `cargo run -p shardjob-examples --bin quickstart` starts one agent of a 12-shard job.
 
@@ -72,4 +73,79 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// The example task handler: takes the payload's `sleep_ms` (default 0), succeeds, and appends
+/// one JSON line per run to `log` (if any): `{"task","instance","token","attempt","due",
+/// "start","end","outcome"}` — what the delayed-task checker reads.
+pub fn logging_task_handler(
+    log: Option<std::sync::Arc<std::sync::Mutex<std::fs::File>>>,
+) -> impl shardjob_tasks::TaskHandler {
+    use std::io::Write;
+    shardjob_tasks::task_fn(move |t: shardjob_tasks::TaskContext| {
+        let log = log.clone();
+        async move {
+            let start = chrono::Utc::now();
+            let ms = t.payload.get("sleep_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            let cut = if ms > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => false,
+                    _ = t.cancel.cancelled() => true,
+                }
+            } else {
+                false
+            };
+            if let Some(log) = &log {
+                let line = serde_json::json!({
+                    "task": t.id, "instance": t.instance, "token": t.token, "attempt": t.attempt,
+                    "due": t.due_at, "start": start, "end": chrono::Utc::now(),
+                    "outcome": if cut { "cancelled" } else { "ok" },
+                });
+                // One write per line: agents share the file (O_APPEND keeps a single write
+                // whole; `writeln!` would write the newline separately).
+                let text = format!("{line}\n");
+                let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = f.write_all(text.as_bytes());
+            }
+            if cut {
+                return Err(shardjob_agent::JobError::Cancelled);
+            }
+            Ok(())
+        }
+    })
+}
+
+/// The task store and log from `SHARDJOB_PG_URL` (comma separated) and `SHARDJOB_TASK_LOG`;
+/// `None` when no URL is set.
+pub async fn tasks_from_env() -> Result<
+    Option<(
+        shardjob_tasks::Tasks,
+        Option<std::sync::Arc<std::sync::Mutex<std::fs::File>>>,
+    )>,
+    String,
+> {
+    let urls: Vec<String> = std::env::var("SHARDJOB_PG_URL")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let log = match std::env::var("SHARDJOB_TASK_LOG") {
+        Ok(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("opening SHARDJOB_TASK_LOG={path}: {e}"))?,
+        ))),
+        Err(_) => None,
+    };
+    let tasks = shardjob_tasks::Tasks::connect(shardjob_tasks::TasksConfig::new(urls))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some((tasks, log)))
 }

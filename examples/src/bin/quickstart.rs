@@ -5,7 +5,8 @@
 //! SHARDJOB_INSTANCE_ID=b cargo run -p shardjob-examples --bin quickstart &
 //! ```
 //! `SHARDJOB_JOB` (default `quickstart`) and `SHARDJOB_SHARDS` (default 12) shape the job; it
-//! fires every second.
+//! fires every second. With `SHARDJOB_PG_URL` set, the agent also runs the delayed-task queue
+//! `demo` (16 segments; see `tasks_agent`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -13,7 +14,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardjob_agent::{JobSpec, ShardContext, job_fn};
-use shardjob_examples::{builder_from_env, exit, init_logging, shutdown_signal};
+use shardjob_examples::{
+    builder_from_env, exit, init_logging, logging_task_handler, shutdown_signal, tasks_from_env,
+};
+use shardjob_tasks::AgentBuilderExt;
 use tokio::sync::mpsc;
 
 #[tokio::main]
@@ -41,11 +45,13 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
     });
-    let agent = builder_from_env()?
-        .job(spec, handler)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut builder = builder_from_env()?.job(spec, handler);
+    // With a task store, the same agents also run the delayed-task queue `demo` (16 segments).
+    if let Some((tasks, log)) = tasks_from_env().await? {
+        let queue = tasks.queue("demo", logging_task_handler(log)).segments(16);
+        builder = builder.queue(queue).map_err(|e| e.to_string())?;
+    }
+    let agent = builder.start().await.map_err(|e| e.to_string())?;
     let id = agent.instance_id().to_owned();
     println!("{id}: started");
     tokio::spawn(print_per_fire(id.clone(), rx));

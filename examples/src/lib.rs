@@ -10,6 +10,7 @@
 //! | `SHARDJOB_LOG` | log filter (`info`, `shardjob_agent=debug`, ...) | `warn` |
 //! | `SHARDJOB_PG_URL` | delayed tasks: PostgreSQL URLs, comma separated | none |
 //! | `SHARDJOB_TASK_LOG` | delayed tasks: append one JSON line per handler run to this file | none |
+//! | `SHARDJOB_PG_POOL` | delayed tasks: connections per PostgreSQL server | `16` |
 //!
 //! `cargo run -p shardjob-examples --bin quickstart` starts one agent of a 12-shard job.
 
@@ -86,7 +87,11 @@ pub fn logging_task_handler(
         let log = log.clone();
         async move {
             let start = chrono::Utc::now();
-            let ms = t.payload.get("sleep_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            let ms = t
+                .payload
+                .get("sleep_ms")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
             let cut = if ms > 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => false,
@@ -144,7 +149,12 @@ pub async fn tasks_from_env() -> Result<
         ))),
         Err(_) => None,
     };
-    let tasks = shardjob_tasks::Tasks::connect(shardjob_tasks::TasksConfig::new(urls))
+    let pool: usize = std::env::var("SHARDJOB_PG_POOL")
+        .unwrap_or_else(|_| "16".into())
+        .parse()
+        .map_err(|_| "SHARDJOB_PG_POOL must be a number".to_owned())?;
+    let config = shardjob_tasks::TasksConfig::new(urls).pool_size(pool);
+    let tasks = shardjob_tasks::Tasks::connect(config)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Some((tasks, log)))

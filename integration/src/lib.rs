@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod proxy;
 pub use ports::free_ports;
 pub mod rng;
+pub mod taskbench;
 pub mod taskcheck;
 pub mod taskkit;
 

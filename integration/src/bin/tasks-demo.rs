@@ -18,7 +18,9 @@ use shardjob_integration::taskcheck::{check, read_log};
 use shardjob_tasks::{NewTask, Tasks, TasksConfig};
 
 fn parse(args: &[String]) -> Result<(String, HashMap<String, String>), String> {
-    let (cmd, rest) = args.split_first().ok_or("usage: tasks-demo submit|check --pg URL ...")?;
+    let (cmd, rest) = args
+        .split_first()
+        .ok_or("usage: tasks-demo submit|check --pg URL ...")?;
     let mut flags = HashMap::new();
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
@@ -33,7 +35,8 @@ fn parse(args: &[String]) -> Result<(String, HashMap<String, String>), String> {
 
 fn num(flags: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, String> {
     flags.get(name).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| format!("--{name} {v:?} is not a number"))
+        v.parse()
+            .map_err(|_| format!("--{name} {v:?} is not a number"))
     })
 }
 
@@ -59,7 +62,10 @@ async fn run(args: &[String]) -> Result<bool, String> {
             let tasks = Tasks::connect(TasksConfig::new([pg]))
                 .await
                 .map_err(|e| e.to_string())?;
-            tasks.ensure_queue(&queue, 16).await.map_err(|e| e.to_string())?;
+            tasks
+                .ensure_queue(&queue, 16)
+                .await
+                .map_err(|e| e.to_string())?;
             let (count, from, over) = (
                 num(&flags, "count", 3000)?,
                 num(&flags, "from-ms", 1000)?,

@@ -58,6 +58,11 @@ impl AgentProc {
         kill(pid, sig).map_err(|e| format!("{sig} to {}: {e}", self.id))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

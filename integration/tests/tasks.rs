@@ -430,6 +430,19 @@ async fn a_database_crash_and_restart_loses_no_task_and_runs_none_twice() {
     let mut seen = Vec::new();
     runs_until(&mut rx, &mut seen, 5, |_| true).await;
     pg.crash();
+    // While it is down a submit fails clearly, naming the step and the server.
+    let e = tasks.submit("p", soon(0)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            TasksError::Database {
+                op: "submitting",
+                server: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await; // the database stays down a while
     pg.resume().unwrap();
     runs_until(&mut rx, &mut seen, 60, |_| true).await;
@@ -443,4 +456,86 @@ async fn a_database_crash_and_restart_loses_no_task_and_runs_none_twice() {
     assert_eq!(ok, 60, "one ok attempt per task");
     assert!(rec.overlaps.lock().unwrap().is_empty());
     agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_attempt_is_cancelled_and_counts_as_failed() {
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = recording_queue(&tasks, "t", &rec, tx)
+        .segments(1)
+        .window(Duration::from_secs(5))
+        .timeout(Duration::from_millis(200))
+        .retry(quick_retries(2));
+    let agent = agent_with(&etcd.endpoints(), "tasks-timeout", "a", spec).await;
+    tasks.ensure_queue("t", 1).await.unwrap();
+    let id = tasks
+        .submit("t", soon(100).payload(json!({"sleep_ms": 5000})))
+        .await
+        .unwrap()
+        .id;
+    wait_status(&tasks, &[id], "failed").await;
+    let st = tasks.get(id).await.unwrap().unwrap();
+    let outcomes: Vec<&str> = st.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["timeout", "timeout"], "{st:?}");
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 2, |r| r.id == id).await;
+    for r in &seen {
+        let ran = (r.end - r.start).num_milliseconds();
+        assert!(
+            ran < 2_000,
+            "the handler was cancelled at its timeout: {ran} ms"
+        );
+    }
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_interrupts_a_long_task_and_the_new_owner_runs_it_after_never_during() {
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let tasks = connect(&[&pg]).await;
+    let rec = Recorder::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let q = |tx| {
+        recording_queue(&tasks, "h", &rec, tx)
+            .segments(2)
+            .window(Duration::from_secs(5))
+            .stop_grace(Duration::from_secs(2))
+    };
+    let a = agent_with(&etcd.endpoints(), "tasks-handoff", "a", q(tx.clone())).await;
+    tasks.ensure_queue("h", 2).await.unwrap();
+    // One long task in each segment: whichever segment moves to b, its task is cut.
+    let ids: Vec<_> = [key_in(0, 2, "long"), key_in(1, 2, "long")]
+        .into_iter()
+        .map(|k| soon(100).dedupe_key(k).payload(json!({"sleep_ms": 8000})))
+        .collect();
+    let ids: Vec<_> = tasks
+        .submit_batch("h", ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    wait_status(&tasks, &ids, "running").await;
+    let b = agent_with(&etcd.endpoints(), "tasks-handoff", "b", q(tx.clone())).await;
+    let mut seen = Vec::new();
+    runs_until(&mut rx, &mut seen, 1, |r| r.instance == "b").await;
+    a.shutdown().await.unwrap();
+    wait_status(&tasks, &ids, "done").await;
+    let moved = seen.iter().find(|r| r.instance == "b").unwrap().id;
+    let st = tasks.get(moved).await.unwrap().unwrap();
+    let outcomes: Vec<&str> = st.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes[0], "interrupted", "{st:?}");
+    assert_eq!(*outcomes.last().unwrap(), "ok", "{st:?}");
+    let first_end = st.attempts[0].ended_at;
+    assert!(
+        st.attempts[1].started_at >= first_end,
+        "the new owner started before the old stopped: {st:?}"
+    );
+    assert!(rec.overlaps.lock().unwrap().is_empty());
+    b.shutdown().await.unwrap();
 }

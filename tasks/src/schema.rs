@@ -37,7 +37,7 @@ CREATE TABLE tasks (
     payload       jsonb NOT NULL,
     status        text NOT NULL CHECK (status IN ('pending','running','done','failed','cancelled')),
     attempt       int NOT NULL DEFAULT 0,
-    max_attempts  int NOT NULL CHECK (max_attempts > 0),
+    max_attempts  int CHECK (max_attempts > 0),  -- NULL: the queue's retry policy
     dedupe_key    text,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),

@@ -69,7 +69,8 @@ impl NewTask {
         self
     }
 
-    /// Attempts before it fails for good (default: the queue's policy).
+    /// Attempts before it fails for good (default: the queue's retry policy, decided by the
+    /// worker when it runs).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = Some(n);
         self

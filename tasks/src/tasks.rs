@@ -230,7 +230,7 @@ impl Tasks {
                     segment,
                     due_at,
                     payload: t.payload,
-                    max_attempts: t.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                    max_attempts: t.max_attempts,
                     dedupe_key: t.dedupe_key,
                 },
             ));
@@ -320,9 +320,6 @@ impl Tasks {
 
 /// Task statuses.
 pub const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
-
-/// Attempts of a task whose submitter and queue say nothing.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
 async fn run_maintenance(inner: &Inner, now: DateTime<Utc>) -> Result<Vec<String>, TasksError> {
     let mut dropped = Vec::new();

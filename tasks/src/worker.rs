@@ -371,7 +371,7 @@ impl Segment {
             segment: self.segment,
             payload: c.payload.clone(),
             attempt: c.attempt,
-            max_attempts: c.max_attempts,
+            max_attempts: c.max_attempts.unwrap_or(self.spec.retry.max_attempts),
             due_at: c.due_at,
             token: self.token,
             is_recovery: c.is_recovery,
@@ -434,7 +434,7 @@ impl Segment {
             &self.spec.retry,
             c.id,
             (c.attempt, counted),
-            c.max_attempts,
+            c.max_attempts.unwrap_or(self.spec.retry.max_attempts),
             &e.result,
             e.ended_at,
         );

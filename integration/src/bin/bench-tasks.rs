@@ -90,6 +90,24 @@ fn agent_bin(explicit: Option<std::path::PathBuf>) -> Result<std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "graphile")]
+    {
+        let args: Vec<String> = std::env::args().collect();
+        if args.get(1).map(String::as_str) == Some("--graphile-worker") {
+            let (url, log) = (
+                args.get(2).cloned().unwrap_or_default(),
+                args.get(3).cloned().unwrap_or_default(),
+            );
+            return run_main("bench-tasks worker", async move {
+                shardjob_integration::taskbench::graphile::worker_main(
+                    &url,
+                    std::path::Path::new(&log),
+                )
+                .await?;
+                Ok(Vec::new())
+            });
+        }
+    }
     let opts = match parse() {
         Ok(o) => o,
         Err(e) => {
@@ -215,6 +233,94 @@ async fn run(o: Opts) -> Result<Vec<String>, String> {
     }
     for a in b.agents.iter_mut() {
         let _ = a.stop(Duration::from_secs(30));
+    }
+    #[cfg(feature = "graphile")]
+    out.extend(graphile_cases(&o, &pg, dir.path()).await?);
+    Ok(out)
+}
+
+/// Due times: `n` evenly over `secs` from `lead` ahead.
+#[cfg(feature = "graphile")]
+fn dues(n: u64, secs: f64, lead: Duration) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let from = chrono::Utc::now() + chrono::Duration::from_std(lead).unwrap_or_default();
+    let step = (secs * 1e6 / n.max(1) as f64) as i64;
+    (0..n as i64)
+        .map(|i| from + chrono::Duration::microseconds(i * step))
+        .collect()
+}
+
+/// The same cases through graphile_worker 0.14.1.
+#[cfg(feature = "graphile")]
+async fn graphile_cases(
+    o: &Opts,
+    pg: &PgServer,
+    dir: &std::path::Path,
+) -> Result<Vec<String>, String> {
+    use shardjob_integration::taskbench::graphile::Graphile;
+    let mut g = Graphile::new(&pg.url(), dir).await?;
+    let mut out = Vec::new();
+    let far = dues(o.pending, 86_400.0, Duration::from_secs(2 * 86_400));
+    let (_, rate) = g.add(&far, 1000, 4).await?;
+    g.pending = o.pending;
+    let want = |c: &str| o.cases.iter().any(|x| x == c);
+    if want("submit") {
+        out.push(say(&Line {
+            implementation: "graphile_worker",
+            case: "submit-batched".into(),
+            rate,
+            ..Line::default()
+        }));
+        let singles = dues(20_000, 20.0, Duration::from_secs(2 * 86_400));
+        let (_, rate) = g.add(&singles, 1, 16).await?;
+        g.pending += 20_000;
+        out.push(say(&Line {
+            implementation: "graphile_worker",
+            case: "submit-single".into(),
+            pending: g.pending,
+            rate,
+            ..Line::default()
+        }));
+    }
+    for _ in 0..o.agents {
+        g.start_worker()?;
+    }
+    if want("steady") {
+        for &r in &o.rates {
+            let n = r * o.secs;
+            let lead = Duration::from_secs(3) + Duration::from_secs_f64(n as f64 / 20_000.0);
+            let d = dues(n, o.secs as f64, lead);
+            let (first, _) = g.add(&d, 1000, 4).await?;
+            out.push(say(&g
+                .measure(
+                    "steady",
+                    r as f64,
+                    first,
+                    &d,
+                    Duration::from_secs(o.secs + 120),
+                )
+                .await));
+        }
+    }
+    if want("burst") {
+        let lead = Duration::from_secs(3) + Duration::from_secs_f64(o.burst as f64 / 20_000.0);
+        let d = dues(o.burst, 0.0, lead);
+        let (first, _) = g.add(&d, 1000, 4).await?;
+        out.push(say(&g
+            .measure("burst", o.burst as f64, first, &d, Duration::from_secs(180))
+            .await));
+    }
+    if want("kill") {
+        while g.workers.len() < 4 {
+            g.start_worker()?;
+        }
+        let d = dues(24_000, 12.0, Duration::from_secs(3));
+        let (first, _) = g.add(&d, 1000, 4).await?;
+        let kill_at = d[0] + chrono::Duration::seconds(4);
+        tokio::time::sleep((kill_at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+        g.workers.pop(); // SIGKILL (drop)
+        out.push(say(&g
+            .measure("kill", 2000.0, first, &d, Duration::from_secs(120))
+            .await));
     }
     Ok(out)
 }

@@ -32,7 +32,9 @@ pub struct Bench<'a> {
 
 impl std::fmt::Debug for Bench<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bench").field("agents", &self.agents.len()).finish()
+        f.debug_struct("Bench")
+            .field("agents", &self.agents.len())
+            .finish()
     }
 }
 
@@ -78,7 +80,10 @@ impl Bench<'_> {
     /// Starts agent `id`.
     pub fn start_agent(&mut self, id: &str) -> Result<(), String> {
         let envs = vec![
-            ("SHARDJOB_ENDPOINTS".to_owned(), self.etcd.endpoints().join(",")),
+            (
+                "SHARDJOB_ENDPOINTS".to_owned(),
+                self.etcd.endpoints().join(","),
+            ),
             ("SHARDJOB_NAMESPACE".to_owned(), "bench-tasks".to_owned()),
             ("SHARDJOB_TTL".to_owned(), "2".to_owned()),
             ("SHARDJOB_PG_URL".to_owned(), self.pg.url()),
@@ -197,7 +202,9 @@ impl Bench<'_> {
             .map(|i| NewTask::at(from + chrono::Duration::microseconds(i * step_us)))
             .collect();
         submit_all(&self.tasks, all, 1000, 4).await?;
-        let to = from + chrono::Duration::microseconds(n as i64 * step_us) + chrono::Duration::milliseconds(1);
+        let to = from
+            + chrono::Duration::microseconds(n as i64 * step_us)
+            + chrono::Duration::milliseconds(1);
         if Utc::now() > from {
             return Err(format!(
                 "submitting {n} tasks took longer than the lead of {lead:?}: raise it"

@@ -29,7 +29,8 @@ pub struct Claimed {
     pub id: Uuid,
     pub payload: serde_json::Value,
     pub attempt: u32,
-    pub max_attempts: u32,
+    /// `None`: the queue's retry policy decides.
+    pub max_attempts: Option<u32>,
     /// Attempts lost or interrupted so far (they do not count against `max_attempts`).
     pub lost: u32,
     pub due_at: DateTime<Utc>,
@@ -242,7 +243,7 @@ impl Store {
                 id: r.get(0),
                 payload: r.get(1),
                 attempt: r.get::<_, i32>(2).max(0) as u32,
-                max_attempts: r.get::<_, i32>(3).max(1) as u32,
+                max_attempts: r.get::<_, Option<i32>>(3).map(|m| m.max(1) as u32),
                 due_at: r.get(4),
                 is_recovery: r.get(5),
                 started_at: r.get(6),

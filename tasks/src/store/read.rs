@@ -18,7 +18,8 @@ pub struct TaskRecord {
     pub payload: serde_json::Value,
     pub status: String,
     pub attempt: u32,
-    pub max_attempts: u32,
+    /// `None`: the queue's retry policy decides.
+    pub max_attempts: Option<u32>,
     pub dedupe_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -70,7 +71,7 @@ fn record(r: &tokio_postgres::Row) -> TaskRecord {
         payload: r.get(4),
         status: r.get(5),
         attempt: r.get::<_, i32>(6).max(0) as u32,
-        max_attempts: r.get::<_, i32>(7).max(0) as u32,
+        max_attempts: r.get::<_, Option<i32>>(7).map(|m| m.max(0) as u32),
         dedupe_key: r.get(8),
         created_at: r.get(9),
         updated_at: r.get(10),
@@ -242,7 +243,7 @@ impl Store {
         let row = client
             .query_opt(
                 &format!(
-                    "UPDATE tasks SET status = 'pending', due_at = $2, max_attempts = attempt + $3,
+                    "UPDATE tasks SET status = 'pending', due_at = $2, max_attempts = attempt - lost + $3,
                             finished_at = NULL, updated_at = now(), recovery = false
                       WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
                 ),

@@ -17,7 +17,8 @@ pub struct NewRow {
     pub segment: u32,
     pub due_at: DateTime<Utc>,
     pub payload: serde_json::Value,
-    pub max_attempts: u32,
+    /// `None`: the queue's retry policy decides.
+    pub max_attempts: Option<u32>,
     pub dedupe_key: Option<String>,
 }
 
@@ -107,9 +108,9 @@ impl Store {
         let segs: Vec<i32> = rows.iter().map(|r| r.segment as i32).collect();
         let dues: Vec<DateTime<Utc>> = rows.iter().map(|r| r.due_at).collect();
         let payloads: Vec<&serde_json::Value> = rows.iter().map(|r| &r.payload).collect();
-        let maxes: Vec<i32> = rows
+        let maxes: Vec<Option<i32>> = rows
             .iter()
-            .map(|r| r.max_attempts.min(i32::MAX as u32) as i32)
+            .map(|r| r.max_attempts.map(|m| m.min(i32::MAX as u32) as i32))
             .collect();
         let keys: Vec<Option<&str>> = rows.iter().map(|r| r.dedupe_key.as_deref()).collect();
         let notes = notifications(queue, rows, notify_horizon);
@@ -172,7 +173,7 @@ mod tests {
             segment,
             due_at: DateTime::<Utc>::from_timestamp_millis(due_ms).unwrap(),
             payload: serde_json::Value::Null,
-            max_attempts: 1,
+            max_attempts: None,
             dedupe_key: None,
         }
     }

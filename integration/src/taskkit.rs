@@ -224,3 +224,52 @@ pub async fn raw(pg: &PgServer) -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// One HTTP/1.1 request to `addr` (a fresh connection, `Connection: close`): the status and
+/// the body as JSON (`Null` when it is not JSON).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the API");
+    let body = body.unwrap_or("");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .expect("writing the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("reading the response");
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Bodies may come chunked: take the JSON between the first '{' and the last '}'.
+    let json = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        match (rest.find('{'), rest.rfind('}')) {
+            (Some(a), Some(b)) if b >= a => &rest[a..=b],
+            _ => "",
+        }
+    } else {
+        rest
+    };
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}

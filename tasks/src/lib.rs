@@ -37,9 +37,11 @@
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod http;
 pub mod listen;
 pub mod policy;
 pub mod queue;
+pub mod ratelimit;
 pub mod schema;
 pub mod segment;
 pub mod store;

@@ -82,9 +82,14 @@ impl NewTask {
         now: DateTime<Utc>,
         max_delay: Duration,
     ) -> Result<DateTime<Utc>, TasksError> {
+        let limit = if max_delay.as_secs() >= 86_400 {
+            format!("{:.1} days", max_delay.as_secs_f64() / 86_400.0)
+        } else {
+            format!("{max_delay:?}")
+        };
         let far = |what: String| TasksError::BadTask {
             field: "due",
-            reason: format!("{what} is further ahead than the limit of {max_delay:?}"),
+            reason: format!("{what} is further ahead than the limit of {limit}"),
         };
         let at = match self.due {
             Due::At(at) => at.max(now),

@@ -306,6 +306,18 @@ impl Tasks {
         self.inner.store.requeue(id, extra_attempts).await
     }
 
+    /// The latest `limit` attempts (at most 1000) that `instance` ran, newest first.
+    pub async fn executions(
+        &self,
+        instance: &str,
+        limit: usize,
+    ) -> Result<Vec<AttemptRecord>, TasksError> {
+        self.inner
+            .store
+            .executions(instance, limit.clamp(1, 1000))
+            .await
+    }
+
     /// Runs the retention once now on every server (what the hourly task does); returns the
     /// partitions dropped.
     pub async fn maintain(&self) -> Result<Vec<String>, TasksError> {

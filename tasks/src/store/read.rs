@@ -83,6 +83,19 @@ fn record(r: &tokio_postgres::Row) -> TaskRecord {
     }
 }
 
+fn attempt(r: &tokio_postgres::Row) -> AttemptRecord {
+    AttemptRecord {
+        task: r.get(0),
+        attempt: r.get::<_, i32>(1).max(0) as u32,
+        instance: r.get(2),
+        token: r.get(3),
+        started_at: r.get(4),
+        ended_at: r.get(5),
+        outcome: r.get(6),
+        error: r.get(7),
+    }
+}
+
 /// A page of tasks and the cursor of the next one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page {
@@ -142,19 +155,31 @@ impl Store {
             )
             .await
             .map_err(db_err("reading attempts", server))?;
-        Ok(rows
-            .iter()
-            .map(|r| AttemptRecord {
-                task: r.get(0),
-                attempt: r.get::<_, i32>(1).max(0) as u32,
-                instance: r.get(2),
-                token: r.get(3),
-                started_at: r.get(4),
-                ended_at: r.get(5),
-                outcome: r.get(6),
-                error: r.get(7),
-            })
-            .collect())
+        Ok(rows.iter().map(attempt).collect())
+    }
+
+    /// The latest `limit` attempts `instance` ran, newest first, over every server.
+    pub async fn executions(
+        &self,
+        instance: &str,
+        limit: usize,
+    ) -> Result<Vec<AttemptRecord>, TasksError> {
+        let mut all = Vec::new();
+        for server in 0..self.servers.len() {
+            let client = self.conn(server, "reading executions").await?;
+            let rows = client
+                .query(
+                    "SELECT task, attempt, instance, token, started_at, ended_at, outcome, error
+                       FROM attempts WHERE instance = $1 ORDER BY started_at DESC LIMIT $2",
+                    &[&instance, &(limit as i64)],
+                )
+                .await
+                .map_err(db_err("reading executions", server))?;
+            all.extend(rows.iter().map(attempt));
+        }
+        all.sort_by_key(|a| std::cmp::Reverse(a.started_at));
+        all.truncate(limit);
+        Ok(all)
     }
 
     /// Tasks of `queue` with `status` (any when `None`), due before `due_before`, ordered by

@@ -12,13 +12,57 @@ fn ok(description: &str, schema: Value) -> Value {
 }
 
 fn id_param() -> Value {
-    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "a task id (UUID)"})
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}, "description": "a task id (UUID)"})
+}
+
+/// A shardjob name of at most `max` bytes: `[A-Za-z0-9._-]` (queues 120, instances 128).
+fn name_of(max: usize) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max, "pattern": "^[A-Za-z0-9._-]+$"})
+}
+
+fn name() -> Value {
+    name_of(120)
+}
+
+/// The fields of one task, for the single and the batch form.
+fn task_fields() -> serde_json::Map<String, Value> {
+    let v = json!({
+        "due_at": {"type": "string", "format": "date-time"},
+        "delay_ms": {"type": "integer", "minimum": 0, "maximum": 31_622_400_000u64},
+        "payload": {},
+        "dedupe_key": {"type": "string", "minLength": 1, "maxLength": 512},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000}});
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A task object that has exactly one of `due_at` and `delay_ms`, plus `extra` properties.
+fn task_schema(extra: &[(&str, Value)], required: &[&str]) -> Value {
+    let mut props = task_fields();
+    for (k, v) in extra {
+        props.insert((*k).to_owned(), v.clone());
+    }
+    let with = |field: &str| {
+        let mut req: Vec<&str> = required.to_vec();
+        req.push(field);
+        let mut p = props.clone();
+        p.remove(if field == "due_at" {
+            "delay_ms"
+        } else {
+            "due_at"
+        });
+        json!({"type": "object", "additionalProperties": false, "required": req, "properties": p})
+    };
+    json!({"oneOf": [with("due_at"), with("delay_ms")]})
 }
 
 fn common(mut responses: Value) -> Value {
     for (code, text) in [
         ("400", "malformed input"),
         ("401", "the bearer token is missing or wrong"),
+        ("405", "the method is not allowed on this path"),
         ("503", "the store or etcd is unreachable"),
     ] {
         responses[code] = error_response(text);
@@ -26,8 +70,9 @@ fn common(mut responses: Value) -> Value {
     responses
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document; `secured`: every `/v1` route needs the bearer token (as the server is
+/// configured — a document that claims auth the server does not check would be wrong).
+pub fn document(secured: bool) -> Value {
     let task_ref = json!({"$ref": "#/components/schemas/Task"});
     let nullable_time = json!({"type": "string", "format": "date-time", "nullable": true});
     json!({
@@ -40,20 +85,13 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-                "TaskIn": {"type": "object", "additionalProperties": false, "properties": {
-                    "due_at": {"type": "string", "format": "date-time"},
-                    "delay_ms": {"type": "integer", "minimum": 0},
-                    "payload": {},
-                    "dedupe_key": {"type": "string"},
-                    "max_attempts": {"type": "integer", "minimum": 1}}},
-                "Submit": {"type": "object", "required": ["queue"], "additionalProperties": false, "properties": {
-                    "queue": {"type": "string"},
-                    "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TaskIn"}},
-                    "due_at": {"type": "string", "format": "date-time"},
-                    "delay_ms": {"type": "integer", "minimum": 0},
-                    "payload": {},
-                    "dedupe_key": {"type": "string"},
-                    "max_attempts": {"type": "integer", "minimum": 1}}},
+                "TaskIn": task_schema(&[], &[]),
+                "Submit": {"oneOf": [
+                    task_schema(&[("queue", name())], &["queue"]),
+                    {"type": "object", "additionalProperties": false, "required": ["queue", "tasks"], "properties": {
+                        "queue": name(),
+                        "tasks": {"type": "array", "minItems": 1, "maxItems": 10_000,
+                                  "items": {"$ref": "#/components/schemas/TaskIn"}}}}]},
                 "Submitted": {"type": "object", "required": ["id", "duplicate"], "properties": {
                     "id": {"type": "string", "format": "uuid"}, "duplicate": {"type": "boolean"}}},
                 "Task": {"type": "object", "required": ["id", "queue", "segment", "due_at", "status", "attempt", "created_at", "updated_at"],
@@ -86,7 +124,7 @@ pub fn document() -> Value {
                         "error": {"type": "string", "nullable": true}}}
             }
         },
-        "security": [{"bearer": []}],
+        "security": if secured { json!([{"bearer": []}]) } else { json!([]) },
         "paths": {
             "/v1/tasks": {
                 "post": {"summary": "Submit one task or a batch", "requestBody": {"required": true,
@@ -100,10 +138,10 @@ pub fn document() -> Value {
                         "429": error_response("over this client's submission rate")}))},
                 "get": {"summary": "List a queue's tasks in due order",
                     "parameters": [
-                        {"name": "queue", "in": "query", "required": true, "schema": {"type": "string"}},
+                        {"name": "queue", "in": "query", "required": true, "schema": name()},
                         {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "running", "done", "failed", "cancelled"]}},
                         {"name": "due_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,17}_[0-9a-f]{32}$"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                     "responses": common(json!({
                         "200": ok("a page", json!({"type": "object", "required": ["tasks"], "properties": {
@@ -131,7 +169,7 @@ pub fn document() -> Value {
             "/v1/executions": {
                 "get": {"summary": "What one worker ran, newest first",
                     "parameters": [
-                        {"name": "instance", "in": "query", "required": true, "schema": {"type": "string"}},
+                        {"name": "instance", "in": "query", "required": true, "schema": name_of(128)},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                     "responses": common(json!({
                         "200": ok("attempts", json!({"type": "object", "required": ["executions"], "properties": {
@@ -159,7 +197,7 @@ pub fn document() -> Value {
 mod tests {
     #[test]
     fn every_route_of_the_router_is_documented() {
-        let doc = super::document();
+        let doc = super::document(true);
         for path in [
             "/v1/tasks",
             "/v1/tasks/{id}",

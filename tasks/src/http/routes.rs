@@ -137,6 +137,8 @@ pub async fn executions(
     let instance = q
         .get("instance")
         .ok_or_else(|| ApiError::bad_request("instance: required"))?;
+    shardjob_sharding::validate_name("instance id", instance)
+        .map_err(|e| ApiError::bad_request(format!("instance: {e}")))?;
     let runs = s.tasks.executions(instance, limit(&q, 100)?).await?;
     ok(json!({"executions": runs}))
 }
@@ -175,8 +177,8 @@ pub async fn leader(State(s): State<ApiState>) -> Answer {
     ok(json!({"revision": v.revision, "leader": v.leader}))
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(super::openapi::document())
+pub async fn openapi(State(s): State<ApiState>) -> Json<Value> {
+    Json(super::openapi::document(s.token.is_some()))
 }
 
 pub async fn not_found() -> ApiError {

@@ -51,6 +51,15 @@ impl JobState {
                 .is_some_and(|sh| matches!(sh.local, super::shard::Local::Held(_)))
     }
 
+    /// How many shards the assignment gives `me`.
+    pub fn assigned_count(&self, me: &str) -> usize {
+        self.assignment.as_ref().map_or(0, |(r, _)| {
+            (0..r.owners.len() as u32)
+                .filter(|s| r.owner(*s).is_some_and(|o| o.as_str() == me))
+                .count()
+        })
+    }
+
     /// True when the assignment gives `me` any shard.
     pub fn names(&self, me: &str) -> bool {
         self.assignment

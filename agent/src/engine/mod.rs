@@ -207,6 +207,22 @@ impl Engine {
             .collect()
     }
 
+    /// How many shards of `job` the assignment gives this agent (held or not).
+    pub fn assigned(&self, job: &str) -> usize {
+        self.jobs
+            .get(job)
+            .map_or(0, |js| js.assigned_count(&self.cfg.id))
+    }
+
+    /// Every job whose assignment gives this agent shards, with how many.
+    pub fn assigned_jobs(&self) -> Vec<(String, usize)> {
+        self.jobs
+            .iter()
+            .map(|(j, js)| (j.clone(), js.assigned_count(&self.cfg.id)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Every job with shards this agent may fire now.
     pub fn owned(&self) -> Vec<(String, Vec<u32>)> {
         self.jobs

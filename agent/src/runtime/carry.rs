@@ -299,6 +299,12 @@ impl Core {
             self.engine.owned().into_iter().collect();
         let count: usize = owned.values().map(Vec::len).sum();
         metrics::gauge!("shardjob_owned_shards").set(count as f64);
+        // Assigned here, held or not: assigned minus owned, summed over agents, is what the
+        // alert "shards unowned longer than the TTL" watches.
+        let assigned = self.engine.assigned_jobs();
+        let total: usize = assigned.iter().map(|(_, n)| n).sum();
+        metrics::gauge!("shardjob_assigned_shards").set(total as f64);
+        *self.assigned_seen.borrow_mut() = assigned.into_iter().collect();
         let lease = self.engine.lease().map_or(0, |l| l.get());
         let stopping = self.engine.stopping();
         self.status.send_modify(|s| {
@@ -336,6 +342,20 @@ impl Core {
         });
         if delta != 0 {
             metrics::gauge!("shardjob_owned_shards").increment(delta as f64);
+        }
+        let mut seen = self.assigned_seen.borrow_mut();
+        let mut change = 0i64;
+        for job in jobs {
+            let n = self.engine.assigned(job);
+            let was = if n == 0 {
+                seen.remove(job)
+            } else {
+                seen.insert(job.clone(), n)
+            };
+            change += n as i64 - was.unwrap_or(0) as i64;
+        }
+        if change != 0 {
+            metrics::gauge!("shardjob_assigned_shards").increment(change as f64);
         }
     }
 }

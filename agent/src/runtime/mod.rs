@@ -116,6 +116,8 @@ pub(crate) struct Core {
     global_limit: Option<Arc<Semaphore>>,
     /// Per-job concurrency limits, made on a job's first launch.
     job_limits: HashMap<String, Arc<Semaphore>>,
+    /// Shards assigned here per job, as last published (the gauge moves by differences).
+    assigned_seen: std::cell::RefCell<HashMap<String, usize>>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
     /// What `instances/<id>` holds for the current session, and the revision it was put at.
@@ -163,6 +165,7 @@ impl Core {
             engine,
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             job_limits: HashMap::new(),
+            assigned_seen: std::cell::RefCell::new(HashMap::new()),
             cfg: Arc::new(cfg),
             tx,
             session: None,

@@ -15,6 +15,7 @@ pub struct TasksConfig {
     pub(crate) partitions_ahead: u64,
     pub(crate) maintenance_every: Duration,
     pub(crate) notify_horizon: Duration,
+    pub(crate) background: bool,
 }
 
 impl TasksConfig {
@@ -36,6 +37,7 @@ impl TasksConfig {
             partitions_ahead: 7,
             maintenance_every: Duration::from_secs(3600),
             notify_horizon: Duration::from_secs(600),
+            background: true,
         }
     }
 
@@ -73,6 +75,14 @@ impl TasksConfig {
     /// How often the retention runs (default hourly; one agent at a time does it).
     pub fn maintenance_every(mut self, every: Duration) -> Self {
         self.maintenance_every = every;
+        self
+    }
+
+    /// Run the listener (new tasks reach this process's segment workers at once) and the
+    /// hourly retention (default on). Off for a process that only submits or reads, such as
+    /// the CLI.
+    pub fn background(mut self, on: bool) -> Self {
+        self.background = on;
         self
     }
 

@@ -94,10 +94,12 @@ impl Tasks {
             crate::schema::migrate(&s.pool, i).await?;
         }
         let nudges = Arc::new(Nudges::default());
+        let run_background = config.background;
         let mut background: Vec<tokio::task::AbortHandle> = store
             .servers
             .iter()
             .enumerate()
+            .filter(|_| run_background)
             .map(|(i, s)| {
                 tokio::spawn(crate::listen::listen(i, s.config.clone(), nudges.clone()))
                     .abort_handle()
@@ -111,7 +113,9 @@ impl Tasks {
             background: std::sync::Mutex::new(Vec::new()),
         });
         // Retention holds a weak handle: it must not keep the store alive.
-        background.push(tokio::spawn(maintenance(Arc::downgrade(&inner))).abort_handle());
+        if run_background {
+            background.push(tokio::spawn(maintenance(Arc::downgrade(&inner))).abort_handle());
+        }
         *inner.background.lock().unwrap_or_else(|p| p.into_inner()) = background;
         Ok(Self { inner })
     }

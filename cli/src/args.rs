@@ -53,6 +53,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// Delayed tasks in PostgreSQL (needs no etcd).
+    Tasks {
+        /// The task store's PostgreSQL URLs, comma separated, in the agents' order.
+        #[arg(long, env = "SHARDJOB_PG_URL", value_delimiter = ',', required = true)]
+        pg_url: Vec<String>,
+        #[command(subcommand)]
+        cmd: TasksCmd,
+    },
     /// Leader, instances, and per job: shards assigned, owned, converged.
     Status,
     /// Live instances.
@@ -218,4 +226,53 @@ fn shard_param(s: &str) -> Result<(u32, String), String> {
         .parse()
         .map_err(|_| format!("{shard:?} is not a shard number"))?;
     Ok((shard, value.to_owned()))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCmd {
+    /// Submit a task to a queue (due now unless --at or --after).
+    Submit {
+        queue: String,
+        /// Due at this RFC 3339 instant.
+        #[arg(long, conflicts_with = "after")]
+        at: Option<String>,
+        /// Due this long from now (`90s`, `15m`, `2h`).
+        #[arg(long, value_parser = duration)]
+        after: Option<Duration>,
+        /// The payload, as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long)]
+        dedupe_key: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// A task's state.
+    Get { id: String },
+    /// Cancel a pending task.
+    Cancel { id: String },
+    /// A queue's tasks in due order, a page at a time.
+    List {
+        queue: String,
+        /// pending, running, done, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tasks due before this RFC 3339 instant.
+        #[arg(long)]
+        due_before: Option<String>,
+        /// The `next` cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Every attempt of a task.
+    Attempts { id: String },
+    /// Put a failed (dead-letter) or cancelled task back, due now.
+    Requeue {
+        id: String,
+        /// Attempts it gets.
+        #[arg(long, default_value_t = 1)]
+        extra: u32,
+    },
 }

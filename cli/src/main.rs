@@ -3,6 +3,7 @@
 
 mod args;
 mod render;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -26,7 +27,14 @@ async fn main() -> ExitCode {
         Err(e) => {
             // clap explains at length; the first line says what is wrong.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid arguments").to_owned();
+            // "the following required arguments were not provided:" names them on the next line.
+            if first.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    first = format!("{first} {next}");
+                }
+            }
             eprintln!(
                 "shardjob: {} (see shardjob --help)",
                 first.trim_start_matches("error: ")
@@ -83,11 +91,17 @@ fn env_list(var: &str) -> Option<Vec<String>> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    // The task store needs no etcd.
+    if let Cmd::Tasks { pg_url, cmd } = &cli.cmd {
+        println!("{}", tasks::run(pg_url, cmd, cli.json).await?);
+        return Ok(());
+    }
     let keys = Keys::with_prefix(&cli.prefix, &cli.namespace).map_err(|e| e.to_string())?;
     let client = connect(&connect_config(&cli)?)
         .await
         .map_err(|e| e.to_string())?;
     let out = match &cli.cmd {
+        Cmd::Tasks { pg_url, cmd } => tasks::run(pg_url, cmd, cli.json).await?,
         Cmd::Status => status(&client, &keys, cli.json).await?,
         Cmd::Instances => instances(&load(&client, &keys).await?, cli.json),
         Cmd::Jobs => jobs(&load(&client, &keys).await?, cli.json),

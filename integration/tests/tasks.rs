@@ -539,3 +539,89 @@ async fn a_hand_off_interrupts_a_long_task_and_the_new_owner_runs_it_after_never
     assert!(rec.overlaps.lock().unwrap().is_empty());
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_dispatch_rate_and_the_agents_running_limit_hold() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    logs();
+    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
+    let urls = [pg.url()];
+    let tasks =
+        shardjob_tasks::Tasks::connect(shardjob_tasks::TasksConfig::new(urls).max_running(2))
+            .await
+            .unwrap();
+    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = {
+        let (now, max) = (now.clone(), max.clone());
+        shardjob_tasks::task_fn(move |t: shardjob_tasks::TaskContext| {
+            let (now, max, tx) = (now.clone(), max.clone(), tx.clone());
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(n, Ordering::SeqCst);
+                let start = chrono::Utc::now();
+                let ms = t.payload["sleep_ms"].as_u64().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send((t.queue.clone(), start));
+                Ok(())
+            }
+        })
+    };
+    let agent = shardjob_integration::agents::builder(&etcd.endpoints(), "tasks-limits", "a");
+    use shardjob_tasks::AgentBuilderExt;
+    let agent = agent
+        .queue(
+            tasks
+                .queue("slow", handler.clone())
+                .segments(2)
+                .window(Duration::from_secs(5))
+                .concurrency(10),
+        )
+        .unwrap()
+        .queue(
+            tasks
+                .queue("rated", handler)
+                .segments(2)
+                .window(Duration::from_secs(5))
+                .dispatch_rate(20.0),
+        )
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    tasks.ensure_queue("slow", 2).await.unwrap();
+    tasks.ensure_queue("rated", 2).await.unwrap();
+    let slow: Vec<NewTask> = (0..8)
+        .map(|_| soon(200).payload(json!({"sleep_ms": 300})))
+        .collect();
+    let rated: Vec<NewTask> = (0..60).map(|_| soon(200)).collect();
+    tasks.submit_batch("slow", slow).await.unwrap();
+    tasks.submit_batch("rated", rated).await.unwrap();
+    let mut starts: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    tokio::time::timeout(shardjob_integration::fixtures::PATIENCE, async {
+        while starts.len() < 68 {
+            starts.push(rx.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        max.load(Ordering::SeqCst) <= 2,
+        "at most 2 at once over both queues: {}",
+        max.load(Ordering::SeqCst)
+    );
+    // 60 tasks at 20/s with a burst of 20: the last can start no sooner than 2 s after the first.
+    let rated: Vec<_> = starts
+        .iter()
+        .filter(|(q, _)| q == "rated")
+        .map(|(_, t)| *t)
+        .collect();
+    let spread = *rated.iter().max().unwrap() - *rated.iter().min().unwrap();
+    assert!(
+        spread.num_milliseconds() >= 1_800,
+        "60 tasks at 20/s started within {spread}"
+    );
+    agent.shutdown().await.unwrap();
+}

@@ -16,6 +16,7 @@ pub struct TasksConfig {
     pub(crate) maintenance_every: Duration,
     pub(crate) notify_horizon: Duration,
     pub(crate) background: bool,
+    pub(crate) max_running: Option<usize>,
 }
 
 impl TasksConfig {
@@ -38,6 +39,7 @@ impl TasksConfig {
             maintenance_every: Duration::from_secs(3600),
             notify_horizon: Duration::from_secs(600),
             background: true,
+            max_running: None,
         }
     }
 
@@ -75,6 +77,13 @@ impl TasksConfig {
     /// How often the retention runs (default hourly; one agent at a time does it).
     pub fn maintenance_every(mut self, every: Duration) -> Self {
         self.maintenance_every = every;
+        self
+    }
+
+    /// At most this many tasks running at once in this process, over every queue (each queue
+    /// also has its own `concurrency`); default: no limit beyond the queues'.
+    pub fn max_running(mut self, n: usize) -> Self {
+        self.max_running = Some(n);
         self
     }
 

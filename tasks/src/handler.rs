@@ -54,7 +54,9 @@ impl<H: TaskHandler> DynTaskHandler for H {
     }
 }
 
-/// A [`TaskHandler`] made of a closure; see [`task_fn`].
+/// A [`TaskHandler`] made of a closure; see [`task_fn`]. Cloneable when the closure is (one
+/// handler for several queues).
+#[derive(Clone)]
 pub struct FnTask<F>(F);
 
 impl<F> fmt::Debug for FnTask<F> {

@@ -39,6 +39,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod listen;
+pub mod permits;
 pub mod policy;
 pub mod queue;
 pub mod ratelimit;

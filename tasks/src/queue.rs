@@ -10,7 +10,9 @@ use tokio::sync::Semaphore;
 
 use crate::error::TasksError;
 use crate::handler::{DynTaskHandler, TaskHandler};
+use crate::permits::Permits;
 use crate::policy::RetryPolicy;
+use crate::ratelimit::TokenBucket;
 use crate::segment::{DEFAULT_SEGMENTS, job_name};
 use crate::submit::check_queue_name;
 use crate::tasks::Tasks;
@@ -44,6 +46,7 @@ pub struct QueueSpec {
     pub(crate) claim_ahead: Duration,
     pub(crate) max_in_memory: usize,
     pub(crate) concurrency: usize,
+    pub(crate) dispatch_rate: Option<f64>,
     pub(crate) timeout: Duration,
     pub(crate) stop_grace: Duration,
     pub(crate) retry: RetryPolicy,
@@ -76,6 +79,7 @@ impl Tasks {
             claim_ahead: Duration::from_millis(100),
             max_in_memory: 50_000,
             concurrency: 64,
+            dispatch_rate: None,
             timeout: Duration::from_secs(300),
             stop_grace: Duration::from_secs(10),
             retry: RetryPolicy::default(),
@@ -128,6 +132,13 @@ impl QueueSpec {
     /// Tasks of this queue running at once on one agent (default 64).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// At most this many of this queue's tasks started per second on one agent (a token
+    /// bucket with one second's burst; default unlimited). Tasks over it wait, in due order.
+    pub fn dispatch_rate(mut self, per_second: f64) -> Self {
+        self.dispatch_rate = Some(per_second);
         self
     }
 
@@ -189,6 +200,15 @@ impl QueueSpec {
                 format!("{} is outside 1..=10000", self.claim_batch),
             );
         }
+        if self
+            .dispatch_rate
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return bad(
+                "dispatch_rate",
+                format!("{:?} must be a positive number", self.dispatch_rate),
+            );
+        }
         if self.claim_ahead > Duration::from_secs(1) {
             return bad("claim_ahead", format!("{:?} is above 1s", self.claim_ahead));
         }
@@ -245,7 +265,17 @@ impl AgentBuilderExt for AgentBuilder {
                 "delayed-task queue {} (segments are shards)",
                 spec.name
             ));
-        let permits = Arc::new(Semaphore::new(spec.concurrency));
-        Ok(self.job(job, SegmentWorker::new(spec, permits)))
+        let permits = Permits {
+            queue: Arc::new(Semaphore::new(spec.concurrency)),
+            agent: spec.tasks.inner.running.clone(),
+        };
+        let dispatch = spec.dispatch_rate.map(|r| {
+            Arc::new(std::sync::Mutex::new(TokenBucket::new(
+                r,
+                r.max(1.0),
+                std::time::Instant::now(),
+            )))
+        });
+        Ok(self.job(job, SegmentWorker::new(spec, permits, dispatch)))
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     /// Segments per queue, as stored.
     pub queues: RwLock<HashMap<String, u32>>,
     pub nudges: Arc<Nudges>,
+    /// The process-wide limit of running tasks, if set.
+    pub running: Option<Arc<tokio::sync::Semaphore>>,
     /// The listener and retention tasks: they end with the last handle.
     background: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -105,8 +107,19 @@ impl Tasks {
                     .abort_handle()
             })
             .collect();
+        if config.max_running == Some(0) {
+            return Err(TasksError::BadQueue {
+                queue: String::new(),
+                field: "max_running",
+                reason: "0 would never run a task".into(),
+            });
+        }
+        let running = config
+            .max_running
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
         let inner = Arc::new(Inner {
             store,
+            running,
             config,
             queues: RwLock::new(HashMap::new()),
             nudges,

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardjob_agent::{Job, JobError, ShardContext};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +28,7 @@ use uuid::Uuid;
 use crate::error::TasksError;
 use crate::handler::TaskContext;
 use crate::listen::{Nudge, Rung};
+use crate::permits::Permits;
 use crate::policy::{Attempted, next};
 use crate::queue::QueueSpec;
 use crate::segment::server_of;
@@ -47,9 +47,13 @@ const WRITE_COALESCE: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct SegmentWorker {
     spec: Arc<QueueSpec>,
-    permits: Arc<Semaphore>,
+    permits: Permits,
+    dispatch: Option<Dispatch>,
     registered: Arc<tokio::sync::OnceCell<()>>,
 }
+
+/// A queue's dispatch limit on this agent: tasks started per second, shared by its segments.
+pub(crate) type Dispatch = Arc<std::sync::Mutex<crate::ratelimit::TokenBucket>>;
 
 impl std::fmt::Debug for SegmentWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,10 +64,11 @@ impl std::fmt::Debug for SegmentWorker {
 }
 
 impl SegmentWorker {
-    pub(crate) fn new(spec: QueueSpec, permits: Arc<Semaphore>) -> Self {
+    pub(crate) fn new(spec: QueueSpec, permits: Permits, dispatch: Option<Dispatch>) -> Self {
         Self {
             spec: Arc::new(spec),
             permits,
+            dispatch,
             registered: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
@@ -101,6 +106,8 @@ impl Job for SegmentWorker {
         let mut seg = Segment {
             spec: self.spec.clone(),
             permits: self.permits.clone(),
+            dispatch: self.dispatch.clone(),
+            dispatch_wait: None,
             segment: ctx.shard,
             token: ctx.token,
             instance: ctx.instance.clone(),
@@ -140,7 +147,10 @@ struct Ended {
 /// One segment's run on its owner.
 struct Segment {
     spec: Arc<QueueSpec>,
-    permits: Arc<Semaphore>,
+    permits: Permits,
+    dispatch: Option<Dispatch>,
+    /// Over the dispatch rate: no claim before this instant.
+    dispatch_wait: Option<Instant>,
     segment: u32,
     token: i64,
     instance: String,
@@ -216,12 +226,13 @@ impl Segment {
                 Some(next_refill),
                 self.db_wait,
                 self.unwritten_since.map(|t| t + WRITE_COALESCE),
+                self.dispatch_wait,
             ]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(next_refill);
-            let starved = self.permits.available_permits() == 0
+            let starved = self.permits.available() == 0
                 && self
                     .window
                     .next_due()
@@ -232,7 +243,7 @@ impl Segment {
                 _ = tokio::time::sleep_until(wake), if !starved => None,
                 _ = self.nudge.notify.notified() => None,
                 Some(done) = self.running.join_next(), if has_running => done.ok(),
-                permit = self.permits.acquire(), if starved => { drop(permit); None }
+                _ = self.permits.changed(), if starved => None,
             };
             if let Some(ended) = done {
                 self.ended(ended);
@@ -321,13 +332,32 @@ impl Segment {
     /// Claims what is due, as far as permits allow, and starts it.
     async fn claim_due(&mut self) -> Result<(), TasksError> {
         loop {
-            let free = self.permits.available_permits();
+            let free = self.permits.available();
+            if self.dispatch_wait.is_some_and(|t| t > Instant::now()) {
+                return Ok(());
+            }
+            self.dispatch_wait = None;
             // Claimed a little ahead, started on time: the claim's round trip is not lateness.
             let horizon =
                 Utc::now() + chrono::Duration::from_std(self.spec.claim_ahead).unwrap_or_default();
-            let due = self
+            let mut due = self
                 .window
                 .pop_due(horizon, self.spec.claim_batch.min(free));
+            if let (Some(bucket), false) = (&self.dispatch, due.is_empty()) {
+                let now = std::time::Instant::now();
+                let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+                let n = b.take_up_to(due.len(), now);
+                if n < due.len() {
+                    // Over the queue's dispatch rate: the rest waits for its tokens.
+                    metrics::counter!("shardjob_task_dispatch_limited_total", "queue" => self.spec.name.clone())
+                        .increment(1);
+                    for (id, at) in due.split_off(n) {
+                        self.window.insert(id, at);
+                    }
+                    let wait = b.take(1.0, now).err().unwrap_or(Duration::from_millis(1));
+                    self.dispatch_wait = Some(Instant::now() + wait);
+                }
+            }
             if due.is_empty() {
                 return Ok(());
             }
@@ -386,7 +416,7 @@ impl Segment {
         let due_at = ctx.due_at;
         self.running.spawn(async move {
             tokio::time::sleep_until(to_instant(due_at)).await;
-            let _permit = permits.acquire_owned().await;
+            let _permit = permits.acquire().await;
             let started_at = Utc::now();
             let lateness = (started_at - due_at).to_std().unwrap_or_default();
             metrics::histogram!("shardjob_task_lateness_seconds", "queue" => queue_label)

@@ -335,6 +335,12 @@ impl Tasks {
             .await
     }
 
+    /// Every queue's numbers: tasks per status, pending by due bucket, lateness and
+    /// throughput of the last minutes.
+    pub async fn queue_stats(&self) -> Result<Vec<crate::store::read::QueueStats>, TasksError> {
+        self.inner.store.queue_stats().await
+    }
+
     /// Runs the retention once now on every server (what the hourly task does); returns the
     /// partitions dropped.
     pub async fn maintain(&self) -> Result<Vec<String>, TasksError> {

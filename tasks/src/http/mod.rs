@@ -10,7 +10,9 @@
 //! | `GET /v1/tasks/{id}/attempts` | every attempt |
 //! | `GET /v1/executions?instance=&limit=` | what a worker ran, newest first |
 //! | `GET /v1/jobs`, `/v1/instances`, `/v1/leader` | read-only views of the cron side (etcd) |
+//! | `GET /v1/queues` | every queue: tasks per status, pending by due bucket, lateness, throughput |
 //! | `GET /openapi.json` | the OpenAPI 3 document |
+//! | `GET /` | the read-only dashboard (`dashboard.html`: plain HTML and a little JavaScript over these routes) |
 //!
 //! Errors are `{"error": {"code", "message"}}` with a stable code and a message naming the
 //! field: 400 malformed input, 401 without the token, 404 unknown id/queue/route, 413 a body
@@ -119,12 +121,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs", get(routes::jobs))
         .route("/v1/instances", get(routes::instances))
         .route("/v1/leader", get(routes::leader))
+        .route("/v1/queues", get(routes::queues))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
         ));
     Router::new()
         .route("/openapi.json", get(routes::openapi))
+        .route("/", get(routes::dashboard))
         .merge(v1)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.body_limit))

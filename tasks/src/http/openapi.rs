@@ -187,6 +187,15 @@ pub fn document(secured: bool) -> Value {
                 "200": ok("leader", json!({"type": "object", "required": ["revision", "leader"], "properties": {
                     "revision": {"type": "integer"}, "leader": {"type": "object", "nullable": true}}})),
                 "404": error_response("no etcd connection configured")}))}},
+            "/v1/queues": {"get": {"summary": "Every queue at a glance", "responses": common(json!({
+                "200": ok("queues", json!({"type": "object", "required": ["queues"], "properties": {
+                    "queues": {"type": "array", "items": {"type": "object", "required": ["queue", "segments", "by_status", "pending_due"],
+                        "properties": {"queue": {"type": "string"}, "segments": {"type": "integer"},
+                            "by_status": {"type": "object"}, "pending_due": {"type": "object"},
+                            "lateness_p50_ms": {"type": "number"}, "lateness_p99_ms": {"type": "number"},
+                            "throughput_per_s": {"type": "number"}}}}}}))}))}},
+            "/": {"get": {"summary": "The read-only dashboard", "security": [],
+                "responses": {"200": {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                 "responses": {"200": {"description": "the document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
         }
@@ -206,6 +215,8 @@ mod tests {
             "/v1/jobs",
             "/v1/instances",
             "/v1/leader",
+            "/v1/queues",
+            "/",
             "/openapi.json",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} is not documented");

@@ -169,7 +169,31 @@ pub async fn jobs(State(s): State<ApiState>) -> Answer {
 
 pub async fn instances(State(s): State<ApiState>) -> Answer {
     let v = view(&s).await?;
-    ok(json!({"revision": v.revision, "instances": v.instances}))
+    // Each instance's lease, as its owner keys carry it, and what is left of it.
+    let mut leases: std::collections::BTreeMap<String, i64> = Default::default();
+    for job in v.jobs.values() {
+        for o in job.owners.values().filter(|o| o.current) {
+            leases.insert(o.owner.instance.to_string(), o.lease);
+        }
+    }
+    let mut left = serde_json::Map::new();
+    if let Some((client, _)) = &s.cluster {
+        for (instance, lease) in leases {
+            let mut c = client.clone();
+            if let Ok(r) = c.lease_time_to_live(lease, None).await {
+                left.insert(instance, json!(r.ttl()));
+            }
+        }
+    }
+    ok(json!({"revision": v.revision, "instances": v.instances, "leases": left}))
+}
+
+pub async fn queues(State(s): State<ApiState>) -> Answer {
+    ok(json!({"queues": s.tasks.queue_stats().await?}))
+}
+
+pub async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 pub async fn leader(State(s): State<ApiState>) -> Answer {

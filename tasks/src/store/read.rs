@@ -96,6 +96,22 @@ fn attempt(r: &tokio_postgres::Row) -> AttemptRecord {
     }
 }
 
+/// One queue at a glance (the dashboard's numbers), over every server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub segments: u32,
+    /// Tasks per status.
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Pending tasks by when they are due: `overdue`, `1m`, `1h`, `1d`, `later`.
+    pub pending_due: std::collections::BTreeMap<String, i64>,
+    /// First-attempt start minus due time over the attempts of the last 5 minutes, ms.
+    pub lateness_p50_ms: f64,
+    pub lateness_p99_ms: f64,
+    /// Attempts ended per second over the last minute.
+    pub throughput_per_s: f64,
+}
+
 /// A page of tasks and the cursor of the next one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page {
@@ -180,6 +196,78 @@ impl Store {
         all.sort_by_key(|a| std::cmp::Reverse(a.started_at));
         all.truncate(limit);
         Ok(all)
+    }
+
+    /// Every queue's numbers (the store's `task_queues`), summed over the servers (lateness:
+    /// the worst server's).
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, TasksError> {
+        let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
+        for server in 0..self.servers.len() {
+            let client = self.conn(server, "reading queue stats").await?;
+            let err = db_err("reading queue stats", server);
+            for r in client
+                .query("SELECT name, segments FROM task_queues", &[])
+                .await
+                .map_err(&err)?
+            {
+                let (name, segments): (String, i32) = (r.get(0), r.get(1));
+                by_queue.entry(name.clone()).or_insert_with(|| QueueStats {
+                    queue: name,
+                    segments: segments.max(0) as u32,
+                    ..QueueStats::default()
+                });
+            }
+            for r in client
+                .query(
+                    "SELECT queue, status, count(*),
+                            CASE WHEN status <> 'pending' THEN NULL
+                                 WHEN due_at <= now() THEN 'overdue'
+                                 WHEN due_at <= now() + interval '1 minute' THEN '1m'
+                                 WHEN due_at <= now() + interval '1 hour' THEN '1h'
+                                 WHEN due_at <= now() + interval '1 day' THEN '1d'
+                                 ELSE 'later' END AS bucket
+                       FROM tasks GROUP BY 1, 2, 4",
+                    &[],
+                )
+                .await
+                .map_err(&err)?
+            {
+                let (queue, status, n, bucket): (String, String, i64, Option<String>) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                let q = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
+                    queue,
+                    ..QueueStats::default()
+                });
+                *q.by_status.entry(status).or_default() += n;
+                if let Some(b) = bucket {
+                    *q.pending_due.entry(b).or_default() += n;
+                }
+            }
+            for r in client
+                .query(
+                    "SELECT a.queue,
+                            coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.started_at - t.due_at) * 1000)
+                                     FILTER (WHERE a.attempt = 1), 0)::float8,
+                            coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM a.started_at - t.due_at) * 1000)
+                                     FILTER (WHERE a.attempt = 1), 0)::float8,
+                            (count(*) FILTER (WHERE a.ended_at > now() - interval '1 minute'))::float8 / 60
+                       FROM attempts a JOIN tasks t ON t.id = a.task
+                      WHERE a.started_at > now() - interval '5 minutes'
+                      GROUP BY a.queue",
+                    &[],
+                )
+                .await
+                .map_err(&err)?
+            {
+                let queue: String = r.get(0);
+                if let Some(q) = by_queue.get_mut(&queue) {
+                    q.lateness_p50_ms = q.lateness_p50_ms.max(r.get(1));
+                    q.lateness_p99_ms = q.lateness_p99_ms.max(r.get(2));
+                    q.throughput_per_s += r.get::<_, f64>(3);
+                }
+            }
+        }
+        Ok(by_queue.into_values().collect())
     }
 
     /// Tasks of `queue` with `status` (any when `None`), due before `due_before`, ordered by

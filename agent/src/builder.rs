@@ -61,6 +61,7 @@ pub struct AgentBuilder {
     handlers: Vec<(String, Arc<dyn DynJob>)>,
     max_concurrent: Option<usize>,
     exec_log: Option<PathBuf>,
+    exec_sinks: Vec<Arc<dyn crate::execlog::ExecSink>>,
     shutdown_timeout: Duration,
     rebalance: RebalanceOptions,
     leader_eligible: bool,
@@ -92,6 +93,7 @@ impl Default for AgentBuilder {
             handlers: Vec::new(),
             max_concurrent: None,
             exec_log: None,
+            exec_sinks: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
             rebalance: RebalanceOptions::default(),
             leader_eligible: true,
@@ -204,6 +206,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Also gives every finished execution (aborted ones included) to `sink` — e.g.
+    /// `shardjob_tasks::history::PgHistory`, the history in PostgreSQL with a retention.
+    pub fn exec_sink(mut self, sink: Arc<dyn crate::execlog::ExecSink>) -> Self {
+        self.exec_sinks.push(sink);
+        self
+    }
+
     /// How long a graceful shutdown waits for running executions and hand-offs.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
@@ -292,15 +301,15 @@ impl AgentBuilder {
                 return Err(AgentError::DuplicateHandler(name.clone()));
             }
         }
-        let exec_log = match &self.exec_log {
-            Some(path) => Some(Arc::new(ExecLog::open(path).map_err(|e| {
-                AgentError::ExecLog {
-                    path: path.display().to_string(),
-                    cause: e.to_string(),
-                }
-            })?)),
-            None => None,
-        };
+        let mut sinks = self.exec_sinks.clone();
+        if let Some(path) = &self.exec_log {
+            let file = crate::execlog::JsonLines::open(path).map_err(|e| AgentError::ExecLog {
+                path: path.display().to_string(),
+                cause: e.to_string(),
+            })?;
+            sinks.push(Arc::new(file));
+        }
+        let exec_log = ExecLog::new(sinks).map(Arc::new);
 
         let client = connect_patiently(&self.connect, self.connect_timeout).await?;
         wait_until_free(&client, &keys, &id).await?;

@@ -1,6 +1,9 @@
-//! The execution log: one JSON line per finished execution, for the fault suite's checker and
-//! for anyone auditing what ran where.
+//! The execution history: every finished execution (aborted ones included) goes to each
+//! [`ExecSink`] the agent was given — the JSON-lines file of [`JsonLines`] (`.exec_log(path)`),
+//! or any other (`.exec_sink(..)`; `shardjob_tasks::history::PgHistory` keeps it in
+//! PostgreSQL with a retention).
 //!
+//! The file is for the fault suite's checker and for anyone auditing what ran where:
 //! `{"job","shard","fire_time","instance","token","start","end","outcome"}`, times RFC 3339 UTC
 //! with microseconds. Lines are appended with one `write` each on a file opened `O_APPEND`, so
 //! several processes may share one file.
@@ -139,13 +142,20 @@ impl ExecRecord {
     }
 }
 
+/// Where finished executions go. Called on the agent's own tasks: it must not block (queue
+/// the record and write it elsewhere).
+pub trait ExecSink: Send + Sync + 'static {
+    /// One finished execution.
+    fn record(&self, record: &ExecRecord);
+}
+
 /// An append-only JSON-lines file.
 #[derive(Debug)]
-pub struct ExecLog {
+pub struct JsonLines {
     file: Mutex<File>,
 }
 
-impl ExecLog {
+impl JsonLines {
     /// Opens (creating if needed) `path` for appending.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -153,14 +163,44 @@ impl ExecLog {
             file: Mutex::new(file),
         })
     }
+}
 
-    /// Appends one record; a failing disk is logged, never fatal to the agent.
-    pub fn append(&self, record: &ExecRecord) {
+impl ExecSink for JsonLines {
+    /// Appends one line; a failing disk is logged, never fatal to the agent.
+    fn record(&self, record: &ExecRecord) {
         let mut line = record.to_json();
         line.push('\n');
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = file.write_all(line.as_bytes()) {
             tracing::warn!(error = %e, "writing the execution log failed");
+        }
+    }
+}
+
+/// Every sink of an agent.
+#[derive(Clone, Default)]
+pub struct ExecLog {
+    sinks: Vec<std::sync::Arc<dyn ExecSink>>,
+}
+
+impl std::fmt::Debug for ExecLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecLog")
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl ExecLog {
+    /// A log over `sinks`; `None` when there are none (nothing to record).
+    pub fn new(sinks: Vec<std::sync::Arc<dyn ExecSink>>) -> Option<Self> {
+        (!sinks.is_empty()).then_some(Self { sinks })
+    }
+
+    /// Gives one record to every sink.
+    pub fn append(&self, record: &ExecRecord) {
+        for s in &self.sinks {
+            s.record(record);
         }
     }
 }

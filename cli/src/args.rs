@@ -53,6 +53,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// A cron job's executions from the PostgreSQL history (agents with the history sink).
+    History {
+        job: String,
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<u32>,
+        /// Only executions started at or after this RFC 3339 instant.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The task store's PostgreSQL URLs, comma separated (the history is on the first).
+        #[arg(long, env = "SHARDJOB_PG_URL", value_delimiter = ',', required = true)]
+        pg_url: Vec<String>,
+    },
     /// Delayed tasks in PostgreSQL (needs no etcd).
     Tasks {
         /// The task store's PostgreSQL URLs, comma separated, in the agents' order.

@@ -96,12 +96,27 @@ async fn run(cli: Cli) -> Result<(), String> {
         println!("{}", tasks::run(pg_url, cmd, cli.json).await?);
         return Ok(());
     }
+    if let Cmd::History {
+        job,
+        shard,
+        since,
+        limit,
+        pg_url,
+    } = &cli.cmd
+    {
+        println!(
+            "{}",
+            tasks::history(pg_url, job, *shard, since.as_deref(), *limit, cli.json).await?
+        );
+        return Ok(());
+    }
     let keys = Keys::with_prefix(&cli.prefix, &cli.namespace).map_err(|e| e.to_string())?;
     let client = connect(&connect_config(&cli)?)
         .await
         .map_err(|e| e.to_string())?;
     let out = match &cli.cmd {
         Cmd::Tasks { pg_url, cmd } => tasks::run(pg_url, cmd, cli.json).await?,
+        Cmd::History { .. } => String::new(), // answered above, before connecting to etcd
         Cmd::Status => status(&client, &keys, cli.json).await?,
         Cmd::Instances => instances(&load(&client, &keys).await?, cli.json),
         Cmd::Jobs => jobs(&load(&client, &keys).await?, cli.json),

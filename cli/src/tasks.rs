@@ -198,3 +198,45 @@ pub async fn run(urls: &[String], cmd: &TasksCmd, as_json: bool) -> Result<Strin
         }
     }
 }
+
+/// `shardjob history JOB`.
+pub async fn history(
+    urls: &[String],
+    job: &str,
+    shard: Option<u32>,
+    since: Option<&str>,
+    limit: usize,
+    as_json: bool,
+) -> Result<String, String> {
+    let since = since.map(|t| time("since", t)).transpose()?;
+    let tasks = Tasks::connect(TasksConfig::new(urls.to_vec()).background(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let runs = tasks
+        .history(job, shard, since, limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    if as_json {
+        return Ok(to_json(json!({"executions": runs})));
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                when(Some(r.fire_time)),
+                r.shard.to_string(),
+                r.instance.clone(),
+                r.token.to_string(),
+                when(Some(r.started_at)),
+                format!("{} ms", (r.ended_at - r.started_at).num_milliseconds()),
+                r.outcome.clone(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "FIRE", "SHARD", "INSTANCE", "TOKEN", "STARTED", "TOOK", "OUTCOME",
+        ],
+        &rows,
+    ))
+}

@@ -37,6 +37,7 @@
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod history;
 pub mod http;
 pub mod listen;
 pub mod permits;

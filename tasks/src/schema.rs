@@ -11,7 +11,9 @@
 //! - `segment_fences`, one row per (queue, segment): the token of its current owner;
 //! - `task_dedupe`, (queue, dedupe key) → task, unique per queue (a partitioned table cannot
 //!   hold a unique index without its partition key);
-//! - `task_queues`, each queue's segment count.
+//! - `task_queues`, each queue's segment count;
+//! - `executions` (version 2), the cron jobs' execution history (`history.rs`), partitioned
+//!   by day of `started_at`.
 
 use deadpool_postgres::Pool;
 
@@ -21,9 +23,10 @@ use crate::error::{TasksError, pg_text};
 const MIGRATION_LOCK: i64 = 0x0073_6a74_6173_6b73;
 
 /// The migrations, in order: (version, SQL).
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE task_queues (
     name        text PRIMARY KEY,
     segments    int NOT NULL CHECK (segments > 0),
@@ -85,7 +88,25 @@ CREATE TABLE task_dedupe (
     PRIMARY KEY (queue, dedupe_key)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE executions (
+    job         text NOT NULL,
+    shard       int NOT NULL,
+    fire_time   timestamptz NOT NULL,
+    instance    text NOT NULL,
+    token       bigint NOT NULL,
+    started_at  timestamptz NOT NULL,
+    ended_at    timestamptz NOT NULL,
+    outcome     text NOT NULL
+) PARTITION BY RANGE (started_at);
+CREATE TABLE executions_default PARTITION OF executions DEFAULT;
+CREATE INDEX executions_by_job ON executions (job, shard, started_at);
+"#,
+    ),
+];
 
 /// Brings server `server` to the latest version.
 pub async fn migrate(pool: &Pool, server: usize) -> Result<(), TasksError> {

@@ -10,6 +10,7 @@
 //! | `GET /v1/tasks/{id}/attempts` | every attempt |
 //! | `GET /v1/executions?instance=&limit=` | what a worker ran, newest first |
 //! | `GET /v1/jobs`, `/v1/instances`, `/v1/leader` | read-only views of the cron side (etcd) |
+//! | `GET /v1/history?job=&shard=&since=&limit=` | a cron job's executions (the PostgreSQL history sink), newest first |
 //! | `GET /v1/queues` | every queue: tasks per status, pending by due bucket, lateness, throughput |
 //! | `GET /openapi.json` | the OpenAPI 3 document |
 //! | `GET /` | the read-only dashboard (`dashboard.html`: plain HTML and a little JavaScript over these routes) |
@@ -122,6 +123,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/instances", get(routes::instances))
         .route("/v1/leader", get(routes::leader))
         .route("/v1/queues", get(routes::queues))
+        .route("/v1/history", get(routes::history))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,

@@ -70,6 +70,17 @@ fn common(mut responses: Value) -> Value {
     responses
 }
 
+/// A cron job's execution, as the history stores it.
+fn execution_schema() -> Value {
+    let time = json!({"type": "string", "format": "date-time"});
+    json!({"type": "object",
+        "required": ["job", "shard", "fire_time", "instance", "token", "started_at", "ended_at", "outcome"],
+        "properties": {"job": {"type": "string"}, "shard": {"type": "integer"},
+            "fire_time": time.clone(), "instance": {"type": "string"}, "token": {"type": "integer"},
+            "started_at": time.clone(), "ended_at": time,
+            "outcome": {"type": "string", "enum": ["ok", "failed", "timeout", "cancelled", "aborted"]}}})
+}
+
 /// The document; `secured`: every `/v1` route needs the bearer token (as the server is
 /// configured — a document that claims auth the server does not check would be wrong).
 pub fn document(secured: bool) -> Value {
@@ -82,6 +93,7 @@ pub fn document(secured: bool) -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Execution": execution_schema(),
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"],
                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -187,6 +199,15 @@ pub fn document(secured: bool) -> Value {
                 "200": ok("leader", json!({"type": "object", "required": ["revision", "leader"], "properties": {
                     "revision": {"type": "integer"}, "leader": {"type": "object", "nullable": true}}})),
                 "404": error_response("no etcd connection configured")}))}},
+            "/v1/history": {"get": {"summary": "A cron job's executions, newest first",
+                "parameters": [
+                    {"name": "job", "in": "query", "required": true, "schema": name_of(128)},
+                    {"name": "shard", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 9999}},
+                    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                "responses": common(json!({
+                    "200": ok("executions", json!({"type": "object", "required": ["executions"], "properties": {
+                        "executions": {"type": "array", "items": {"$ref": "#/components/schemas/Execution"}}}}))}))}},
             "/v1/queues": {"get": {"summary": "Every queue at a glance", "responses": common(json!({
                 "200": ok("queues", json!({"type": "object", "required": ["queues"], "properties": {
                     "queues": {"type": "array", "items": {"type": "object", "required": ["queue", "segments", "by_status", "pending_due"],
@@ -216,6 +237,7 @@ mod tests {
             "/v1/instances",
             "/v1/leader",
             "/v1/queues",
+            "/v1/history",
             "/",
             "/openapi.json",
         ] {

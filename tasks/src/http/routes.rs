@@ -188,6 +188,30 @@ pub async fn instances(State(s): State<ApiState>) -> Answer {
     ok(json!({"revision": v.revision, "instances": v.instances, "leases": left}))
 }
 
+pub async fn history(
+    State(s): State<ApiState>,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Answer {
+    let q = params(q, &["job", "shard", "since", "limit"])?;
+    let job = q
+        .get("job")
+        .ok_or_else(|| ApiError::bad_request("job: required"))?;
+    shardjob_sharding::validate_name("job name", job)
+        .map_err(|e| ApiError::bad_request(format!("job: {e}")))?;
+    let shard = q
+        .get("shard")
+        .map(|v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|s| *s < shardjob_coordinator::model::MAX_TOTAL)
+                .ok_or_else(|| ApiError::bad_request(format!("shard: {v:?} is not a shard number")))
+        })
+        .transpose()?;
+    let since = q.get("since").map(|t| time("since", t)).transpose()?;
+    let runs = s.tasks.history(job, shard, since, limit(&q, 100)?).await?;
+    ok(json!({"executions": runs}))
+}
+
 pub async fn queues(State(s): State<ApiState>) -> Answer {
     ok(json!({"queues": s.tasks.queue_stats().await?}))
 }

@@ -8,7 +8,7 @@ use super::{Store, db_err};
 use crate::error::TasksError;
 
 /// The partitioned tables.
-pub const TABLES: [&str; 2] = ["tasks", "attempts"];
+pub const TABLES: [&str; 3] = ["tasks", "attempts", "executions"];
 
 /// The day of `t` (UTC).
 pub fn day_of(t: DateTime<Utc>) -> NaiveDate {

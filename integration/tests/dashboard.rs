@@ -70,6 +70,9 @@ fn cron_agent(
         .unwrap()
         .shards(4);
     builder(&etcd.endpoints(), "dashboard", id)
+        .exec_sink(std::sync::Arc::new(
+            shardjob_tasks::history::PgHistory::start(tasks),
+        ))
         .job(spec, job_fn(|_ctx: ShardContext| async { Ok(()) }))
         .queue(
             recording_queue(tasks, "web", &rec, tx)
@@ -131,7 +134,8 @@ async fn the_dashboard_shows_the_cluster_and_follows_a_failover() {
         dom.contains("data-loaded=\"yes\""),
         "the page never finished a refresh:\n{dom}"
     );
-    for needle in ["tick", "tasks.web", "web", "resident"] {
+    // The cron history has rows by now (the sink writes within 100 ms; the fires ran above).
+    for needle in ["tick", "tasks.web", "web", "resident", "every 1s"] {
         assert!(dom.contains(needle), "{needle} missing:\n{dom}");
     }
     assert!(

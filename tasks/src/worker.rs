@@ -417,9 +417,11 @@ impl Segment {
         self.running.spawn(async move {
             tokio::time::sleep_until(to_instant(due_at)).await;
             let _permit = permits.acquire().await;
+            // Held while the handler runs: what the concurrency limits allow, as a gauge.
+            let _running = Running::enter(&queue_label);
             let started_at = Utc::now();
             let lateness = (started_at - due_at).to_std().unwrap_or_default();
-            metrics::histogram!("shardjob_task_lateness_seconds", "queue" => queue_label)
+            metrics::histogram!("shardjob_task_lateness_seconds", "queue" => queue_label.clone())
                 .record(lateness.as_secs_f64());
             let cancel = ctx.cancel.clone();
             let mut run = handler.run_boxed(ctx);
@@ -617,6 +619,23 @@ impl Segment {
             tokio::time::sleep(DB_RETRY).await;
         }
         Ok(())
+    }
+}
+
+/// One running task in `shardjob_tasks_running{queue}`, for as long as it lives.
+struct Running(String);
+
+impl Running {
+    fn enter(queue: &str) -> Self {
+        metrics::gauge!("shardjob_tasks_running", "queue" => queue.to_owned()).increment(1.0);
+        Self(queue.to_owned())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        metrics::gauge!("shardjob_tasks_running", "queue" => std::mem::take(&mut self.0))
+            .decrement(1.0);
     }
 }
 

@@ -169,3 +169,58 @@ async fn no_task_is_lost_or_run_twice_at_once_across_kill_pause_and_restart() {
         .get(0);
     assert_eq!(written, 0, "the zombie wrote outcomes under its old tokens");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_server_serves_the_api_and_refuses_a_public_address_without_a_token() {
+    let etcd = EtcdCluster::single().unwrap();
+    let pg = PgServer::start().unwrap();
+    let port = shardjob_integration::free_ports(1).unwrap()[0];
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_tasks_server"));
+    let envs = |addr: String| {
+        vec![
+            ("SHARDJOB_ENDPOINTS".to_owned(), etcd.endpoints().join(",")),
+            ("SHARDJOB_NAMESPACE".to_owned(), "tasks-server".to_owned()),
+            ("SHARDJOB_TTL".to_owned(), "2".to_owned()),
+            ("SHARDJOB_PG_URL".to_owned(), pg.url()),
+            ("SHARDJOB_HTTP_ADDR".to_owned(), addr),
+        ]
+    };
+    // A public address without a token: refused at once, with the reason.
+    let out = std::process::Command::new(bin)
+        .envs(envs(format!("0.0.0.0:{port}")))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SHARDJOB_API_TOKEN"),
+        "{out:?}"
+    );
+
+    let mut server = AgentProc::new("srv", bin, envs(format!("127.0.0.1:{port}")), dir.path());
+    server.start().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    until("the API answers", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let (st, v) = shardjob_integration::taskkit::http(
+        addr,
+        "POST",
+        "/v1/tasks",
+        Some(r#"{"queue":"demo","delay_ms":100,"payload":{"hello":1}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/tasks/{id}");
+    until("the task is done", Duration::from_secs(30), || async {
+        let (_, v) = shardjob_integration::taskkit::http(addr, "GET", &path, None, None).await;
+        v["status"] == "done"
+    })
+    .await;
+    let (st, page) = shardjob_integration::taskkit::http(addr, "GET", "/", None, None).await;
+    assert_eq!(st, 200, "the dashboard is served: {page}");
+    server.stop(Duration::from_secs(30)).unwrap();
+}

@@ -131,6 +131,23 @@ impl Store {
     }
 }
 
+/// A payload as stored, read as text (`payload::text`) and parsed here: PostgreSQL's jsonb
+/// rewrites numbers in its own form, and a value that serde_json then refuses must not panic
+/// a worker or an API handler (found by schemathesis). What does not parse comes back as a
+/// JSON string of the stored text.
+pub(crate) fn payload(text: Result<String, tokio_postgres::Error>) -> serde_json::Value {
+    match text {
+        Ok(t) => serde_json::from_str(&t).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "a stored payload does not parse as JSON here; passing its text");
+            serde_json::Value::String(t)
+        }),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::pg_text(&e), "a stored payload could not be read");
+            serde_json::Value::Null
+        }
+    }
+}
+
 /// A database error of `op` on `server`.
 pub(crate) fn db_err(
     op: &'static str,

@@ -62,7 +62,7 @@ UPDATE tasks SET status = 'running', attempt = attempt + 1, started_at = now(), 
        token = $3, instance = $4
  WHERE queue = $1 AND segment = $2 AND id = ANY($5) AND due_at >= $6 AND due_at <= $7
    AND status = 'pending' AND EXISTS (SELECT 1 FROM f)
-RETURNING id, payload, attempt, max_attempts, due_at, recovery, started_at, lost"
+RETURNING id, payload::text, attempt, max_attempts, due_at, recovery, started_at, lost"
 );
 
 const FINISH: &str = concat!(
@@ -241,7 +241,7 @@ impl Store {
             .iter()
             .map(|r| Claimed {
                 id: r.get(0),
-                payload: r.get(1),
+                payload: super::payload(r.try_get(1)),
                 attempt: r.get::<_, i32>(2).max(0) as u32,
                 max_attempts: r.get::<_, Option<i32>>(3).map(|m| m.max(1) as u32),
                 due_at: r.get(4),

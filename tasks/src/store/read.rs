@@ -59,7 +59,7 @@ pub enum CancelOutcome {
     Unknown,
 }
 
-const COLUMNS: &str = "id, queue, segment, due_at, payload, status, attempt, max_attempts, dedupe_key, \
+const COLUMNS: &str = "id, queue, segment, due_at, payload::text, status, attempt, max_attempts, dedupe_key, \
                        created_at, updated_at, started_at, finished_at, last_error, token, instance";
 
 fn record(r: &tokio_postgres::Row) -> TaskRecord {
@@ -68,7 +68,7 @@ fn record(r: &tokio_postgres::Row) -> TaskRecord {
         queue: r.get(1),
         segment: r.get::<_, i32>(2).max(0) as u32,
         due_at: r.get(3),
-        payload: r.get(4),
+        payload: super::payload(r.try_get(4)),
         status: r.get(5),
         attempt: r.get::<_, i32>(6).max(0) as u32,
         max_attempts: r.get::<_, Option<i32>>(7).map(|m| m.max(0) as u32),

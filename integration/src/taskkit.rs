@@ -273,3 +273,33 @@ pub async fn http(
         serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// What most delayed-task tests start with: etcd, PostgreSQL, the store (migrated), a
+/// recorder and the channel its handlers report runs on.
+#[derive(Debug)]
+pub struct Bed {
+    pub etcd: crate::EtcdCluster,
+    pub pg: PgServer,
+    pub tasks: Tasks,
+    pub rec: Recorder,
+    pub tx: mpsc::UnboundedSender<TaskRun>,
+    pub rx: mpsc::UnboundedReceiver<TaskRun>,
+}
+
+impl Bed {
+    /// Starts etcd and PostgreSQL and connects the store.
+    pub async fn start() -> Self {
+        let etcd = crate::EtcdCluster::single().expect("etcd starts");
+        let pg = PgServer::start().expect("PostgreSQL starts");
+        let tasks = connect(&[&pg]).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            etcd,
+            pg,
+            tasks,
+            rec: Recorder::default(),
+            tx,
+            rx,
+        }
+    }
+}

@@ -27,10 +27,14 @@ fn soon(ms: u64) -> NewTask {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_run_once_on_time_and_every_attempt_is_recorded() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg: _pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let spec = recording_queue(&tasks, "q", &rec, tx)
         .segments(4)
         .window(Duration::from_secs(5));
@@ -75,10 +79,14 @@ async fn tasks_run_once_on_time_and_every_attempt_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_with_backoff_then_dead_letter_and_requeue_runs_again() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg: _pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let spec = recording_queue(&tasks, "r", &rec, tx)
         .segments(2)
         .window(Duration::from_secs(5))
@@ -219,10 +227,14 @@ async fn cancel_dedupe_and_bad_input_answer_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raised_fence_rejects_the_old_owners_writes_and_it_runs_nothing_more() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let spec = recording_queue(&tasks, "f", &rec, tx)
         .segments(2)
         .window(Duration::from_secs(5));
@@ -282,10 +294,14 @@ async fn a_raised_fence_rejects_the_old_owners_writes_and_it_runs_nothing_more()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_notification_was_lost_is_found_by_the_refill() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let spec = recording_queue(&tasks, "n", &rec, tx)
         .segments(1)
         .window(Duration::from_secs(5))
@@ -360,10 +376,14 @@ async fn a_queue_spreads_over_two_servers_by_segment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_agents_running_tasks_are_run_again_by_the_new_owner_never_at_once() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg: _pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let q = |tx| {
         recording_queue(&tasks, "k", &rec, tx)
             .segments(4)
@@ -461,10 +481,14 @@ async fn a_database_crash_and_restart_loses_no_task_and_runs_none_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_attempt_is_cancelled_and_counts_as_failed() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg: _pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let spec = recording_queue(&tasks, "t", &rec, tx)
         .segments(1)
         .window(Duration::from_secs(5))
@@ -496,10 +520,14 @@ async fn a_timed_out_attempt_is_cancelled_and_counts_as_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_interrupts_a_long_task_and_the_new_owner_runs_it_after_never_during() {
     logs();
-    let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());
-    let tasks = connect(&[&pg]).await;
-    let rec = Recorder::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Bed {
+        etcd,
+        pg: _pg,
+        tasks,
+        rec,
+        tx,
+        mut rx,
+    } = Bed::start().await;
     let q = |tx| {
         recording_queue(&tasks, "h", &rec, tx)
             .segments(2)

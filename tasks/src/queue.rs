@@ -76,7 +76,7 @@ impl Tasks {
             window: Duration::from_secs(30),
             refill_every: None,
             claim_batch: 256,
-            claim_ahead: Duration::from_millis(100),
+            claim_ahead: Duration::from_millis(250),
             max_in_memory: 50_000,
             concurrency: 64,
             dispatch_rate: None,
@@ -114,7 +114,7 @@ impl QueueSpec {
         self
     }
 
-    /// How far ahead of its due time a task is marked running (default 100 ms); its handler
+    /// How far ahead of its due time a task is marked running (default 250 ms); its handler
     /// still starts at the due time. Hides the claim's round trip and makes claims batches
     /// (a segment claims at most twice per claim-ahead); a task cannot be cancelled in that
     /// last moment.

@@ -4,7 +4,8 @@
 //! The demo, the delayed-task fault tests and `bench-tasks` start it.
 //!
 //! Configured by the usual `SHARDJOB_*` variables and `SHARDJOB_PG_URL` (comma separated),
-//! `SHARDJOB_QUEUE`, `SHARDJOB_SEGMENTS`, `SHARDJOB_CONCURRENCY` (default 256).
+//! `SHARDJOB_QUEUE`, `SHARDJOB_SEGMENTS`, `SHARDJOB_CONCURRENCY` (default 256),
+//! `SHARDJOB_CLAIM_AHEAD_MS` (default: the queue's, 250).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,10 +38,16 @@ async fn run() -> Result<(), String> {
     let queue = var("SHARDJOB_QUEUE", "demo");
     let segments: u32 = number("SHARDJOB_SEGMENTS", "16")?;
     let concurrency: usize = number("SHARDJOB_CONCURRENCY", "256")?;
-    let spec = tasks
+    let mut spec = tasks
         .queue(queue, logging_task_handler(log))
         .segments(segments)
         .concurrency(concurrency);
+    if let Ok(ms) = std::env::var("SHARDJOB_CLAIM_AHEAD_MS") {
+        let ms: u64 = ms
+            .parse()
+            .map_err(|_| format!("SHARDJOB_CLAIM_AHEAD_MS={ms:?} is not a number"))?;
+        spec = spec.claim_ahead(std::time::Duration::from_millis(ms));
+    }
     let agent = builder_from_env()?
         .shutdown_timeout(Duration::from_secs(20))
         .queue(spec)

@@ -13,7 +13,7 @@
 //!   is the gap its segments saw.
 //!
 //! Usage: `bench-tasks [--pending N] [--rates 5000,20000] [--secs 10] [--burst N] [--agents 2]
-//! [--cases submit,steady,burst,kill] [--agent-bin PATH]` (release build:
+//! [--cases submit,steady,burst,kill] [--claim-ahead-ms N] [--agent-bin PATH]` (release build:
 //! `cargo build --release -p shardjob-examples --bin tasks_agent -p shardjob-integration --bin bench-tasks`).
 
 use std::process::ExitCode;
@@ -35,6 +35,7 @@ struct Opts {
     agents: usize,
     cases: Vec<String>,
     bin: Option<std::path::PathBuf>,
+    claim_ahead_ms: Option<u64>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -48,6 +49,7 @@ fn parse() -> Result<Opts, String> {
             .map(String::from)
             .to_vec(),
         bin: None,
+        claim_ahead_ms: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +68,7 @@ fn parse() -> Result<Opts, String> {
             "--agents" => o.agents = v.parse().map_err(|_| bad())?,
             "--cases" => o.cases = v.split(',').map(String::from).collect(),
             "--agent-bin" => o.bin = Some(v.into()),
+            "--claim-ahead-ms" => o.claim_ahead_ms = Some(v.parse().map_err(|_| bad())?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -150,6 +153,7 @@ async fn run(o: Opts) -> Result<Vec<String>, String> {
         bin,
         dir: dir.path().to_owned(),
         pending: 0,
+        claim_ahead_ms: o.claim_ahead_ms,
     };
     let far = Duration::from_secs(2 * 86_400);
     let want = |c: &str| o.cases.iter().any(|x| x == c);

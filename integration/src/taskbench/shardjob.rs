@@ -28,6 +28,8 @@ pub struct Bench<'a> {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub pending: u64,
+    /// Passed to the agents as `SHARDJOB_CLAIM_AHEAD_MS`, if set.
+    pub claim_ahead_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for Bench<'_> {
@@ -91,6 +93,10 @@ impl Bench<'_> {
             ("SHARDJOB_SEGMENTS".to_owned(), SEGMENTS.to_string()),
             ("SHARDJOB_CONCURRENCY".to_owned(), "1024".to_owned()),
         ];
+        let mut envs = envs;
+        if let Some(ms) = self.claim_ahead_ms {
+            envs.push(("SHARDJOB_CLAIM_AHEAD_MS".to_owned(), ms.to_string()));
+        }
         let mut a = AgentProc::new(id, &self.bin, envs, &self.dir);
         a.start()?;
         self.agents.push(a);

@@ -521,8 +521,15 @@ impl Segment {
             .await
         {
             Ok(written) => {
-                if written.len() < batch.len() && self.fenced().await {
-                    return Err(self.fenced_error().await);
+                if written.len() < batch.len() {
+                    if self.fenced().await {
+                        return Err(self.fenced_error().await);
+                    }
+                    // Not fenced, yet a row was not ours to finish (it is no longer running
+                    // under this token and attempt). Nothing here changed it; say so loudly.
+                    warn!(queue = %self.spec.name, segment = self.segment,
+                        asked = batch.len(), written = written.len(),
+                        "some outcomes matched no running task of this owner");
                 }
                 for f in &batch {
                     if let Some(at) = f.retry_at.filter(|at| self.window.covers(*at)) {

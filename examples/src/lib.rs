@@ -18,16 +18,23 @@ use std::time::Duration;
 
 use shardjob_agent::{Agent, AgentBuilder};
 
+/// The comma-separated list in variable `name`, trimmed; `None` when unset or empty.
+pub fn env_list(name: &str) -> Option<Vec<String>> {
+    let list: Vec<String> = std::env::var(name)
+        .ok()?
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
 /// An agent builder configured from the `SHARDJOB_*` variables (see the crate docs).
 pub fn builder_from_env() -> Result<AgentBuilder, String> {
     let mut b = Agent::builder();
-    if let Ok(e) = std::env::var("SHARDJOB_ENDPOINTS") {
-        b = b.endpoints(
-            e.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
+    if let Some(endpoints) = env_list("SHARDJOB_ENDPOINTS") {
+        b = b.endpoints(endpoints);
     }
     if let Ok(ns) = std::env::var("SHARDJOB_NAMESPACE") {
         b = b.namespace(ns);
@@ -129,16 +136,9 @@ pub async fn tasks_from_env() -> Result<
     )>,
     String,
 > {
-    let urls: Vec<String> = std::env::var("SHARDJOB_PG_URL")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if urls.is_empty() {
+    let Some(urls) = env_list("SHARDJOB_PG_URL") else {
         return Ok(None);
-    }
+    };
     let log = match std::env::var("SHARDJOB_TASK_LOG") {
         Ok(path) => Some(std::sync::Arc::new(std::sync::Mutex::new(
             std::fs::OpenOptions::new()

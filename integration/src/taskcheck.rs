@@ -14,6 +14,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::benchkit::percentile;
+
 /// One handler run from the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedRun {
@@ -86,14 +88,6 @@ pub fn read_log(path: &Path) -> Vec<LoggedRun> {
             })
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// What the store says of a queue: each task's status, and each attempt.
@@ -196,10 +190,9 @@ pub fn judge(stored: &Stored, runs: &[LoggedRun]) -> TaskReport {
             }
         }
     }
-    late.sort_by(f64::total_cmp);
-    report.late_p50_ms = percentile(&late, 0.5);
-    report.late_p99_ms = percentile(&late, 0.99);
-    report.late_max_ms = late.last().copied().unwrap_or(0.0);
+    report.late_p50_ms = percentile(&late, 50.0);
+    report.late_p99_ms = percentile(&late, 99.0);
+    report.late_max_ms = late.iter().copied().fold(0.0, f64::max);
     report
 }
 
@@ -256,14 +249,6 @@ mod tests {
             &seq,
         );
         assert_eq!((r.overlaps, r.fenced_overlaps, r.lost), (0, 0, 1));
-    }
-
-    #[test]
-    fn percentiles_of_a_small_sample() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 51.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 
     #[test]

@@ -16,12 +16,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::store::CHANNEL;
 use crate::store::submit::parse_notification;
 
-/// One worker's doorbell: the earliest due time announced since it last looked.
+/// One worker's doorbell: what was announced since it last looked.
 #[derive(Debug, Default)]
 pub struct Nudge {
-    earliest: Mutex<Option<DateTime<Utc>>>,
-    /// Set by a reconnect: anything may have been missed.
-    everything: Mutex<bool>,
+    rung: Mutex<Option<Rung>>,
     pub notify: Notify,
 }
 
@@ -35,31 +33,22 @@ pub enum Rung {
 }
 
 impl Nudge {
+    /// Rings for a task due at `due`, or (`None`: a reconnect, anything may have been missed)
+    /// for everything; a full reload swallows any earlier due time.
     fn ring(&self, due: Option<DateTime<Utc>>) {
-        match due {
-            Some(d) => {
-                let mut e = self.earliest.lock().unwrap_or_else(|p| p.into_inner());
-                *e = Some(e.map_or(d, |old| old.min(d)));
-            }
-            None => *self.everything.lock().unwrap_or_else(|p| p.into_inner()) = true,
-        }
+        let mut rung = self.rung.lock().unwrap_or_else(|p| p.into_inner());
+        *rung = Some(match (*rung, due) {
+            (Some(Rung::All), _) | (_, None) => Rung::All,
+            (Some(Rung::From(old)), Some(d)) => Rung::From(old.min(d)),
+            (None, Some(d)) => Rung::From(d),
+        });
+        drop(rung);
         self.notify.notify_one();
     }
 
     /// What rang since the last call, if anything.
     pub fn take(&self) -> Option<Rung> {
-        if std::mem::take(&mut *self.everything.lock().unwrap_or_else(|p| p.into_inner())) {
-            self.earliest
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            return Some(Rung::All);
-        }
-        self.earliest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(Rung::From)
+        self.rung.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -279,6 +279,11 @@ impl Tasks {
         self.inner.store.cancel(id).await
     }
 
+    /// A task without its attempts (one read), or `None` for an unknown id.
+    pub async fn task(&self, id: Uuid) -> Result<Option<TaskRecord>, TasksError> {
+        Ok(self.inner.store.get(id).await?.map(|(_, t)| t))
+    }
+
     /// A task and its attempts, or `None` for an unknown id.
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskStatus>, TasksError> {
         let Some((server, task)) = self.inner.store.get(id).await? else {

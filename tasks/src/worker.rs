@@ -374,8 +374,10 @@ impl Segment {
                 .await;
             match claimed {
                 Ok(claimed) => {
-                    if claimed.is_empty() && self.fenced().await {
-                        return Err(self.fenced_error().await);
+                    if claimed.is_empty() {
+                        if let Some(e) = self.fenced().await {
+                            return Err(e);
+                        }
                     }
                     for c in claimed {
                         self.start(c);
@@ -522,8 +524,8 @@ impl Segment {
         {
             Ok(written) => {
                 if written.len() < batch.len() {
-                    if self.fenced().await {
-                        return Err(self.fenced_error().await);
+                    if let Some(e) = self.fenced().await {
+                        return Err(e);
                     }
                     // Not fenced, yet a row was not ours to finish (it is no longer running
                     // under this token and attempt). Nothing here changed it; say so loudly.
@@ -548,30 +550,27 @@ impl Segment {
         }
     }
 
-    async fn fenced(&self) -> bool {
+    /// The fence's error when the fence has moved on from this owner's token (one read);
+    /// `None` while it is still ours or could not be read.
+    async fn fenced(&self) -> Option<TasksError> {
         let store = self.spec.tasks.store();
-        matches!(store.fence(self.server, &self.spec.name, self.segment).await, Ok(t) if t != Some(self.token))
-    }
-
-    async fn fenced_error(&self) -> TasksError {
-        let current = self
-            .spec
-            .tasks
-            .store()
+        let current = match store
             .fence(self.server, &self.spec.name, self.segment)
             .await
-            .ok()
-            .flatten();
+        {
+            Ok(t) if t != Some(self.token) => t,
+            _ => return None,
+        };
         metrics::counter!("shardjob_task_fenced_total", "queue" => self.spec.name.clone())
             .increment(1);
         warn!(queue = %self.spec.name, segment = self.segment, token = self.token, ?current,
             "fenced out: another owner has this segment; stopping");
-        TasksError::Fenced {
+        Some(TasksError::Fenced {
             queue: self.spec.name.clone(),
             segment: self.segment,
             mine: self.token,
             current,
-        }
+        })
     }
 
     /// The hand-off: running tasks get the grace, then are cancelled (pending again for the

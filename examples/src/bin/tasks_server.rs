@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use shardjob_examples::{
-    builder_from_env, exit, init_logging, logging_task_handler, shutdown_signal, tasks_from_env,
+    builder_from_env, env_list, exit, init_logging, logging_task_handler, shutdown_signal,
+    tasks_from_env,
 };
 use shardjob_tasks::AgentBuilderExt;
 use shardjob_tasks::http::{ApiState, Limits};
@@ -57,13 +58,8 @@ async fn run() -> Result<(), String> {
     let Some((tasks, log)) = tasks_from_env().await? else {
         return Err("set SHARDJOB_PG_URL to the PostgreSQL URL(s) of the task store".into());
     };
-    let endpoints: Vec<String> = std::env::var("SHARDJOB_ENDPOINTS")
-        .unwrap_or_else(|_| "http://127.0.0.1:2379".into())
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let endpoints =
+        env_list("SHARDJOB_ENDPOINTS").unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]);
     let namespace = std::env::var("SHARDJOB_NAMESPACE").unwrap_or_else(|_| "default".into());
     let keys =
         shardjob_agent::coordinator::keys::Keys::new(&namespace).map_err(|e| e.to_string())?;

@@ -18,6 +18,7 @@ use graphile_worker::{
 use serde::{Deserialize, Serialize};
 
 use super::{Line, rss_mib};
+use crate::benchkit::percentile;
 
 /// The benchmark's job: its number.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,23 +237,15 @@ impl Graphile {
                 }
             }
         }
-        late.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            if late.is_empty() {
-                0.0
-            } else {
-                late[(((late.len() - 1) as f64) * p).round() as usize]
-            }
-        };
         let span = (hi - lo) as f64 / 1e6;
         Line {
             implementation: "graphile_worker",
             case: case.to_owned(),
             pending: self.pending,
             rate,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
-            max_ms: late.last().copied().unwrap_or(0.0),
+            p50_ms: percentile(&late, 50.0),
+            p99_ms: percentile(&late, 99.0),
+            max_ms: late.iter().copied().fold(0.0, f64::max),
             completed_per_s: if span > 0.0 {
                 late.len() as f64 / span
             } else {

@@ -82,8 +82,8 @@ pub async fn submit(
 
 pub async fn get(State(s): State<ApiState>, Path(task): Path<String>) -> Answer {
     let task = id(&task)?;
-    match s.tasks.get(task).await? {
-        Some(st) => ok(st.task),
+    match s.tasks.task(task).await? {
+        Some(t) => ok(t),
         None => Err(ApiError::not_found(format!("id: no task {task}"))),
     }
 }

@@ -14,6 +14,8 @@
 //! /shardjob/<ns>/done/<job>/<shard>          a one-shot's shard ran: when, how, where
 //! /shardjob/<ns>/triggers/<job>              run every shard once now
 //! /shardjob/<ns>/disabled/<instance>         drain: the leader assigns it nothing
+//! /shardjob/<ns>/liveness/<instance>/<lease hex>/<epoch>
+//!                                            lease-bound: who won a broken liveness stream
 //! ```
 //!
 //! Every prefix that is watched or deleted ends in `/`, so job `a` never matches job `a-b`.
@@ -91,6 +93,15 @@ impl Keys {
     /// `leader/`: the candidates' keys; the one with the lowest create revision leads.
     pub fn leader_prefix(&self) -> String {
         self.under("leader", "")
+    }
+    /// `liveness/`
+    pub fn liveness_prefix(&self) -> String {
+        self.under("liveness", "")
+    }
+    /// `liveness/<instance>/<lease hex>/<epoch>`: the verdict on stream `epoch` of that lease
+    /// after it broke (the agent's "alive" or the leader's "dead", whichever came first).
+    pub fn liveness(&self, instance: &str, lease: i64, epoch: u64) -> String {
+        self.under("liveness", &format!("{instance}/{lease:x}/{epoch}"))
     }
     /// `jobs/`
     pub fn jobs_prefix(&self) -> String {
@@ -248,6 +259,10 @@ mod tests {
         assert_eq!(k.election_name(), "/shardjob/prod/leader");
         assert_eq!(k.owner("orders", 3), "/shardjob/prod/owners/orders/3");
         assert_eq!(k.cursor("orders", 0), "/shardjob/prod/cursors/orders/0");
+        assert_eq!(
+            k.liveness("i1", 0x694d, 3),
+            "/shardjob/prod/liveness/i1/694d/3"
+        );
         for p in [
             k.instances_prefix(),
             k.jobs_prefix(),

@@ -12,12 +12,15 @@
 //!   (`Rebalancer`) and the watch/write loop.
 //! - [`watch`]: a list-then-watch helper that re-lists after a compaction.
 //! - [`view`]: a read-only snapshot of a namespace for the CLI and tests.
+//! - [`liveness`]: the stream each agent keeps to the leader, so a crash moves its shards
+//!   within a fraction of a second instead of a lease TTL.
 
 pub mod connect;
 pub mod election;
 pub mod etcd_error;
 pub mod keys;
 pub mod kv;
+pub mod liveness;
 pub mod model;
 pub mod ops;
 pub mod rebalance;

@@ -44,6 +44,7 @@ pub async fn register(
         handlers: handlers.iter().map(|h| h.to_string()).collect(),
         started_at: chrono::Utc::now(),
         leaving: false,
+        liveness: None,
     };
     let value = serde_json::to_vec(&info).expect("encode instance");
     client

@@ -33,6 +33,10 @@ pub struct InstanceInfo {
     /// `rebalance_delay` (which is for an instance whose lease expired and may come back).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// Where this instance takes liveness streams when it leads (`host:port`); absent when
+    /// the agent runs without one (see `coordinator/src/liveness/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<String>,
 }
 
 fn one() -> u32 {

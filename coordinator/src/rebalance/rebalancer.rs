@@ -252,6 +252,7 @@ fn stub_info(id: &InstanceId) -> InstanceInfo {
         handlers: Default::default(),
         started_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
         leaving: false,
+        liveness: None,
     }
 }
 

@@ -41,6 +41,8 @@ pub mod testing;
 pub use builder::{AgentBuilder, AgentError};
 pub use handle::{AgentHandle, AgentStatus};
 pub use job::{FnJob, Job, JobError, ShardContext, job_fn};
+/// How the liveness stream is kept (see [`AgentBuilder::liveness`]).
+pub use shardjob_coordinator::liveness::LivenessOptions;
 pub use spec::JobSpec;
 
 pub use shardjob_coordinator as coordinator;

@@ -122,6 +122,11 @@ pub enum Input {
     Proof {
         valid_until: Instant,
     },
+    /// The liveness stream's guard moved: nothing may run at or past `until` (`None`: only
+    /// the lease binds). See `shardjob_coordinator::liveness`.
+    Guard {
+        until: Option<Instant>,
+    },
     /// A new lease, registered and proven until `valid_until`.
     SessionOpened {
         lease: LeaseId,

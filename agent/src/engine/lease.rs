@@ -30,6 +30,7 @@ impl Engine {
         self.session = Some(Proof {
             lease,
             valid_until,
+            guard: None,
             lapsed: false,
         });
         self.decide_all(now);
@@ -43,12 +44,37 @@ impl Engine {
             return;
         };
         p.valid_until = p.valid_until.max(valid_until);
+        self.resume_if_proven(now);
+    }
+
+    /// The liveness stream's guard moved (it can move back: a new stream starts a new guard).
+    /// A guard already past lapses at once.
+    pub(super) fn on_guard(&mut self, until: Option<Instant>, now: Now) {
+        let Some(p) = self.session.as_mut() else {
+            return;
+        };
+        p.guard = until;
+        if !p.lapsed && now.mono >= p.ends() {
+            self.lapse();
+            return;
+        }
+        self.resume_if_proven(now);
+    }
+
+    /// After a renewal of the proof or the guard: resume after a lapse, start what is owed,
+    /// carry out the claims deferred for lack of proof now rather than at the next re-check.
+    fn resume_if_proven(&mut self, now: Now) {
+        let Some(p) = self.session.as_ref() else {
+            return;
+        };
         let was_lapsed = p.lapsed;
         if !self.proven(now) || (!was_lapsed && self.owed.is_empty() && self.retry.is_empty()) {
             return;
         }
         if was_lapsed {
-            info!("the lease is proven again: resuming with the same lease and shards");
+            info!(
+                "the lease is proven (and guarded) again: resuming with the same lease and shards"
+            );
             if let Some(p) = self.session.as_mut() {
                 p.lapsed = false;
             }
@@ -58,9 +84,11 @@ impl Engine {
         self.publish_all = true;
     }
 
-    /// The proof ran out: stop every run until etcd answers.
+    /// The proof (or the liveness guard) ran out: stop every run until it is renewed.
     pub(super) fn lapse(&mut self) {
-        warn!("the lease can no longer be proven alive: stopping executions until etcd answers");
+        warn!(
+            "the lease can no longer be proven alive (or its liveness guard ran out): stopping executions until renewed"
+        );
         if let Some(p) = self.session.as_mut() {
             p.lapsed = true;
         }

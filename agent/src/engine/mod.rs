@@ -46,13 +46,28 @@ use shard::Local;
 /// How long a deferred decision waits before it is tried again.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
+/// How much sooner than the liveness stream's guard runs out a launch stops (the guard is
+/// already short; the leader adds its own slack after it).
+pub const GUARD_MARGIN: Duration = Duration::from_millis(5);
+
 /// The lease as this agent last proved it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Proof {
     lease: LeaseId,
     valid_until: Instant,
-    /// The proof ran out and etcd has not answered yet.
+    /// The liveness stream's guard: after a break the leader may end the lease from this
+    /// instant on, so nothing may run at or past it. `None`: only the lease binds.
+    guard: Option<Instant>,
+    /// The proof (or the guard) ran out and has not been renewed yet.
     lapsed: bool,
+}
+
+impl Proof {
+    /// When acting under this lease must stop: the end of the proof or of the guard.
+    fn ends(&self) -> Instant {
+        self.guard
+            .map_or(self.valid_until, |g| g.min(self.valid_until))
+    }
 }
 
 /// What the engine is built with.
@@ -159,6 +174,7 @@ impl Engine {
                 outcome,
             } => self.on_exec_done(&job, shard, exec, outcome, now),
             Input::Proof { valid_until } => self.on_proof(valid_until, now),
+            Input::Guard { until } => self.on_guard(until, now),
             Input::SessionOpened { lease, valid_until } => {
                 self.on_session_opened(lease, valid_until, now)
             }
@@ -173,7 +189,7 @@ impl Engine {
     /// When to call `step(Tick)` next: the earliest of the next fire, the end of the lease's
     /// proof, and the re-check of deferred decisions.
     pub fn next_wake(&self) -> Option<Instant> {
-        let proof = self.session.filter(|p| !p.lapsed).map(|p| p.valid_until);
+        let proof = self.session.filter(|p| !p.lapsed).map(|p| p.ends());
         [self.heap.next_due(), proof, self.retry_at]
             .into_iter()
             .flatten()
@@ -253,8 +269,10 @@ impl Engine {
 
     /// True when the lease is proven for the margin past `now`.
     fn proven(&self, now: Now) -> bool {
-        self.session
-            .is_some_and(|p| now.mono + self.cfg.margin < p.valid_until)
+        self.session.is_some_and(|p| {
+            now.mono + self.cfg.margin < p.valid_until
+                && p.guard.is_none_or(|g| now.mono + GUARD_MARGIN < g)
+        })
     }
 
     fn defer(&mut self, job: &str, now: Now) {

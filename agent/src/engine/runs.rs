@@ -242,7 +242,7 @@ impl Engine {
     pub(super) fn on_tick(&mut self, now: Now) {
         if self
             .session
-            .is_some_and(|p| !p.lapsed && now.mono >= p.valid_until)
+            .is_some_and(|p| !p.lapsed && now.mono >= p.ends())
         {
             self.lapse();
         }

@@ -1,11 +1,13 @@
 //! The leader loop an agent runs per session: campaign, run the rebalancer while leading,
 //! campaign again if deposed, resign when stopped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
 use shardjob_coordinator::election::{Election, ElectionError};
 use shardjob_coordinator::keys::Keys;
+use shardjob_coordinator::liveness::server::LivenessServer;
 use shardjob_coordinator::rebalance::{RebalanceExit, RebalanceOptions, run_leader};
 use shardjob_coordinator::session::SessionHandle;
 use tokio::sync::mpsc;
@@ -22,6 +24,8 @@ pub(crate) struct LeadTask {
     pub options: RebalanceOptions,
     pub stop: CancellationToken,
     pub events: mpsc::Sender<Event>,
+    /// The listener that takes liveness streams while this agent leads.
+    pub liveness: Option<Arc<LivenessServer>>,
 }
 
 impl LeadTask {
@@ -47,6 +51,8 @@ impl LeadTask {
                 },
             };
             self.report(true).await;
+            // Streams are served for exactly this term: dropping it closes them.
+            let term = self.liveness.as_ref().map(|l| l.lead(leadership.clone()));
             // The rebalancer stops when told to, or when the session is lost.
             let stop = self.stop.child_token();
             let watch_lost = {
@@ -59,6 +65,7 @@ impl LeadTask {
             let result =
                 run_leader(&self.client, &self.keys, &leadership, &self.options, stop).await;
             watch_lost.abort();
+            drop(term);
             self.report(false).await;
             match result {
                 Ok((RebalanceExit::Deposed, _)) => continue,

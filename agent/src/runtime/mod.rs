@@ -14,6 +14,7 @@ mod carry;
 mod claimer;
 mod exec;
 mod lead;
+mod liveness;
 mod observe;
 mod releaser;
 pub(crate) mod txn;
@@ -44,7 +45,10 @@ use crate::handle::{AgentHandle, AgentStatus};
 use crate::job::DynJob;
 use carry::RunningExec;
 use claimer::{ClaimWork, Claimer};
+pub(crate) use liveness::Liveness;
+use liveness::StreamTask;
 use releaser::{ReleaseWork, Releaser};
+use shardjob_coordinator::liveness::guard::Bound;
 use txn::Writes;
 
 /// Everything the builder validated.
@@ -65,6 +69,8 @@ pub(crate) struct AgentConfig {
     pub leader_eligible: bool,
     /// Fire and execution metrics carry a `job` label.
     pub job_labels: bool,
+    /// The liveness stream, when on.
+    pub liveness: Option<Liveness>,
 }
 
 /// Which watch an event came from.
@@ -122,6 +128,8 @@ pub(crate) struct Core {
     stopping: Option<Instant>,
     /// What `instances/<id>` holds for the current session, and the revision it was put at.
     registered: Option<(InstanceInfo, i64)>,
+    /// The liveness stream of the current session.
+    stream: Option<StreamTask>,
 }
 
 impl Core {
@@ -175,6 +183,7 @@ impl Core {
             status,
             stopping: None,
             registered: None,
+            stream: None,
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -244,6 +253,7 @@ impl Core {
                 .map(|s| s.handle().lost())
                 .unwrap_or_default();
             let mut renewals = self.renewals.clone();
+            let mut bound = self.stream.as_ref().map(|s| s.bound.clone());
             let wake = self.engine.next_wake().map(Instant::from_std);
             tokio::select! {
                 biased;
@@ -255,6 +265,7 @@ impl Core {
                     metrics::gauge!("shardjob_lease_remaining_seconds").set(left.as_secs_f64());
                     self.step(Input::Proof { valid_until: valid_until.into_std() });
                 }
+                () = bound_changed(&mut bound), if has_session => self.on_bound(),
                 _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
                 ev = rx.recv() => match ev {
                     Some(ev) => self.handle(ev),
@@ -319,6 +330,7 @@ impl Core {
             handlers: self.cfg.handlers.keys().cloned().collect(),
             started_at: Utc::now(),
             leaving: false,
+            liveness: self.cfg.liveness.as_ref().map(|l| l.advertise.clone()),
         };
         let value = serde_json::to_vec(&info).map_err(|e| OpenError::Encode(e.to_string()))?;
         let mut client = self.client.clone();
@@ -342,8 +354,14 @@ impl Core {
                 options: self.cfg.rebalance.clone(),
                 stop: stop.clone(),
                 events: self.tx.clone(),
+                liveness: self.cfg.liveness.as_ref().map(|l| l.server.clone()),
             };
             self.leader = Some((stop, tokio::spawn(task.run().in_current_span())));
+        }
+        if let Some(l) = &self.cfg.liveness {
+            let task =
+                StreamTask::spawn(l, &self.client, &self.cfg.keys, &self.cfg.id, lease.get());
+            self.stream = Some(task);
         }
         info!(%lease, "registered");
         let proven = session.handle().valid_until();
@@ -362,6 +380,9 @@ impl Core {
         metrics::gauge!("shardjob_lease_remaining_seconds").set(0.0);
         self.step(Input::SessionLost);
         self.registered = None;
+        if let Some(s) = self.stream.take() {
+            s.close_soon();
+        }
         if let Some((stop, _)) = self.leader.take() {
             stop.cancel();
         }
@@ -382,6 +403,9 @@ impl Core {
         }
         if let Some((_, task)) = self.leader.take() {
             task.abort(); // no resign: leadership ends with the lease
+        }
+        if let Some(s) = self.stream.take() {
+            s.vanish(); // no goodbye: the leader sees the stream end
         }
         if let Some(session) = self.session.take() {
             let _ = session.orphan();
@@ -474,6 +498,9 @@ impl Core {
             stop.cancel();
             let _ = timeout(Duration::from_secs(5), task).await;
         }
+        if let Some(s) = self.stream.take() {
+            s.close().await;
+        }
         if let Some(session) = self.session.take() {
             if let Err(e) = session.close().await {
                 warn!(error = %e, "revoking the lease failed; it expires by itself");
@@ -485,6 +512,35 @@ impl Core {
         });
         info!("stopped");
     }
+}
+
+impl Core {
+    /// The liveness stream's bound moved: tell the engine; a condemned lease self-fences at
+    /// once (the leader is revoking it).
+    fn on_bound(&mut self) {
+        let Some(bound) = self.stream.as_mut().map(|s| *s.bound.borrow_and_update()) else {
+            return;
+        };
+        match bound {
+            Bound::Lease => self.step(Input::Guard { until: None }),
+            Bound::Until(t) => self.step(Input::Guard { until: Some(t) }),
+            Bound::Condemned => {
+                metrics::counter!("shardjob_liveness_condemned_total").increment(1);
+                self.self_fence();
+            }
+        }
+    }
+}
+
+/// Resolves when the stream's bound changed; never while there is no stream (or its task
+/// ended).
+async fn bound_changed(rx: &mut Option<watch::Receiver<Bound>>) {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The bound of one attempt of a shutdown write.

@@ -159,6 +159,12 @@ impl Harness {
         self.step(Input::Proof { valid_until })
     }
 
+    /// The liveness stream guards until `secs` (`None`: only the lease binds).
+    pub fn guard_until(&mut self, secs: Option<f64>) -> Vec<Command> {
+        let until = secs.map(|s| self.mono(s));
+        self.step(Input::Guard { until })
+    }
+
     pub fn job(&mut self, job: &str, mut config: JobConfig) -> Vec<Command> {
         config.handler = Some("h".into());
         self.step(Input::JobPut {

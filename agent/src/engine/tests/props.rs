@@ -28,6 +28,8 @@ enum Op {
     AnswerRelease(u8, bool),
     Finish(u8),
     Prove(u16),
+    /// The liveness stream's guard: until now + ms, or only the lease.
+    Guard(Option<u16>),
     OtherTakes(u8),
     KeyDeleted(u8),
     LoseSession,
@@ -46,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), any::<bool>()).prop_map(|(i, ok)| Op::AnswerRelease(i, ok)),
         4 => any::<u8>().prop_map(Op::Finish),
         3 => (0u16..12000).prop_map(Op::Prove),
+        2 => proptest::option::of(0u16..400).prop_map(Op::Guard),
         1 => (0u8..SHARDS as u8).prop_map(Op::OtherTakes),
         1 => (0u8..SHARDS as u8).prop_map(Op::KeyDeleted),
         1 => Just(Op::LoseSession),
@@ -63,6 +66,7 @@ struct Model {
     lease: Option<LeaseId>,
     next_lease: i64,
     valid_until: std::time::Instant,
+    guard: Option<std::time::Instant>,
     keys: BTreeMap<u32, (String, i64, i64)>,
     cursors: BTreeMap<u32, Cursor>,
     /// Dead owners' markers still to be found by a claim (fires far in the past, distinct).
@@ -86,6 +90,7 @@ impl Model {
             lease: None,
             next_lease: 7,
             valid_until: std::time::Instant::now(),
+            guard: None,
             keys: BTreeMap::new(),
             // A previous owner released every shard cleanly after running 10:00:00.
             cursors: (0..SHARDS)
@@ -127,6 +132,7 @@ impl Model {
         self.next_lease += 1;
         self.lease = Some(lease);
         self.valid_until = self.h.now().mono + TTL;
+        self.guard = None;
         let out = self.h.open_with(lease);
         self.absorb(out);
     }
@@ -206,6 +212,11 @@ impl Model {
                         self.valid_until - mono_now
                     );
                     assert!(
+                        self.guard.is_none_or(|g| mono_now < g),
+                        "launch at {} past the liveness guard",
+                        self.h.t
+                    );
+                    assert!(
                         !self.running.values().any(|s| *s == shard),
                         "a second run of shard {shard} at once"
                     );
@@ -239,6 +250,12 @@ impl Model {
                     self.absorb(out);
                 }
                 self.h.set(to);
+                let now = self.h.now().mono;
+                assert!(
+                    self.guard.is_none_or(|g| now < g) || self.running.is_empty(),
+                    "runs left at {} past the liveness guard",
+                    self.h.t
+                );
             }
             Op::Late(ms) => {
                 let to = self.h.t + f64::from(ms) / 1000.0;
@@ -373,6 +390,15 @@ impl Model {
                 let until = self.h.t + f64::from(ms) / 1000.0;
                 self.valid_until = self.valid_until.max(self.h.mono(until));
                 let out = self.h.prove_until(until);
+                self.absorb(out);
+            }
+            Op::Guard(ms) => {
+                if self.lease.is_none() {
+                    return;
+                }
+                let until = ms.map(|ms| self.h.t + f64::from(ms) / 1000.0);
+                self.guard = until.map(|u| self.h.mono(u));
+                let out = self.h.guard_until(until);
                 self.absorb(out);
             }
             Op::OtherTakes(s) => {

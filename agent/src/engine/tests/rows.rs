@@ -328,6 +328,48 @@ fn a_lapse_replays_a_failover_run_as_a_failover_run() {
     );
 }
 
+// ---- the liveness stream's guard ----------------------------------------------------------
+
+#[test]
+fn a_guard_that_runs_out_lapses_like_the_proof_and_a_settled_stream_resumes() {
+    // The lease is proven far ahead; only the stream's guard binds.
+    let mut h = Harness::holding(1, every(60, 1));
+    h.prove_until(200.0);
+    h.guard_until(Some(60.5));
+    let run = h.at(60.0);
+    assert_eq!(launches(&run), [(0, 60.0, Scheduled)]);
+    // At the guard's end (not the proof's): the run stops, nothing starts.
+    let lapse = h.at(60.5);
+    assert_eq!(aborts(&lapse), [0]);
+    assert!(lapse.contains(&Command::Lapsed));
+    // A renewal of the lease alone does not resume while the guard is past.
+    assert_eq!(launches(&h.prove_until(210.0)), []);
+    // Settled alive: only the lease binds; the cut-short fire is replayed once, same token.
+    let resumed = h.guard_until(None);
+    assert_eq!(launches(&resumed), [(0, 60.0, Misfire)]);
+    assert_eq!(launches(&h.guard_until(None)), [], "not twice");
+}
+
+#[test]
+fn nothing_starts_within_the_guard_margin_and_a_past_guard_lapses_at_once() {
+    let mut h = Harness::holding(1, every(60, 1));
+    h.prove_until(200.0);
+    // The fire at 60 would start 1 ms before the guard ends: too close.
+    h.guard_until(Some(60.001));
+    let at = h.at(60.0);
+    assert_eq!(launches(&at), []);
+    // A guard moved back into the past (a new stream whose hello was long ago) lapses now.
+    let mut h = Harness::holding(1, every(60, 1));
+    h.prove_until(200.0);
+    h.at(30.0);
+    let lapse = h.guard_until(Some(29.0));
+    assert!(lapse.contains(&Command::Lapsed));
+    // And a guard renewed ahead resumes.
+    let resumed = h.guard_until(Some(70.0));
+    assert!(!resumed.contains(&Command::Lapsed));
+    assert_eq!(launches(&h.at(60.0)), [(0, 60.0, Scheduled)]);
+}
+
 #[test]
 fn claims_wait_for_proof_and_go_at_the_recheck() {
     let mut h = Harness::new();

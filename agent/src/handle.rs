@@ -28,6 +28,11 @@ pub struct AgentStatus {
     pub executions: u64,
     /// True once a graceful shutdown has begun.
     pub stopping: bool,
+    /// True while a liveness stream to the leader binds this agent (attached, or settling a
+    /// break): a crash of this process moves its shards within the guard, not the TTL.
+    pub guarded: bool,
+    /// What this agent, while it led, did about liveness streams that broke, by outcome.
+    pub stream_breaks: shardjob_coordinator::liveness::server::Breaks,
 }
 
 /// A running agent. Dropping it does not stop the agent; call [`AgentHandle::shutdown`].

@@ -15,7 +15,7 @@ mod cluster;
 pub mod fixtures;
 mod health;
 pub mod lateness;
-mod ports;
+pub mod ports;
 pub mod postgres;
 pub mod proxy;
 pub use ports::free_ports;

@@ -4,6 +4,10 @@
 //! (at most one chunk read per direction is held back, so TCP back-pressure stalls both ends),
 //! and accepts new connections without connecting them upstream. No reset, no error: the agent
 //! only sees silence, the hardest partition to notice. Healing forwards the held data.
+//!
+//! [`Proxy::sever`] is the other kind of network fault: it closes the connections open now
+//! (both sides, or only the upstream side while the client's side stays open and silent), and
+//! new ones are forwarded as usual.
 
 use std::net::SocketAddr;
 
@@ -12,11 +16,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+/// Which sides of the open connections [`Proxy::sever`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sever {
+    /// Both: each end sees its connection closed.
+    Both,
+    /// Only the upstream side: the server sees its connection closed, the client sees silence.
+    Upstream,
+}
+
 /// A proxy to one upstream address.
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
     cut: watch::Sender<bool>,
+    sever: watch::Sender<(u64, Sever)>,
     task: JoinHandle<()>,
 }
 
@@ -26,8 +40,22 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (cut, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, upstream, rx));
-        Ok(Self { port, cut, task })
+        let (sever, sever_rx) = watch::channel((0, Sever::Both));
+        let task = tokio::spawn(accept_loop(listener, upstream, rx, sever_rx));
+        Ok(Self {
+            port,
+            cut,
+            sever,
+            task,
+        })
+    }
+
+    /// Closes the connections open now (see [`Sever`]); later ones are forwarded.
+    pub fn sever(&self, how: Sever) {
+        self.sever.send_modify(|(n, h)| {
+            *n += 1;
+            *h = how;
+        });
     }
 
     /// The local port agents connect to.
@@ -60,23 +88,46 @@ async fn wait_open(cut: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cut: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    cut: watch::Receiver<bool>,
+    sever: watch::Receiver<(u64, Sever)>,
+) {
     let mut conns = JoinSet::new();
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
         };
         let mut cut = cut.clone();
+        let mut sever = sever.clone();
+        sever.borrow_and_update();
         conns.spawn(async move {
             wait_open(&mut cut).await;
             let Ok(outbound) = TcpStream::connect(upstream).await else {
                 return;
             };
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            let up = tokio::spawn(pump(ri, wo, cut.clone()));
-            pump(ro, wi, cut).await;
-            up.abort();
+            let (mut ri, mut wi) = inbound.into_split();
+            let (mut ro, mut wo) = outbound.into_split();
+            let how = {
+                let up = pump(&mut ri, &mut wo, cut.clone());
+                let down = pump(&mut ro, &mut wi, cut);
+                tokio::pin!(up, down);
+                let mut up_done = false;
+                loop {
+                    tokio::select! {
+                        _ = &mut up, if !up_done => up_done = true,
+                        _ = &mut down => break None,
+                        _ = sever.changed() => break Some(sever.borrow().1),
+                    }
+                }
+            };
+            if how == Some(Sever::Upstream) {
+                drop((ro, wo));
+                // The client's side stays open and silent until the proxy goes.
+                std::future::pending::<()>().await;
+                drop((ri, wi));
+            }
         });
         // Reap finished connections so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
@@ -84,8 +135,8 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cut: watch::Re
 }
 
 async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
     mut cut: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];

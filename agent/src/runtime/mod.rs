@@ -165,6 +165,9 @@ impl Core {
             margin: cfg.ttl / 10,
             job_labels: cfg.job_labels,
         });
+        if let Some(l) = &cfg.liveness {
+            tokio::spawn(forward_breaks(l.server.breaks(), status.clone()));
+        }
         let core = Core {
             client,
             writes,
@@ -390,6 +393,7 @@ impl Core {
         self.publish_all(|s| {
             s.session_losses += 1;
             s.is_leader = false;
+            s.guarded = false;
         });
     }
 
@@ -521,6 +525,12 @@ impl Core {
         let Some(bound) = self.stream.as_mut().map(|s| *s.bound.borrow_and_update()) else {
             return;
         };
+        let guarded = matches!(bound, Bound::Until(_));
+        self.status.send_if_modified(|s| {
+            let changed = s.guarded != guarded;
+            s.guarded = guarded;
+            changed
+        });
         match bound {
             Bound::Lease => self.step(Input::Guard { until: None }),
             Bound::Until(t) => self.step(Input::Guard { until: Some(t) }),
@@ -529,6 +539,21 @@ impl Core {
                 self.self_fence();
             }
         }
+    }
+}
+
+/// Copies the liveness listener's break counts into the status, while the listener lives.
+async fn forward_breaks(
+    mut breaks: watch::Receiver<shardjob_coordinator::liveness::server::Breaks>,
+    status: watch::Sender<AgentStatus>,
+) {
+    while breaks.changed().await.is_ok() {
+        let b = *breaks.borrow_and_update();
+        status.send_if_modified(|s| {
+            let changed = s.stream_breaks != b;
+            s.stream_breaks = b;
+            changed
+        });
     }
 }
 

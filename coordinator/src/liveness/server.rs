@@ -54,6 +54,19 @@ pub enum Ended {
     Broken,
 }
 
+/// What this leader did about broken streams so far, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breaks {
+    /// "dead" won and the lease was revoked.
+    pub revoked: u64,
+    /// The agent had settled "alive" first: its lease stays.
+    pub spared: u64,
+    /// Not acted on: the term ended, the fence failed, or the lease was gone already.
+    pub moot: u64,
+    /// The condemn txn or the revoke failed (the TTL decides).
+    pub failed: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Term {
     leadership: Leadership,
@@ -66,6 +79,7 @@ struct Shared {
     me: String,
     slack: Duration,
     term: watch::Receiver<Option<Term>>,
+    breaks: watch::Sender<Breaks>,
 }
 
 /// The listener an agent keeps, serving streams only while it leads.
@@ -74,6 +88,7 @@ pub struct LivenessServer {
     term: watch::Sender<Option<Term>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for LivenessServer {
@@ -133,7 +148,9 @@ impl LivenessServer {
             me,
             slack,
             term: term_rx,
+            breaks: watch::channel(Breaks::default()).0,
         });
+        let shared_for_counts = shared.clone();
         let stop = CancellationToken::new();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -154,7 +171,13 @@ impl LivenessServer {
             term,
             stop,
             task,
+            shared: shared_for_counts,
         })
+    }
+
+    /// What this agent did about broken streams while it led, by outcome.
+    pub fn breaks(&self) -> watch::Receiver<Breaks> {
+        self.shared.breaks.subscribe()
     }
 
     /// The address bound (with the port the system chose for port 0).
@@ -301,11 +324,20 @@ impl Stream {
         let at = condemn_at(last_read, self.guard, self.shared.slack);
         info!(wait = ?at.saturating_duration_since(Instant::now()), "stream broke without a goodbye");
         tokio::select! {
-            _ = self.term.over.cancelled() => return,
+            _ = self.term.over.cancelled() => {
+                self.shared.breaks.send_modify(|b| b.moot += 1);
+                return;
+            }
             _ = sleep_until(at) => {}
         }
         let outcome = self.condemn().await;
         metrics::counter!("shardjob_liveness_breaks_total", "outcome" => outcome).increment(1);
+        self.shared.breaks.send_modify(|b| match outcome {
+            "revoked" => b.revoked += 1,
+            "spared" => b.spared += 1,
+            "failed" => b.failed += 1,
+            _ => b.moot += 1,
+        });
     }
 
     async fn condemn(&self) -> &'static str {

@@ -1,0 +1,313 @@
+//! The liveness stream against real etcd, with in-process agents: a crash is acted on through
+//! the broken stream (judged from etcd's history, not a clock), and a stream cut by the
+//! network while the agent lives is settled "alive" and changes no owner.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use shardjob_agent::{AgentHandle, AgentStatus, JobSpec, LivenessOptions};
+use shardjob_coordinator::keys::Keys;
+use shardjob_integration::EtcdCluster;
+use shardjob_integration::agents::{
+    Slow, assert_no_double_runs_and_rising_tokens, builder, recorder, wait_owned,
+};
+use shardjob_integration::fixtures::PATIENCE;
+use shardjob_integration::ports::free_ports;
+use shardjob_integration::proxy::{Proxy, Sever};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until `pred` holds for the statuses together.
+async fn wait_for(
+    statuses: &mut [watch::Receiver<AgentStatus>],
+    what: &str,
+    pred: impl Fn(&[AgentStatus]) -> bool,
+) {
+    timeout(PATIENCE, async {
+        loop {
+            let now: Vec<AgentStatus> = statuses
+                .iter_mut()
+                .map(|s| s.borrow_and_update().clone())
+                .collect();
+            if pred(&now) {
+                return;
+            }
+            let changes = statuses.iter_mut().map(|s| Box::pin(s.changed()));
+            let _ = futures_select_any(changes.collect()).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// The first of several futures to finish.
+async fn futures_select_any<F: std::future::Future + Unpin>(futs: Vec<F>) {
+    let mut futs = futs;
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn revision(client: &mut Client, keys: &Keys) -> i64 {
+    let r = client.get(keys.root(), None).await.unwrap();
+    r.header().unwrap().revision()
+}
+
+/// Every event under the namespace from `from` up to the current revision.
+async fn history(
+    client: &mut Client,
+    keys: &Keys,
+    from: i64,
+) -> Vec<(i64, EventType, String, String)> {
+    let until = revision(client, keys).await;
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+    let mut stream = client.watch(keys.root(), Some(opts)).await.unwrap();
+    let mut out: Vec<(i64, EventType, String, String)> = Vec::new();
+    while out.last().is_none_or(|(rev, ..)| *rev < until) {
+        let resp = timeout(PATIENCE, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for ev in resp.events() {
+            let kv = ev.kv().unwrap();
+            out.push((
+                kv.mod_revision(),
+                ev.event_type(),
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_agents_lease_is_revoked_through_its_broken_stream_before_any_new_owner() {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = || {
+        JobSpec::every("j", Duration::from_secs(1))
+            .unwrap()
+            .shards(6)
+    };
+    let mut agents: BTreeMap<&str, AgentHandle> = BTreeMap::new();
+    for id in ["a", "b", "c"] {
+        let agent = builder(&endpoints, "stream", id)
+            .ttl(TTL)
+            .liveness(LivenessOptions::new(loopback(0)))
+            .job(spec(), recorder(id, tx.clone(), Slow::default()))
+            .start()
+            .await
+            .unwrap();
+        agents.insert(id, agent);
+    }
+    let mut statuses: Vec<_> = agents.values().map(AgentHandle::status).collect();
+    let balanced = |o: &BTreeMap<String, Vec<u32>>| o.values().all(|s| s.len() == 2);
+    let before = wait_owned(&statuses, "j", 6, balanced).await;
+    // Every agent but the leader is attached to it.
+    wait_for(
+        &mut statuses,
+        "two agents guarded by a stream to the leader",
+        |s| {
+            s.iter().filter(|s| s.is_leader).count() == 1
+                && s.iter().filter(|s| !s.is_leader && s.guarded).count() == 2
+        },
+    )
+    .await;
+    let victim = agents
+        .iter()
+        .find(|(_, a)| !a.status().borrow().is_leader)
+        .map(|(id, _)| *id)
+        .unwrap();
+    let lease = agents[victim].status().borrow().lease;
+
+    let keys = Keys::new("stream").unwrap();
+    let mut client = etcd.client().await.unwrap();
+    let from = revision(&mut client, &keys).await + 1;
+    let crashed = tokio::time::Instant::now();
+    agents.remove(victim).unwrap().abort().await;
+    let survivors: Vec<_> = agents.values().map(AgentHandle::status).collect();
+    wait_owned(&survivors, "j", 6, |o| o.values().all(|s| s.len() == 3)).await;
+    eprintln!(
+        "the crashed agent's shards moved after {:?} (TTL {TTL:?})",
+        crashed.elapsed()
+    );
+
+    // From etcd's history: the leader's "dead" verdict on the victim's stream, then one
+    // revision deleting the victim's instance key and every owner key of its lease (a revoke),
+    // then the new owners.
+    let events = history(&mut client, &keys, from).await;
+    let verdict_prefix = format!("{}{victim}/{lease:x}/", keys.liveness_prefix());
+    let dead = events
+        .iter()
+        .find(|(_, t, k, v)| {
+            *t == EventType::Put && k.starts_with(&verdict_prefix) && v.contains("\"dead\"")
+        })
+        .unwrap_or_else(|| panic!("no dead verdict for {victim} in {events:#?}"));
+    let gone = events
+        .iter()
+        .find(|(_, t, k, _)| *t == EventType::Delete && *k == keys.instance(victim))
+        .unwrap_or_else(|| panic!("{victim}'s instance key was not deleted: {events:#?}"));
+    assert!(
+        dead.0 < gone.0,
+        "the verdict {dead:?} came after the deletion {gone:?}"
+    );
+    for &s in &before[victim] {
+        let owner = keys.owner("j", s);
+        let deleted = events
+            .iter()
+            .find(|(_, t, k, _)| *t == EventType::Delete && *k == owner)
+            .unwrap();
+        assert_eq!(
+            deleted.0, gone.0,
+            "{owner} went apart from its lease's other keys"
+        );
+        let now = client.get(owner.clone(), None).await.unwrap();
+        let created = now.kvs()[0].create_revision();
+        assert!(
+            created > gone.0,
+            "{owner} re-created at {created}, before the revoke at {}",
+            gone.0
+        );
+        // And just before the new owner key, the old one was gone.
+        let then = client
+            .get(
+                owner.clone(),
+                Some(GetOptions::new().with_revision(created - 1)),
+            )
+            .await
+            .unwrap();
+        assert!(then.kvs().is_empty());
+    }
+    let leader = agents
+        .values()
+        .find(|a| a.status().borrow().is_leader)
+        .unwrap();
+    assert_eq!(leader.status().borrow().stream_breaks.revoked, 1);
+
+    let mut runs = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        runs.push(r);
+    }
+    assert_no_double_runs_and_rising_tokens(&runs);
+    for a in agents.into_values() {
+        a.shutdown().await.unwrap();
+    }
+}
+
+/// A leader whose stream address is a proxy, and one more agent that streams through it; the
+/// proxy severs the stream (`how`) while both live.
+async fn a_severed_stream_is_settled_alive(how: Sever, ns: &str) {
+    let etcd = EtcdCluster::single().unwrap();
+    let endpoints = etcd.endpoints();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let spec = || {
+        JobSpec::every("j", Duration::from_secs(1))
+            .unwrap()
+            .shards(4)
+    };
+    let port = free_ports(1).unwrap()[0];
+    let proxy = Proxy::start(loopback(port)).await.unwrap();
+    // A longer guard than the default leaves the agent room to settle on a loaded machine.
+    let options = |listen| {
+        let mut o = LivenessOptions::new(listen);
+        o.interval = Duration::from_millis(50);
+        o.guard = Duration::from_millis(400);
+        o
+    };
+    let mut leader_opts = options(loopback(port));
+    leader_opts.advertise = Some(format!("127.0.0.1:{}", proxy.port()));
+    let a = builder(&endpoints, ns, "a")
+        .ttl(TTL)
+        .liveness(leader_opts)
+        .job(spec(), recorder("a", tx.clone(), Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let mut sa = vec![a.status()];
+    wait_for(&mut sa, "a leads", |s| s[0].is_leader).await;
+    let b = builder(&endpoints, ns, "b")
+        .ttl(TTL)
+        .liveness(options(loopback(0)))
+        .job(spec(), recorder("b", tx.clone(), Slow::default()))
+        .start()
+        .await
+        .unwrap();
+    let mut statuses = vec![a.status(), b.status()];
+    let owned = wait_owned(&statuses, "j", 4, |o| o.values().all(|s| s.len() == 2)).await;
+    wait_for(&mut statuses, "b guarded", |s| s[1].guarded).await;
+
+    let keys = Keys::new(ns).unwrap();
+    let mut client = etcd.client().await.unwrap();
+    let lease = b.status().borrow().lease;
+    let tokens = |client: &mut Client| {
+        let mut client = client.clone();
+        let keys = keys.clone();
+        let shards = owned["b"].clone();
+        async move {
+            let mut t = Vec::new();
+            for s in shards {
+                let r = client.get(keys.owner("j", s), None).await.unwrap();
+                t.push((r.kvs()[0].create_revision(), r.kvs()[0].lease()));
+            }
+            t
+        }
+    };
+    let tokens_before = tokens(&mut client).await;
+
+    proxy.sever(how);
+    // The leader saw the break, waited past b's guard, and found b's "alive" first.
+    wait_for(&mut statuses, "the leader to act on the break", |s| {
+        s[0].stream_breaks.spared + s[0].stream_breaks.revoked > 0
+    })
+    .await;
+    let breaks = a.status().borrow().stream_breaks;
+    assert_eq!((breaks.spared, breaks.revoked), (1, 0), "{breaks:?}");
+    let verdict = client
+        .get(keys.liveness("b", lease, 0), None)
+        .await
+        .unwrap();
+    let value = String::from_utf8_lossy(verdict.kvs()[0].value()).into_owned();
+    assert_eq!(value, r#"{"verdict":"alive","by":"b"}"#);
+    // Nothing changed hands: same lease, same owner keys (tokens), no session lost.
+    let st = b.status().borrow().clone();
+    assert_eq!((st.lease, st.session_losses), (lease, 0));
+    assert_eq!(tokens(&mut client).await, tokens_before);
+    // b attaches again (stream 1), through the proxy, which forwards new connections.
+    wait_for(&mut statuses, "b guarded again", |s| s[1].guarded).await;
+
+    let mut runs = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        runs.push(r);
+    }
+    assert_no_double_runs_and_rising_tokens(&runs);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_severed_on_both_sides_while_the_agent_lives_changes_no_owner() {
+    a_severed_stream_is_settled_alive(Sever::Both, "sever-both").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_severed_only_at_the_leader_is_settled_by_the_agents_silence() {
+    a_severed_stream_is_settled_alive(Sever::Upstream, "sever-up").await;
+}

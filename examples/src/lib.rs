@@ -7,6 +7,8 @@
 //! | `SHARDJOB_INSTANCE_ID` | instance id | `<host>-<pid>-<random>` |
 //! | `SHARDJOB_TTL` | lease TTL in seconds | `10` |
 //! | `SHARDJOB_EXEC_LOG` | append one JSON line per finished execution to this file | none |
+//! | `SHARDJOB_LIVENESS` | liveness stream: listen here (`127.0.0.1:0`) and stream to the leader | off |
+//! | `SHARDJOB_LIVENESS_ADVERTISE` | liveness stream: the address others connect to | the bound one |
 //! | `SHARDJOB_LOG` | log filter (`info`, `shardjob_agent=debug`, ...) | `warn` |
 //! | `SHARDJOB_PG_URL` | delayed tasks: PostgreSQL URLs, comma separated | none |
 //! | `SHARDJOB_TASK_LOG` | delayed tasks: append one JSON line per handler run to this file | none |
@@ -50,6 +52,14 @@ pub fn builder_from_env() -> Result<AgentBuilder, String> {
     }
     if let Ok(path) = std::env::var("SHARDJOB_EXEC_LOG") {
         b = b.exec_log(path);
+    }
+    if let Ok(listen) = std::env::var("SHARDJOB_LIVENESS") {
+        let addr = listen.parse().map_err(|_| {
+            format!("SHARDJOB_LIVENESS={listen:?} is not an address like 127.0.0.1:0")
+        })?;
+        let mut options = shardjob_agent::LivenessOptions::new(addr);
+        options.advertise = std::env::var("SHARDJOB_LIVENESS_ADVERTISE").ok();
+        b = b.liveness(options);
     }
     Ok(b)
 }

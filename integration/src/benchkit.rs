@@ -18,6 +18,10 @@ use crate::campaign::AgentProc;
 
 /// The job every benchmark agent runs.
 pub const JOB: &str = "bench";
+/// The log target and message of a liveness stream attaching (see `SHARDJOB_LOG`).
+pub const ATTACH_TARGET: &str = "shardjob_coordinator::liveness::client";
+/// What an agent logs when its liveness stream attaches.
+pub const ATTACHED: &str = "liveness stream attached";
 
 /// `quickstart` agents sharing one job in one namespace.
 pub struct Fleet {
@@ -45,9 +49,10 @@ impl Fleet {
         n: usize,
         shards: u32,
         ttl: Duration,
+        stream: bool,
     ) -> Result<Self, String> {
         let exec_log = dir.join(format!("{ns}.log"));
-        let envs = vec![
+        let mut envs = vec![
             ("SHARDJOB_ENDPOINTS".to_owned(), etcd.endpoints().join(",")),
             ("SHARDJOB_NAMESPACE".to_owned(), ns.to_owned()),
             ("SHARDJOB_TTL".to_owned(), ttl.as_secs().to_string()),
@@ -58,6 +63,14 @@ impl Fleet {
             ("SHARDJOB_SHARDS".to_owned(), shards.to_string()),
             ("SHARDJOB_JOB".to_owned(), JOB.to_owned()),
         ];
+        if stream {
+            envs.push(("SHARDJOB_LIVENESS".to_owned(), "127.0.0.1:0".to_owned()));
+            // Attachments are logged at info: the bench waits for them.
+            envs.push((
+                "SHARDJOB_LOG".to_owned(),
+                format!("warn,{ATTACH_TARGET}=info"),
+            ));
+        }
         let mut agents = Vec::new();
         for i in 0..n {
             let mut a = AgentProc::new(&format!("{ns}-{i}"), bin, envs.clone(), dir);

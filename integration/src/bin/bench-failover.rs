@@ -8,7 +8,13 @@
 //! Then the victim is restarted and the fleet re-converges. Ends with, per TTL:
 //! `bench=failover ttl=2 trials=20 gap_p50=.. gap_p99=.. gap_max=.. run_gap_p99=..` (seconds).
 //!
-//! Usage: `bench-failover [--trials-2 20] [--trials-10 5] [--shards 32] [--agent-bin PATH]`
+//! Then the same with the liveness stream on (`SHARDJOB_LIVENESS=127.0.0.1:0`), per TTL:
+//! `bench=failover mode=stream ttl=10 trials=20 gap_p50=.. ...`. The victims there are the
+//! agents that do not lead (a leader's crash still waits for its lease: nobody streams to it),
+//! and each trial waits until the restarted victim's stream is attached again.
+//!
+//! Usage: `bench-failover [--trials-2 20] [--trials-10 5] [--stream-trials 20] [--shards 32]
+//! [--agent-bin PATH]`
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -16,11 +22,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{Fleet, agent_bin, percentile, run_main};
+use shardjob_integration::benchkit::{ATTACHED, Fleet, agent_bin, percentile, run_main};
 use tokio::time::{Instant, timeout};
 
 fn main() -> ExitCode {
     let mut trials = [(2u64, 20usize), (10, 5)];
+    let mut stream_trials = 20usize;
     let mut shards = 32u32;
     let mut bin = None;
     let mut it = std::env::args().skip(1);
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
         let parsed = match flag.as_str() {
             "--trials-2" => v.parse().map(|n| trials[0].1 = n).is_ok(),
             "--trials-10" => v.parse().map(|n| trials[1].1 = n).is_ok(),
+            "--stream-trials" => v.parse().map(|n| stream_trials = n).is_ok(),
             "--shards" => v.parse().map(|n| shards = n).is_ok(),
             "--agent-bin" => {
                 bin = Some(v.clone().into());
@@ -47,7 +55,10 @@ fn main() -> ExitCode {
         let etcd = tokio::task::block_in_place(EtcdCluster::single).map_err(|e| e.to_string())?;
         let mut lines = Vec::new();
         for (ttl, n) in trials.into_iter().filter(|(_, n)| *n > 0) {
-            lines.push(run(&etcd, &bin, dir.path(), ttl, n, shards).await?);
+            lines.push(run(&etcd, &bin, dir.path(), ttl, n, shards, false).await?);
+        }
+        for ttl in [2, 10].into_iter().filter(|_| stream_trials > 0) {
+            lines.push(run(&etcd, &bin, dir.path(), ttl, stream_trials, shards, true).await?);
         }
         Ok(lines)
     })
@@ -60,14 +71,27 @@ async fn run(
     ttl: u64,
     trials: usize,
     shards: u32,
+    stream: bool,
 ) -> Result<String, String> {
     let ttl_d = Duration::from_secs(ttl);
-    let mut fleet =
-        Fleet::start(etcd, bin, dir, &format!("failover{ttl}"), 4, shards, ttl_d).await?;
+    let ns = format!("failover{ttl}{}", if stream { "s" } else { "" });
+    let mut fleet = Fleet::start(etcd, bin, dir, &ns, 4, shards, ttl_d, stream).await?;
     let (mut gaps, mut run_gaps) = (Vec::new(), Vec::new());
+    let mut next = 0usize;
+    // Per agent: how many attachments its log held when it was last started.
+    let mut attach_seen = vec![0usize; fleet.agents.len()];
     for trial in 0..trials {
-        let view = fleet.converged(4).await?;
-        let victim = trial % fleet.agents.len();
+        let mut view = fleet.converged(4).await?;
+        if stream {
+            // Every agent but the leader attached (each logs one line per attachment).
+            view = attached(&mut fleet, view, &attach_seen).await?;
+        }
+        let leader = view.leader.as_ref().map(|l| l.instance.clone());
+        let mut victim = next % fleet.agents.len();
+        if stream && leader.as_deref() == Some(fleet.agents[victim].id.as_str()) {
+            victim = (victim + 1) % fleet.agents.len();
+        }
+        next = victim + 1;
         let id = fleet.agents[victim].id.clone();
         let mine: BTreeSet<u32> = Fleet::owners(&view)
             .into_iter()
@@ -116,21 +140,47 @@ async fn run(
         };
         run_gaps.push(run_gap);
         eprintln!(
-            "bench-failover: ttl={ttl} trial={trial} moved={} gap={:.3} run_gap={run_gap:.3}",
+            "bench-failover: stream={stream} ttl={ttl} trial={trial} victim={id} moved={} gap={:.3} run_gap={run_gap:.3}",
             mine.len(),
             gaps[trial]
         );
+        attach_seen[victim] = fleet.agents[victim].log_count(ATTACHED);
         fleet.agents[victim].start()?;
     }
     fleet.converged(4).await?;
     for a in &mut fleet.agents {
         let _ = a.stop(Duration::from_secs(20));
     }
+    let mode = if stream { "mode=stream " } else { "" };
     Ok(format!(
-        "bench=failover ttl={ttl} trials={trials} gap_p50={:.3} gap_p99={:.3} gap_max={:.3} run_gap_p99={:.3}",
+        "bench=failover {mode}ttl={ttl} trials={trials} gap_p50={:.3} gap_p99={:.3} gap_max={:.3} run_gap_p99={:.3}",
         percentile(&gaps, 50.0),
         percentile(&gaps, 99.0),
         percentile(&gaps, 100.0),
         percentile(&run_gaps, 99.0)
     ))
+}
+
+/// Waits until every agent but the leader has attached its stream since it was last started
+/// (`seen`: the attachments its log held then), and returns the view read after that.
+async fn attached(
+    fleet: &mut Fleet,
+    mut view: shardjob_coordinator::view::ClusterView,
+    seen: &[usize],
+) -> Result<shardjob_coordinator::view::ClusterView, String> {
+    for _ in 0..3 {
+        let leader = view.leader.as_ref().map(|l| l.instance.clone());
+        for (a, seen) in fleet.agents.iter().zip(seen) {
+            if Some(&a.id) == leader.as_ref() {
+                continue;
+            }
+            tokio::task::block_in_place(|| a.wait_log(ATTACHED, *seen, Duration::from_secs(20)))?;
+        }
+        let again = fleet.converged(4).await?;
+        if again.leader.as_ref().map(|l| &l.instance) == leader.as_ref() {
+            return Ok(again);
+        }
+        view = again; // the leader changed meanwhile: wait for the new one's streams
+    }
+    Err("the leader kept changing".into())
 }

@@ -58,6 +58,7 @@ async fn run(
         4,
         shards,
         Duration::from_secs(10),
+        false,
     )
     .await?;
     fleet.converged(4).await?;

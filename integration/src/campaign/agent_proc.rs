@@ -58,6 +58,29 @@ impl AgentProc {
         kill(pid, sig).map_err(|e| format!("{sig} to {}: {e}", self.id))
     }
 
+    /// How many lines of this agent's log (all its runs) contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|s| s.lines().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until more than `seen` lines of the log contain `needle` (the agents log as they
+    /// go; the file is the only thing a process shares).
+    pub fn wait_log(&self, needle: &str, seen: usize, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        while self.log_count(needle) <= seen {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{}: no new {needle:?} in its log within {limit:?}",
+                    self.id
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -20,12 +20,22 @@ impl Drop for Proc {
 }
 
 fn agent(bin: &str, etcd: &EtcdCluster, id: &str, envs: &[(&str, String)]) -> Proc {
+    agent_to(bin, etcd, id, envs, Stdio::null())
+}
+
+fn agent_to(
+    bin: &str,
+    etcd: &EtcdCluster,
+    id: &str,
+    envs: &[(&str, String)],
+    stderr: Stdio,
+) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.env("SHARDJOB_ENDPOINTS", etcd.endpoints().join(","))
         .env("SHARDJOB_INSTANCE_ID", id)
         .env("SHARDJOB_TTL", "2")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -93,6 +103,144 @@ fn a_sigkilled_agent_process_fails_over_with_no_double_run() {
     assert!(summary.starts_with("demo: killed=p-b moved="), "{summary}");
     assert!(summary.ends_with("double_runs=0"), "{summary}");
     eprintln!("{summary}");
+    drop(procs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_sigkilled_process_with_the_stream_on_is_revoked_through_it_long_before_its_ttl() {
+    use shardjob_agent::coordinator::election::Election;
+    use shardjob_agent::coordinator::keys::Keys;
+    use shardjob_agent::coordinator::view::ClusterView;
+    use shardjob_integration::revoked::{assert_revoked_through_stream, history, revision};
+
+    let etcd = EtcdCluster::single().unwrap();
+    let dir = tempfile_dir();
+    let log = dir.join("exec.log");
+    let ids = ["s-a", "s-b", "s-c"];
+    let stderr = |id: &str| dir.join(format!("{id}.stderr"));
+    let mut procs: std::collections::BTreeMap<&str, Proc> = ids
+        .iter()
+        .map(|id| {
+            let envs = [
+                ("SHARDJOB_NAMESPACE", "sproc".to_owned()),
+                ("SHARDJOB_EXEC_LOG", log.display().to_string()),
+                ("SHARDJOB_SHARDS", "12".to_owned()),
+                // A TTL the lease cannot explain the move by.
+                ("SHARDJOB_TTL", "10".to_owned()),
+                ("SHARDJOB_LIVENESS", "127.0.0.1:0".to_owned()),
+                (
+                    "SHARDJOB_LOG",
+                    "warn,shardjob_coordinator::liveness::client=info".to_owned(),
+                ),
+            ];
+            let file = std::fs::File::create(stderr(id)).unwrap();
+            let p = agent_to(
+                env!("CARGO_BIN_EXE_quickstart"),
+                &etcd,
+                id,
+                &envs,
+                file.into(),
+            );
+            (*id, p)
+        })
+        .collect();
+    let check = env!("CARGO_BIN_EXE_demo-check");
+    let ready = Command::new(check)
+        .args([
+            "--log",
+            &log.display().to_string(),
+            "--ready",
+            "12",
+            "--instances",
+            "3",
+            "--wait",
+            "60",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        ready.success(),
+        "the three agents never shared all 12 shards"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = etcd.client().await.unwrap();
+        let keys = Keys::new("sproc").unwrap();
+        let leader = Election::new(&client, &keys)
+            .leader()
+            .await
+            .unwrap()
+            .unwrap()
+            .instance;
+        let view = ClusterView::load(&client, &keys).await.unwrap();
+        let victim = *ids.iter().find(|id| **id != leader).unwrap();
+        assert!(
+            view.instances.contains_key(victim),
+            "{victim} is not registered"
+        );
+        let mut c = client.clone();
+        let lease = c.get(keys.instance(victim), None).await.unwrap().kvs()[0].lease();
+        let shards: Vec<u32> = view.jobs["quickstart"]
+            .owners
+            .iter()
+            .filter(|(_, o)| o.owner.instance.as_str() == victim)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(!shards.is_empty());
+        // The victim's stream is attached: its log says so.
+        let attached = || {
+            std::fs::read_to_string(stderr(victim))
+                .unwrap_or_default()
+                .contains("liveness stream attached")
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !attached() {
+            assert!(
+                Instant::now() < deadline,
+                "{victim} never attached its stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let from = revision(&client, &keys).await.unwrap() + 1;
+        let killed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        procs.get_mut(victim).unwrap().0.kill().unwrap(); // SIGKILL
+        let out = Command::new(check)
+            .args([
+                "--log",
+                &log.display().to_string(),
+                "--killed",
+                victim,
+                "--killed-at",
+                &killed_at,
+                "--wait",
+                "30",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = text.lines().last().unwrap();
+        assert!(summary.ends_with("double_runs=0"), "{summary}");
+        eprintln!("{summary}");
+        // The move was the leader's doing through the broken stream, not the lease's expiry.
+        let events = history(&client, &keys, from).await.unwrap();
+        assert_revoked_through_stream(
+            &client,
+            &keys,
+            &events,
+            victim,
+            lease,
+            "quickstart",
+            &shards,
+        )
+        .await;
+    });
     drop(procs);
     std::fs::remove_dir_all(dir).unwrap();
 }

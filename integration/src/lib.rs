@@ -18,6 +18,7 @@ pub mod lateness;
 pub mod ports;
 pub mod postgres;
 pub mod proxy;
+pub mod revoked;
 pub use ports::free_ports;
 pub mod rng;
 pub mod taskbench;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::Client;
 use shardjob_agent::{AgentHandle, AgentStatus, JobSpec, LivenessOptions};
 use shardjob_coordinator::keys::Keys;
 use shardjob_integration::EtcdCluster;
@@ -17,6 +17,7 @@ use shardjob_integration::agents::{
 use shardjob_integration::fixtures::PATIENCE;
 use shardjob_integration::ports::free_ports;
 use shardjob_integration::proxy::{Proxy, Sever};
+use shardjob_integration::revoked::{assert_revoked_through_stream, history, revision};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
@@ -63,40 +64,6 @@ async fn futures_select_any<F: std::future::Future + Unpin>(futs: Vec<F>) {
     .await
 }
 
-async fn revision(client: &mut Client, keys: &Keys) -> i64 {
-    let r = client.get(keys.root(), None).await.unwrap();
-    r.header().unwrap().revision()
-}
-
-/// Every event under the namespace from `from` up to the current revision.
-async fn history(
-    client: &mut Client,
-    keys: &Keys,
-    from: i64,
-) -> Vec<(i64, EventType, String, String)> {
-    let until = revision(client, keys).await;
-    let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-    let mut stream = client.watch(keys.root(), Some(opts)).await.unwrap();
-    let mut out: Vec<(i64, EventType, String, String)> = Vec::new();
-    while out.last().is_none_or(|(rev, ..)| *rev < until) {
-        let resp = timeout(PATIENCE, stream.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        for ev in resp.events() {
-            let kv = ev.kv().unwrap();
-            out.push((
-                kv.mod_revision(),
-                ev.event_type(),
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            ));
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_agents_lease_is_revoked_through_its_broken_stream_before_any_new_owner() {
     let etcd = EtcdCluster::single().unwrap();
@@ -139,8 +106,8 @@ async fn a_crashed_agents_lease_is_revoked_through_its_broken_stream_before_any_
     let lease = agents[victim].status().borrow().lease;
 
     let keys = Keys::new("stream").unwrap();
-    let mut client = etcd.client().await.unwrap();
-    let from = revision(&mut client, &keys).await + 1;
+    let client = etcd.client().await.unwrap();
+    let from = revision(&client, &keys).await.unwrap() + 1;
     let crashed = tokio::time::Instant::now();
     agents.remove(victim).unwrap().abort().await;
     let survivors: Vec<_> = agents.values().map(AgentHandle::status).collect();
@@ -153,49 +120,9 @@ async fn a_crashed_agents_lease_is_revoked_through_its_broken_stream_before_any_
     // From etcd's history: the leader's "dead" verdict on the victim's stream, then one
     // revision deleting the victim's instance key and every owner key of its lease (a revoke),
     // then the new owners.
-    let events = history(&mut client, &keys, from).await;
-    let verdict_prefix = format!("{}{victim}/{lease:x}/", keys.liveness_prefix());
-    let dead = events
-        .iter()
-        .find(|(_, t, k, v)| {
-            *t == EventType::Put && k.starts_with(&verdict_prefix) && v.contains("\"dead\"")
-        })
-        .unwrap_or_else(|| panic!("no dead verdict for {victim} in {events:#?}"));
-    let gone = events
-        .iter()
-        .find(|(_, t, k, _)| *t == EventType::Delete && *k == keys.instance(victim))
-        .unwrap_or_else(|| panic!("{victim}'s instance key was not deleted: {events:#?}"));
-    assert!(
-        dead.0 < gone.0,
-        "the verdict {dead:?} came after the deletion {gone:?}"
-    );
-    for &s in &before[victim] {
-        let owner = keys.owner("j", s);
-        let deleted = events
-            .iter()
-            .find(|(_, t, k, _)| *t == EventType::Delete && *k == owner)
-            .unwrap();
-        assert_eq!(
-            deleted.0, gone.0,
-            "{owner} went apart from its lease's other keys"
-        );
-        let now = client.get(owner.clone(), None).await.unwrap();
-        let created = now.kvs()[0].create_revision();
-        assert!(
-            created > gone.0,
-            "{owner} re-created at {created}, before the revoke at {}",
-            gone.0
-        );
-        // And just before the new owner key, the old one was gone.
-        let then = client
-            .get(
-                owner.clone(),
-                Some(GetOptions::new().with_revision(created - 1)),
-            )
-            .await
-            .unwrap();
-        assert!(then.kvs().is_empty());
-    }
+    let events = history(&client, &keys, from).await.unwrap();
+    assert_revoked_through_stream(&client, &keys, &events, victim, lease, "j", &before[victim])
+        .await;
     let leader = agents
         .values()
         .find(|a| a.status().borrow().is_leader)

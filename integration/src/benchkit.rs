@@ -39,18 +39,33 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// The shape of a [`Fleet`].
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSpec {
+    /// Agents.
+    pub n: usize,
+    /// Shards of the one job (firing every second).
+    pub shards: u32,
+    pub ttl: Duration,
+    /// The liveness stream on (`SHARDJOB_LIVENESS=127.0.0.1:0`).
+    pub stream: bool,
+}
+
 impl Fleet {
-    /// Starts `n` agents of a `shards`-shard job firing every second, lease `ttl`.
+    /// Starts the agents of `spec` in namespace `ns`.
     pub async fn start(
         etcd: &EtcdCluster,
         bin: &Path,
         dir: &Path,
         ns: &str,
-        n: usize,
-        shards: u32,
-        ttl: Duration,
-        stream: bool,
+        spec: FleetSpec,
     ) -> Result<Self, String> {
+        let FleetSpec {
+            n,
+            shards,
+            ttl,
+            stream,
+        } = spec;
         let exec_log = dir.join(format!("{ns}.log"));
         let mut envs = vec![
             ("SHARDJOB_ENDPOINTS".to_owned(), etcd.endpoints().join(",")),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{ATTACHED, Fleet, agent_bin, percentile, run_main};
+use shardjob_integration::benchkit::{ATTACHED, Fleet, FleetSpec, agent_bin, percentile, run_main};
 use tokio::time::{Instant, timeout};
 
 fn main() -> ExitCode {
@@ -75,7 +75,13 @@ async fn run(
 ) -> Result<String, String> {
     let ttl_d = Duration::from_secs(ttl);
     let ns = format!("failover{ttl}{}", if stream { "s" } else { "" });
-    let mut fleet = Fleet::start(etcd, bin, dir, &ns, 4, shards, ttl_d, stream).await?;
+    let spec = FleetSpec {
+        n: 4,
+        shards,
+        ttl: ttl_d,
+        stream,
+    };
+    let mut fleet = Fleet::start(etcd, bin, dir, &ns, spec).await?;
     let (mut gaps, mut run_gaps) = (Vec::new(), Vec::new());
     let mut next = 0usize;
     // Per agent: how many attachments its log held when it was last started.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shardjob_integration::EtcdCluster;
-use shardjob_integration::benchkit::{Fleet, agent_bin, percentile, run_main};
+use shardjob_integration::benchkit::{Fleet, FleetSpec, agent_bin, percentile, run_main};
 use tokio::time::{Instant, timeout};
 
 fn main() -> ExitCode {
@@ -55,10 +55,12 @@ async fn run(
         &bin,
         dir.path(),
         "handoff",
-        4,
-        shards,
-        Duration::from_secs(10),
-        false,
+        FleetSpec {
+            n: 4,
+            shards,
+            ttl: Duration::from_secs(10),
+            stream: false,
+        },
     )
     .await?;
     fleet.converged(4).await?;

@@ -2,6 +2,7 @@
 //!
 //! `chaos --seed S --faults K [--ttl SECS] [--agent-bin PATH] [--agents N] [--keep DIR]
 //! [--kinds kill,pause,etcd_leader,partition,rolling,leader_kill]` (default: every kind)
+//! `[--stream on|off]` (default on: the agents keep the liveness stream to the leader)
 //!
 //! Starts a 3-member etcd cluster and N (default 4) `chaos_agent` processes (each behind its own
 //! proxies to the members), injects K faults drawn by a RNG seeded with S — SIGKILL and restart
@@ -12,7 +13,10 @@
 //!
 //! `bench=chaos seed=S faults=K kill=.. pause=.. etcd_leader=.. partition=.. rolling=..
 //! leader_kill=.. executions=N overlaps=0 duplicates=0 lost_fires=0 stuck_shards=0 token_regressions=0 untokened=0
-//! fenced_overlaps=N fenced_duplicates=N`
+//! fenced_overlaps=N fenced_duplicates=N stream=on crashes=N crash_gap_p50=.. crash_gap_max=..
+//! leader_crashes=N leader_crash_gap_max=..` — the crash gaps (seconds until every shard of a
+//! SIGKILLed agent had a new owner key) apart for agents that did not lead (the stream's case)
+//! and for leaders (nobody streams to a leader: its lease's TTL).
 //!
 //! Exits non-zero when any violation was found (each is printed first).
 
@@ -22,6 +26,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_agent::execlog::ExecRecord;
+use shardjob_integration::benchkit::percentile;
 use shardjob_integration::campaign::{Campaign, plans};
 use shardjob_integration::checker::{CheckInput, FaultKind, check};
 use shardjob_integration::rng::SplitMix64;
@@ -34,6 +39,7 @@ struct Args {
     agent_bin: PathBuf,
     keep: Option<PathBuf>,
     kinds: Vec<FaultKind>,
+    stream: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +55,7 @@ fn parse() -> Result<Args, String> {
         agent_bin: default_bin,
         keep: None,
         kinds: FaultKind::ALL.to_vec(),
+        stream: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +71,13 @@ fn parse() -> Result<Args, String> {
             "--agents" => a.agents = num(&v)? as usize,
             "--agent-bin" => a.agent_bin = PathBuf::from(v),
             "--keep" => a.keep = Some(PathBuf::from(v)),
+            "--stream" => {
+                a.stream = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--stream: {v:?} is neither on nor off")),
+                }
+            }
             "--kinds" => {
                 a.kinds = v
                     .split(',')
@@ -125,7 +139,8 @@ async fn run(args: &Args) -> Result<bool, String> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let ttl = Duration::from_secs(args.ttl);
-    let mut campaign = Campaign::start(&args.agent_bin, args.agents, ttl, dir.path()).await?;
+    let mut campaign =
+        Campaign::start(&args.agent_bin, args.agents, ttl, args.stream, dir.path()).await?;
     campaign
         .converged(args.agents, Duration::from_secs(60))
         .await?;
@@ -199,8 +214,29 @@ async fn run(args: &Args) -> Result<bool, String> {
         .iter()
         .map(|k| format!("{}={}", k.name(), count(*k)))
         .collect();
+    for (led, gap) in &campaign.gaps {
+        eprintln!("chaos: crash gap {gap:.3} s (leader: {led})");
+    }
+    let gaps = |led: bool| -> Vec<f64> {
+        campaign
+            .gaps
+            .iter()
+            .filter(|(l, _)| *l == led)
+            .map(|(_, g)| *g)
+            .collect()
+    };
+    let (crashes, leader_crashes) = (gaps(false), gaps(true));
+    let gap_keys = format!(
+        "stream={} crashes={} crash_gap_p50={:.3} crash_gap_max={:.3} leader_crashes={} leader_crash_gap_max={:.3}",
+        if args.stream { "on" } else { "off" },
+        crashes.len(),
+        percentile(&crashes, 50.0),
+        percentile(&crashes, 100.0),
+        leader_crashes.len(),
+        percentile(&leader_crashes, 100.0),
+    );
     println!(
-        "bench=chaos seed={} faults={} {} executions={} overlaps={} duplicates={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={} fenced_duplicates={}",
+        "bench=chaos seed={} faults={} {} executions={} overlaps={} duplicates={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={} fenced_duplicates={} {gap_keys}",
         args.seed,
         campaign.faults.len(),
         kinds.join(" "),

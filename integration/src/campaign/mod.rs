@@ -3,19 +3,23 @@
 
 mod agent_proc;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
 use shardjob_coordinator::connect::{ConnectConfig, connect};
 use shardjob_coordinator::election::Election;
-use shardjob_coordinator::keys::Keys;
+use shardjob_coordinator::keys::{KeyKind, Keys};
+use shardjob_coordinator::model::Owner;
 use shardjob_coordinator::view::ClusterView;
+use shardjob_coordinator::watch::{PrefixWatcher, WatchEvent};
 use tokio::time::{Instant, sleep};
 
 pub use agent_proc::AgentProc;
 
 use crate::EtcdCluster;
+use crate::benchkit::{ATTACH_TARGET, ATTACHED};
 use crate::checker::{Fault, FaultKind, JobPlan};
 use crate::proxy::Proxy;
 use crate::rng::SplitMix64;
@@ -47,6 +51,13 @@ pub struct Campaign {
     pub ttl: Duration,
     pub faults: Vec<Fault>,
     pub exec_log: PathBuf,
+    /// Per crash (kill, leader kill): whether the victim led, and how long until every shard
+    /// it owned had a new owner key, in seconds, as this process saw it on a watch.
+    pub gaps: Vec<(bool, f64)>,
+    /// The agents run the liveness stream.
+    pub stream: bool,
+    /// Per agent: attachments its log held when it was last started.
+    attach_seen: Vec<usize>,
     keys: Keys,
     client: etcd_client::Client,
 }
@@ -65,6 +76,7 @@ impl Campaign {
         agent_bin: &Path,
         agents: usize,
         ttl: Duration,
+        stream: bool,
         dir: &Path,
     ) -> Result<Self, String> {
         let etcd =
@@ -82,7 +94,12 @@ impl Campaign {
                 .iter()
                 .map(|p| format!("http://127.0.0.1:{}", p.port()))
                 .collect();
-            let envs = vec![
+            let log = if stream {
+                format!("warn,{ATTACH_TARGET}=info")
+            } else {
+                "warn".to_owned()
+            };
+            let mut envs = vec![
                 ("SHARDJOB_ENDPOINTS".to_owned(), endpoints.join(",")),
                 ("SHARDJOB_NAMESPACE".to_owned(), NAMESPACE.to_owned()),
                 ("SHARDJOB_TTL".to_owned(), ttl.as_secs().to_string()),
@@ -90,8 +107,13 @@ impl Campaign {
                     "SHARDJOB_EXEC_LOG".to_owned(),
                     exec_log.display().to_string(),
                 ),
-                ("SHARDJOB_LOG".to_owned(), "warn".to_owned()),
+                ("SHARDJOB_LOG".to_owned(), log),
             ];
+            if stream {
+                // Streams go straight to the leader, not through the etcd proxies: a partition
+                // (a black hole) leaves the stream open, so it still falls back to the lease.
+                envs.push(("SHARDJOB_LIVENESS".to_owned(), "127.0.0.1:0".to_owned()));
+            }
             let mut p = AgentProc::new(&format!("agent-{i}"), agent_bin, envs, dir);
             p.start()?;
             procs.push(p);
@@ -110,9 +132,83 @@ impl Campaign {
             ttl,
             faults: Vec::new(),
             exec_log,
+            gaps: Vec::new(),
+            stream,
+            attach_seen: vec![0; agents],
             keys,
             client,
         })
+    }
+
+    /// With the stream on: waits until every agent but the leader has attached since it was
+    /// last started (each logs one line per attachment), so a crash finds it attached.
+    async fn attached(&self) -> Result<(), String> {
+        if !self.stream {
+            return Ok(());
+        }
+        let leader = self.shardjob_leader().await?;
+        for (i, a) in self.agents.iter().enumerate() {
+            if i != leader {
+                let seen = self.attach_seen[i];
+                tokio::task::block_in_place(|| a.wait_log(ATTACHED, seen, self.recovery()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, i: usize) -> Result<(), String> {
+        self.attach_seen[i] = self.agents[i].log_count(ATTACHED);
+        self.agents[i].start()
+    }
+
+    /// SIGKILLs agent `victim` and returns how long until every shard it owned had another
+    /// owner key (watched from just before the kill).
+    async fn kill_and_time(&mut self, victim: usize) -> Result<f64, String> {
+        let id = self.agents[victim].id.clone();
+        let view = ClusterView::load(&self.client, &self.keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut mine: BTreeSet<(String, u32)> = view
+            .jobs
+            .iter()
+            .flat_map(|(job, j)| {
+                j.owners
+                    .iter()
+                    .filter(|(_, o)| o.owner.instance.as_str() == id)
+                    .map(move |(s, _)| (job.clone(), *s))
+            })
+            .collect();
+        let mut watcher = PrefixWatcher::new(&self.client, self.keys.owners_root());
+        watcher.next().await.map_err(|e| e.to_string())?; // the listing
+        let killed = Instant::now();
+        self.agents[victim].kill();
+        let limit = self.recovery();
+        tokio::time::timeout(limit, async {
+            while !mine.is_empty() {
+                let ev = watcher.next().await.map_err(|e| e.to_string())?;
+                let kvs = match ev {
+                    WatchEvent::Put(kv) => vec![kv],
+                    WatchEvent::Restarted { kvs, .. } => kvs,
+                    WatchEvent::Delete { .. } => continue,
+                };
+                for kv in kvs {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let Some(KeyKind::Owner { job, shard }) = self.keys.parse(&key) else {
+                        continue;
+                    };
+                    let owner = serde_json::from_slice::<Owner>(kv.value())
+                        .map(|o| o.instance.to_string())
+                        .unwrap_or_default();
+                    if owner != id {
+                        mine.remove(&(job, shard));
+                    }
+                }
+            }
+            Ok::<_, String>(())
+        })
+        .await
+        .map_err(|_| format!("shards of {id} not taken over within {limit:?}"))??;
+        Ok(killed.elapsed().as_secs_f64())
     }
 
     /// Waits until `instances` agents are registered and every shard of both jobs is owned by its
@@ -167,9 +263,12 @@ impl Campaign {
                     pick
                 };
                 let id = self.agents[victim].id.clone();
-                self.agents[victim].kill();
+                self.attached().await?;
+                let led = self.shardjob_leader().await? == victim;
+                let gap = self.kill_and_time(victim).await?;
+                self.gaps.push((led, gap));
                 self.converged(n - 1, self.recovery()).await?;
-                self.agents[victim].start()?;
+                self.restart(victim)?;
                 self.record(kind, &id, start);
             }
             FaultKind::Pause => {
@@ -199,7 +298,7 @@ impl Campaign {
             FaultKind::Rolling => {
                 for i in 0..n {
                     self.agents[i].stop(Duration::from_secs(20))?;
-                    self.agents[i].start()?;
+                    self.restart(i)?;
                     self.converged(n, self.recovery()).await?;
                 }
                 self.record(kind, "all", start);

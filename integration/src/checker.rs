@@ -8,7 +8,10 @@
 //! - **duplicates**: a (job, shard, fire) that ran to `ok` more than once, by anyone, the same
 //!   instance included (a sequential repeat is no overlap, but it is still a fire run twice).
 //!   The one excuse is the overlap's: the earlier run's process was paused or cut off from etcd
-//!   after it started and its token is strictly lower (counted as `fenced_duplicates`).
+//!   after it started and its token is strictly lower (counted as `fenced_duplicates`). The
+//!   other excuse is failover's own promise, at least once: the earlier run's process was
+//!   SIGKILLed within a second after the run ended (before it could delete its running
+//!   marker, so the next owner re-ran the fire), with a lower token (`crash_duplicates`).
 //! - **token regressions**: per (job, shard), in start order, a token lower than the previous.
 //! - **lost fires**: a scheduled fire in the window that no execution ran (outcome ok), outside
 //!   the documented gap of a crash-type fault (kill, pause, partition, leader kill, etcd leader
@@ -121,6 +124,8 @@ pub struct Report {
     pub duplicates: Vec<Violation>,
     /// Duplicates excused by a pause/partition and a lower token (for the record).
     pub fenced_duplicates: usize,
+    /// Duplicates excused by a SIGKILL just after the first run ended, and a lower token.
+    pub crash_duplicates: usize,
     /// Overlaps excused by a pause/partition and a lower token (for the record).
     pub fenced_overlaps: usize,
     pub token_regressions: Vec<Violation>,
@@ -219,6 +224,17 @@ fn isolated_between(
         .any(|f| f.kind.isolates() && f.target == instance && f.start < to && f.end > from)
 }
 
+/// True when `instance` was SIGKILLed (kill or leader kill) at most a second after `end`: a
+/// fault's recorded start precedes the signal, so the window reaches back one second.
+fn killed_right_after(input: &CheckInput<'_>, instance: &str, end: DateTime<Utc>) -> bool {
+    input.faults.iter().any(|f| {
+        matches!(f.kind, FaultKind::Kill | FaultKind::LeaderKill)
+            && f.target == instance
+            && f.start - chrono::Duration::seconds(1) <= end
+            && end <= f.end
+    })
+}
+
 fn duplicates(
     input: &CheckInput<'_>,
     job: &str,
@@ -238,6 +254,8 @@ fn duplicates(
             let cut_off = isolated_between(input, &a.instance, a.start, a.end.max(b.start));
             if cut_off && a.token < b.token {
                 report.fenced_duplicates += 1;
+            } else if a.token < b.token && killed_right_after(input, &a.instance, a.end) {
+                report.crash_duplicates += 1;
             } else {
                 report.duplicates.push(Violation(format!(
                     "{job} shard {shard}: fire {fire} ran to ok twice: {} (token {}, {}..{}) and {} (token {}, {}..{})",
@@ -446,6 +464,32 @@ mod tests {
         // A second run that did not end ok is no duplicate.
         log.last_mut().unwrap().outcome = Outcome::Aborted;
         assert!(run(&log, &[]).duplicates.is_empty());
+    }
+
+    #[test]
+    fn excuses_a_rerun_after_a_kill_that_struck_before_the_marker_was_deleted() {
+        let mut log = clean_log();
+        log.retain(|r| r.fire_time != t("05"));
+        log.push(rec("a", 0, "05", 5, "05.1", "05.3"));
+        log.push(rec("b", 0, "05", 6, "05.6", "05.8"));
+        let kill = |start: &str, token_b: i64| {
+            let mut log = log.clone();
+            log.last_mut().unwrap().token = token_b;
+            let f = Fault {
+                kind: FaultKind::Kill,
+                target: "a".into(),
+                start: t(start),
+                end: t("05.5"),
+            };
+            run(&log, std::slice::from_ref(&f))
+        };
+        let r = kill("05.31", 6);
+        assert!(r.duplicates.is_empty(), "{r:?}");
+        assert_eq!(r.crash_duplicates, 1);
+        // A kill long after the run, or a second run with a lower token, excuses nothing.
+        assert_eq!(kill("07", 6).duplicates.len(), 1);
+        assert_eq!(kill("05.31", 4).duplicates.len(), 1);
+        assert_eq!(run(&log, &[]).duplicates.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,12 @@ impl LivenessOptions {
         }
     }
 
+    /// Publishes `addr` (`host:port`) for the others instead of the bound address.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
     /// Checks the timings make sense together.
     pub fn validate(&self) -> Result<(), LivenessError> {
         let bad = |why: &str| Err(LivenessError::Options(why.to_owned()));

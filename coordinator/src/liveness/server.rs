@@ -237,6 +237,7 @@ impl Liveness for Service {
         };
         let read_at = Instant::now();
         let guard = check_hello(&hello, &self.shared.keys, &self.shared.me)?;
+        self.check_registered(&hello).await?;
         let term = self
             .shared
             .term
@@ -254,6 +255,29 @@ impl Liveness for Service {
         };
         tokio::spawn(stream.run(inbound, tx, read_at).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl Service {
+    /// The `Hello`'s lease must be the one `instances/<id>` is registered with: a stream the
+    /// leader may act on is only ever one of a registered instance's own lease.
+    async fn check_registered(&self, hello: &Hello) -> Result<(), Status> {
+        let mut c = self.shared.client.clone();
+        let key = self.shared.keys.instance(&hello.instance);
+        let resp = bounded(
+            "reading a streaming instance",
+            WRITE_LIMIT,
+            c.get(key, None),
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        match resp.kvs().first() {
+            Some(kv) if kv.lease() == hello.lease => Ok(()),
+            Some(_) => Err(Status::failed_precondition(
+                "hello: that lease is not the instance's registered one",
+            )),
+            None => Err(Status::failed_precondition("hello: no such instance")),
+        }
     }
 }
 

@@ -96,7 +96,8 @@ fn is_lease_gone(e: &EtcdError) -> bool {
 }
 
 /// The agent's side: records `alive` for stream `epoch` unless the leader was first. Returns
-/// the verdict that stands (a retry after a lost answer finds its own "alive").
+/// the verdict that stands (a retry after a lost answer finds its own "alive"); a lease etcd no
+/// longer has reads as "dead" (it was revoked or expired: nothing may act on it).
 pub async fn settle_alive(
     client: &Client,
     keys: &Keys,
@@ -110,12 +111,11 @@ pub async fn settle_alive(
         .and_then([put])
         .or_else([TxnOp::get(key.as_str(), None)]);
     let mut c = client.clone();
-    let resp = bounded("settling a liveness verdict", limit, c.txn(txn))
-        .await
-        .map_err(|cause| VerdictError::Settle {
-            key: key.clone(),
-            cause,
-        })?;
+    let resp = match bounded("settling a liveness verdict", limit, c.txn(txn)).await {
+        Ok(r) => r,
+        Err(e) if is_lease_gone(&e) => return Ok(Verdict::Dead),
+        Err(cause) => return Err(VerdictError::Settle { key, cause }),
+    };
     Ok(if resp.succeeded() {
         Verdict::Alive
     } else {

@@ -236,7 +236,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         percentile(&leader_crashes, 100.0),
     );
     println!(
-        "bench=chaos seed={} faults={} {} executions={} overlaps={} duplicates={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={} fenced_duplicates={} {gap_keys}",
+        "bench=chaos seed={} faults={} {} executions={} overlaps={} duplicates={} lost_fires={} stuck_shards={} token_regressions={} untokened={} fenced_overlaps={} fenced_duplicates={} crash_duplicates={} {gap_keys}",
         args.seed,
         campaign.faults.len(),
         kinds.join(" "),
@@ -249,6 +249,7 @@ async fn run(args: &Args) -> Result<bool, String> {
         report.untokened.len(),
         report.fenced_overlaps,
         report.fenced_duplicates,
+        report.crash_duplicates,
     );
     Ok(report.clean())
 }

@@ -36,6 +36,8 @@ pub enum Command {
         fire: DateTime<Utc>,
         kind: RunKind,
         replay: bool,
+        /// Launched ahead of its instant: the execution waits until then before it starts.
+        start_at: Option<std::time::Instant>,
     },
     /// Cancel the execution's token and abort it: the engine no longer counts on it (no
     /// `ExecDone` is expected).

@@ -63,6 +63,11 @@ impl FireHeap {
         }
     }
 
+    /// Puts a popped fire back as it was.
+    pub fn push_fire(&mut self, f: Fire) {
+        self.heap.push(Reverse(f));
+    }
+
     /// Drops every scheduled fire.
     pub fn clear(&mut self) {
         self.heap.clear();

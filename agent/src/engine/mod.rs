@@ -81,6 +81,11 @@ pub struct EngineConfig {
     pub margin: Duration,
     /// The fire metrics carry a `job` label.
     pub job_labels: bool,
+    /// How far ahead of its instant a scheduled fire may be launched, its execution waiting
+    /// for the instant (`Command::Launch::start_at`): a burst of fires due at one instant is
+    /// prepared before it and released together. Only while the lease (and the liveness
+    /// guard) is proven through the instant, and only for a job with no run in progress.
+    pub lead: Duration,
 }
 
 /// The agent's decisions; see the module docs.
@@ -93,6 +98,10 @@ pub struct Engine {
     // compares per lookup.
     jobs: HashMap<String, JobState>,
     heap: FireHeap,
+    /// Fires popped ahead of their instant for a job that still had a run: they wait for
+    /// their instant (a fire offered early to a running shard would be owed, and could then
+    /// start before its instant, or be dropped when the job allows no misfires).
+    at_due: FireHeap,
     next_version: u64,
     next_exec: u64,
     /// The last trigger id seen per job (a trigger runs once per id).
@@ -121,6 +130,7 @@ impl Engine {
             stopping: false,
             jobs: HashMap::new(),
             heap: FireHeap::default(),
+            at_due: FireHeap::default(),
             next_version: 0,
             next_exec: 0,
             triggers_seen: HashMap::new(),
@@ -200,7 +210,11 @@ impl Engine {
     /// proof, and the re-check of deferred decisions.
     pub fn next_wake(&self) -> Option<Instant> {
         let proof = self.session.filter(|p| !p.lapsed).map(|p| p.ends());
-        [self.heap.next_due(), proof, self.retry_at]
+        let next_fire = self.heap.next_due().map(|d| match self.lead_limit() {
+            Some(limit) if d <= limit => d.checked_sub(self.cfg.lead).unwrap_or(d),
+            _ => d,
+        });
+        [next_fire, self.at_due.next_due(), proof, self.retry_at]
             .into_iter()
             .flatten()
             .min()
@@ -275,6 +289,17 @@ impl Engine {
             .find(|(_, js)| busy(js))
             .map(|(j, _)| j.clone());
         self.drain_hint.is_none()
+    }
+
+    /// The latest instant a fire may start at, as far as the proof goes: the lease proven for
+    /// the margin past it, the liveness guard for its margin. `None` while not proven at all.
+    fn lead_limit(&self) -> Option<Instant> {
+        let p = self.session.filter(|p| !p.lapsed)?;
+        let lease = p.valid_until.checked_sub(self.cfg.margin)?;
+        Some(match p.guard {
+            Some(g) => lease.min(g.checked_sub(GUARD_MARGIN)?),
+            None => lease,
+        })
     }
 
     /// True when the lease is proven for the margin past `now`.

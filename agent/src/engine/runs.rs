@@ -9,6 +9,8 @@
 //!   (`covered`) never starts again: the heap, a catch-up and a failover re-run can all arrive
 //!   at one fire.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use tracing::{debug, warn};
 
@@ -26,6 +28,20 @@ impl Engine {
         fire: DateTime<Utc>,
         kind: RunKind,
         now: Now,
+    ) {
+        self.offer_at(job, shard, fire, kind, now, None);
+    }
+
+    /// [`Engine::offer`], for a fire popped ahead of its instant `start_at` (its job has no
+    /// run in progress, and the proof reaches past the instant: `fire_due` checked both).
+    pub(super) fn offer_at(
+        &mut self,
+        job: &str,
+        shard: u32,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+        now: Now,
+        start_at: Option<Instant>,
     ) {
         let stopping = self.stopping;
         let proven = self.proven(now);
@@ -63,11 +79,19 @@ impl Engine {
             }
             return;
         }
-        self.launch(job, shard, fire, kind, false);
+        self.launch(job, shard, fire, kind, false, start_at);
     }
 
     /// Starts a run of a held shard (the caller checked that it may).
-    fn launch(&mut self, job: &str, shard: u32, fire: DateTime<Utc>, kind: RunKind, replay: bool) {
+    fn launch(
+        &mut self,
+        job: &str,
+        shard: u32,
+        fire: DateTime<Utc>,
+        kind: RunKind,
+        replay: bool,
+        start_at: Option<Instant>,
+    ) {
         self.next_exec += 1;
         let exec = ExecId(self.next_exec);
         let Some(h) = self.held_mut(job, shard) else {
@@ -91,6 +115,7 @@ impl Engine {
             fire,
             kind,
             replay,
+            start_at,
         });
     }
 
@@ -115,7 +140,7 @@ impl Engine {
             if owed.replay {
                 tracing::info!(job, shard, fire = %owed.fire, "replaying a run the lapse cut short");
             }
-            self.launch(job, shard, owed.fire, owed.kind, owed.replay);
+            self.launch(job, shard, owed.fire, owed.kind, owed.replay, None);
         }
     }
 
@@ -201,7 +226,25 @@ impl Engine {
     /// Fires every due entry of the heap.
     pub(super) fn fire_due(&mut self, now: Now) {
         let mut coalesced = 0u64;
-        while let Some(f) = self.heap.pop_due(now.mono) {
+        // Fires up to `horizon` go now: those due, and those due within the lead whose
+        // instant the proof reaches.
+        let horizon = match self.lead_limit() {
+            Some(limit) if !self.cfg.lead.is_zero() => now.mono.max(limit.min(now.mono + self.cfg.lead)),
+            _ => now.mono,
+        };
+        loop {
+            let f = match self.at_due.pop_due(now.mono) {
+                Some(f) => f,
+                None => match self.heap.pop_due(horizon) {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            let early = f.at > now.mono;
+            if early && self.job_running(&f.job) {
+                self.at_due.push_fire(f);
+                continue;
+            }
             let Some(spec) = self.spec(&f.job).filter(|s| s.version == f.version) else {
                 continue; // the job was removed or rescheduled
             };
@@ -225,8 +268,9 @@ impl Engine {
                     next,
                 );
             }
+            let start_at = early.then_some(f.at);
             for shard in self.fireable(&f.job) {
-                self.offer(&f.job, shard, f.fire_time, RunKind::Scheduled, now);
+                self.offer_at(&f.job, shard, f.fire_time, RunKind::Scheduled, now, start_at);
             }
         }
         if coalesced > 0 {
@@ -236,6 +280,13 @@ impl Engine {
                 "the scheduler fell a whole interval behind; fires older than now were coalesced into the late run"
             );
         }
+    }
+
+    /// True when a shard of `job` has a run in progress.
+    fn job_running(&self, job: &str) -> bool {
+        self.jobs
+            .get(job)
+            .is_some_and(|js| js.shards.values().any(|s| s.run().is_some()))
     }
 
     /// Timers: the proof's end, fires due, the re-check of deferred decisions.

@@ -111,7 +111,8 @@ impl Core {
                     fire,
                     kind,
                     replay,
-                } => self.launch(exec, job, shard, token, fire, kind, replay),
+                    start_at,
+                } => self.launch(exec, job, shard, token, fire, kind, replay, start_at),
                 Command::Abort { exec, .. } => {
                     if let Some(run) = self.execs.remove(&exec) {
                         run.abort(&self.cfg.id, &self.cfg.exec_log);
@@ -152,6 +153,7 @@ impl Core {
         fire: DateTime<Utc>,
         kind: RunKind,
         replay: bool,
+        start_at: Option<std::time::Instant>,
     ) {
         if replay {
             tracing::debug!(job, shard, %fire, "replaying a run cut short");
@@ -217,6 +219,7 @@ impl Core {
             log: self.cfg.exec_log.clone(),
             logged: logged.clone(),
             job_label: self.cfg.job_labels,
+            start_at: start_at.map(tokio::time::Instant::from_std),
         };
         let tx = self.tx.clone();
         let job_name = job.clone();
@@ -242,7 +245,8 @@ impl Core {
             shard,
             fire,
             token,
-            launched: Utc::now(),
+            // Launched ahead of its instant, it starts at the instant.
+            launched: Utc::now().max(fire),
         };
         self.execs.insert(exec, run);
     }

@@ -35,6 +35,8 @@ pub(crate) struct ExecRequest {
     pub logged: Arc<AtomicBool>,
     /// The metrics carry a `job` label.
     pub job_label: bool,
+    /// Launched ahead of its instant: wait until then (an abort meanwhile drops it unstarted).
+    pub start_at: Option<tokio::time::Instant>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -46,6 +48,9 @@ pub(crate) async fn execute(req: ExecRequest) -> Outcome {
         fire_time = %req.ctx.fire_time, token = req.ctx.token, max_attempts = req.retries + 1,
         failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
     async move {
+        if let Some(at) = req.start_at {
+            tokio::time::sleep_until(at).await;
+        }
         let cancel = req.ctx.cancel.clone();
         let Some(first) = acquire(&req.permits, &cancel).await else {
             return finish(&req, Utc::now(), Outcome::Cancelled);
@@ -312,6 +317,7 @@ mod tests {
             log: None,
             logged: Arc::new(AtomicBool::new(false)),
             job_label: true,
+            start_at: None,
         }
     }
 

@@ -88,11 +88,17 @@ pub struct Harness {
 impl Harness {
     /// An engine with the handler `h` and no session yet, at 10:00:00.5.
     pub fn new() -> Self {
+        Self::with_lead(Duration::ZERO)
+    }
+
+    /// [`Harness::new`], launching scheduled fires up to `lead` ahead of their instant.
+    pub fn with_lead(lead: Duration) -> Self {
         let engine = Engine::new(EngineConfig {
             id: ME.into(),
             handlers: BTreeSet::from(["h".to_owned()]),
             margin: TTL / 10,
             job_labels: true,
+            lead,
         });
         Self {
             engine,
@@ -252,7 +258,12 @@ impl Harness {
     /// A job `j` of `total` shards all assigned to me, with a session, shard 0..total claimed
     /// with token 100 + shard and no cursor: the usual start of a row.
     pub fn holding(total: u32, config: JobConfig) -> Self {
-        let mut h = Self::new();
+        Self::holding_with_lead(total, config, Duration::ZERO)
+    }
+
+    /// [`Harness::holding`] with [`Harness::with_lead`].
+    pub fn holding_with_lead(total: u32, config: JobConfig, lead: Duration) -> Self {
+        let mut h = Self::with_lead(lead);
         h.open();
         h.job("j", config);
         let owners = vec![ME; total as usize];

@@ -84,8 +84,13 @@ struct Model {
 
 impl Model {
     fn new() -> Self {
+        Self::with_lead(Duration::ZERO)
+    }
+
+    /// A model whose engine launches scheduled fires up to `lead` ahead of their instant.
+    fn with_lead(lead: Duration) -> Self {
         let mut m = Self {
-            h: Harness::new(),
+            h: Harness::with_lead(lead),
             revision: 10,
             lease: None,
             next_lease: 7,
@@ -196,8 +201,11 @@ impl Model {
                     token,
                     fire,
                     kind,
+                    start_at,
                     ..
                 } => {
+                    // A run launched ahead starts at its instant: the proof must reach it.
+                    let mono_now = start_at.unwrap_or(mono_now).max(mono_now);
                     let lease = self.lease.expect("a launch without a session");
                     let held = self.keys.get(&shard);
                     assert_eq!(
@@ -466,6 +474,16 @@ proptest! {
         ops in prop::collection::vec(op(), 1..120)
     ) {
         let mut m = Model::new();
+        for op in ops {
+            m.apply(op);
+        }
+    }
+
+    #[test]
+    fn the_same_with_fires_launched_ahead_of_their_instant(
+        ops in prop::collection::vec(op(), 1..120)
+    ) {
+        let mut m = Model::with_lead(Duration::from_millis(100));
         for op in ops {
             m.apply(op);
         }

@@ -328,6 +328,62 @@ fn a_lapse_replays_a_failover_run_as_a_failover_run() {
     );
 }
 
+// ---- launching ahead of the instant ---------------------------------------------------------
+
+/// The `start_at` of each launch among `commands`, in seconds of the harness clock.
+fn starts(h: &Harness, commands: &[Command]) -> Vec<Option<f64>> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Launch { start_at, .. } => {
+                Some(start_at.map(|s| (s - h.mono(0.0)).as_secs_f64()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_fire_is_launched_within_the_lead_and_waits_for_its_instant() {
+    let lead = std::time::Duration::from_millis(100);
+    let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
+    h.prove_until(200.0);
+    assert_eq!(launches(&h.at(59.89)), [], "not before the lead");
+    let early = h.at(59.95);
+    assert_eq!(launches(&early), [(0, 60.0, Scheduled)]);
+    let at = starts(&h, &early)[0].unwrap();
+    assert!((at - 60.0).abs() < 1e-6, "starts at its instant, not {at}");
+    assert_eq!(launches(&h.at(60.5)), [], "once");
+}
+
+#[test]
+fn no_lead_for_a_job_still_running_nor_past_the_proof() {
+    let lead = std::time::Duration::from_millis(100);
+    // The run of 00:00 still runs at 00:59.9: the fire of 01:00 waits for its instant, where
+    // it meets the running shard as it would without a lead (a misfire, owed).
+    let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
+    h.prove_until(200.0);
+    let first = h.at(60.0);
+    assert_eq!(launches(&first), [(0, 60.0, Scheduled)]);
+    assert_eq!(launches(&h.at(119.95)), []);
+    let at_instant = h.at(120.0);
+    assert_eq!(launches(&at_instant), [], "owed while 01:00's run runs");
+    let done = h.done("j", 0, exec_of(&first, 0));
+    assert_eq!(launches(&done), [(0, 120.0, Misfire)]);
+    assert_eq!(starts(&h, &done), [None], "an owed run starts now, never early");
+    // A lease proven only until 30 ms before the instant (plus its margin): a tick within the
+    // lead (for any reason) launches nothing ahead.
+    let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
+    h.prove_until(60.97); // the margin is 1 s: the limit is 59.97
+    h.set(59.95);
+    assert_eq!(launches(&h.step(Input::Tick)), [], "the proof ends before the instant");
+    // A liveness guard that ends before the instant: nothing is launched ahead of it.
+    let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
+    h.prove_until(200.0);
+    h.guard_until(Some(59.99));
+    assert_eq!(launches(&h.at(59.95)), [], "the guard ends before the instant");
+}
+
 // ---- the liveness stream's guard ----------------------------------------------------------
 
 #[test]

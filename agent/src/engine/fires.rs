@@ -1,7 +1,7 @@
 //! The one timer of the agent: a min-heap of next fires over all jobs (never a task per job).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use chrono::{DateTime, Utc};
 use std::time::Instant;
@@ -29,24 +29,34 @@ impl PartialOrd for Fire {
     }
 }
 
-/// Next fires, earliest first.
+/// Next fires, earliest first, with how many fall in each millisecond (a crowd of fires at one
+/// instant is what is worth launching ahead).
 #[derive(Debug, Default)]
 pub struct FireHeap {
     heap: BinaryHeap<Reverse<Fire>>,
     seq: u64,
+    /// Fires per millisecond of their wall-clock fire time.
+    per_ms: HashMap<i64, u32>,
 }
 
 impl FireHeap {
     /// Schedules `job`'s fire at `fire_time`, due at `at` on the monotonic clock.
     pub fn push(&mut self, at: Instant, job: &str, version: u64, fire_time: DateTime<Utc>) {
         self.seq += 1;
-        self.heap.push(Reverse(Fire {
+        self.push_fire(Fire {
             at,
             seq: self.seq,
             job: job.to_owned(),
             version,
             fire_time,
-        }));
+        });
+    }
+
+    /// How many fires share the millisecond of the earliest one (by fire time), and which
+    /// millisecond it is.
+    pub fn crowd_at_top(&self) -> Option<(i64, u32)> {
+        let b = self.heap.peek()?.0.fire_time.timestamp_millis();
+        Some((b, self.per_ms.get(&b).copied().unwrap_or(0)))
     }
 
     /// When the earliest fire is due.
@@ -56,21 +66,33 @@ impl FireHeap {
 
     /// The earliest fire if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Fire> {
-        if self.next_due()? <= now {
-            self.heap.pop().map(|f| f.0)
-        } else {
-            None
+        if self.next_due()? > now {
+            return None;
         }
+        let f = self.heap.pop()?.0;
+        let b = f.fire_time.timestamp_millis();
+        if let Some(n) = self.per_ms.get_mut(&b) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ms.remove(&b);
+            }
+        }
+        Some(f)
     }
 
     /// Puts a popped fire back as it was.
     pub fn push_fire(&mut self, f: Fire) {
+        *self
+            .per_ms
+            .entry(f.fire_time.timestamp_millis())
+            .or_default() += 1;
         self.heap.push(Reverse(f));
     }
 
     /// Drops every scheduled fire.
     pub fn clear(&mut self) {
         self.heap.clear();
+        self.per_ms.clear();
     }
 }
 
@@ -103,6 +125,30 @@ mod tests {
             .collect();
         assert_eq!(due, ["a", "c"], "same instant: insertion order");
         assert_eq!(h.pop_due(later + Duration::from_secs(1)).unwrap().job, "b");
+    }
+
+    #[test]
+    fn counts_the_crowd_of_fires_sharing_the_earliest_millisecond() {
+        let now = Instant::now();
+        let t: DateTime<Utc> = "2026-11-21T10:00:00Z".parse().unwrap();
+        let mut h = FireHeap::default();
+        assert_eq!(h.crowd_at_top(), None);
+        for job in ["a", "b", "c"] {
+            h.push(now, job, 1, t);
+        }
+        h.push(now, "d", 1, t + chrono::Duration::milliseconds(1));
+        let ms = t.timestamp_millis();
+        assert_eq!(h.crowd_at_top(), Some((ms, 3)));
+        let f = h.pop_due(now).unwrap();
+        assert_eq!(h.crowd_at_top(), Some((ms, 2)));
+        h.push_fire(f);
+        assert_eq!(h.crowd_at_top(), Some((ms, 3)), "put back, counted again");
+        for _ in 0..3 {
+            h.pop_due(now);
+        }
+        assert_eq!(h.crowd_at_top(), Some((ms + 1, 1)));
+        h.clear();
+        assert_eq!(h.crowd_at_top(), None);
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Engine {
     pub(super) fn on_shutdown(&mut self, now: Now) {
         self.stopping = true;
         self.heap.clear();
+        self.at_due.clear();
         // Resident runs are asked to stop now, even on shards still assigned here.
         self.decide_all(now);
         self.publish_all = true;

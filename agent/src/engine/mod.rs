@@ -86,6 +86,10 @@ pub struct EngineConfig {
     /// prepared before it and released together. Only while the lease (and the liveness
     /// guard) is proven through the instant, and only for a job with no run in progress.
     pub lead: Duration,
+    /// Only a crowd is launched ahead: at least this many fires due in one millisecond (fires
+    /// spread over time are started by the loop in time, and a timer per execution would only
+    /// add its rounding).
+    pub lead_crowd: u32,
 }
 
 /// The agent's decisions; see the module docs.
@@ -210,8 +214,11 @@ impl Engine {
     /// proof, and the re-check of deferred decisions.
     pub fn next_wake(&self) -> Option<Instant> {
         let proof = self.session.filter(|p| !p.lapsed).map(|p| p.ends());
+        let crowd = self.heap.crowd_at_top().map_or(0, |(_, n)| n);
         let next_fire = self.heap.next_due().map(|d| match self.lead_limit() {
-            Some(limit) if d <= limit => d.checked_sub(self.cfg.lead).unwrap_or(d),
+            Some(limit) if d <= limit && crowd >= self.cfg.lead_crowd => {
+                d.checked_sub(self.cfg.lead).unwrap_or(d)
+            }
             _ => d,
         });
         [next_fire, self.at_due.next_due(), proof, self.retry_at]

@@ -229,16 +229,32 @@ impl Engine {
         // Fires up to `horizon` go now: those due, and those due within the lead whose
         // instant the proof reaches.
         let horizon = match self.lead_limit() {
-            Some(limit) if !self.cfg.lead.is_zero() => now.mono.max(limit.min(now.mono + self.cfg.lead)),
+            Some(limit) if !self.cfg.lead.is_zero() => {
+                now.mono.max(limit.min(now.mono + self.cfg.lead))
+            }
             _ => now.mono,
         };
+        // The millisecond of the crowd being launched ahead: once started, all of it goes.
+        let mut crowd: Option<i64> = None;
         loop {
-            let f = match self.at_due.pop_due(now.mono) {
-                Some(f) => f,
-                None => match self.heap.pop_due(horizon) {
-                    Some(f) => f,
+            let f = if let Some(f) = self.at_due.pop_due(now.mono) {
+                f
+            } else if let Some(f) = self.heap.pop_due(now.mono) {
+                f
+            } else {
+                let Some((bucket, n)) = self.heap.crowd_at_top() else {
+                    break;
+                };
+                if crowd != Some(bucket) && n < self.cfg.lead_crowd {
+                    break;
+                }
+                match self.heap.pop_due(horizon) {
+                    Some(f) => {
+                        crowd = Some(bucket);
+                        f
+                    }
                     None => break,
-                },
+                }
             };
             let early = f.at > now.mono;
             if early && self.job_running(&f.job) {
@@ -270,7 +286,14 @@ impl Engine {
             }
             let start_at = early.then_some(f.at);
             for shard in self.fireable(&f.job) {
-                self.offer_at(&f.job, shard, f.fire_time, RunKind::Scheduled, now, start_at);
+                self.offer_at(
+                    &f.job,
+                    shard,
+                    f.fire_time,
+                    RunKind::Scheduled,
+                    now,
+                    start_at,
+                );
             }
         }
         if coalesced > 0 {

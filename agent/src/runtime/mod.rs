@@ -165,6 +165,7 @@ impl Core {
             margin: cfg.ttl / 10,
             job_labels: cfg.job_labels,
             lead: FIRE_LEAD,
+            lead_crowd: LEAD_CROWD,
         });
         if let Some(l) = &cfg.liveness {
             tokio::spawn(forward_breaks(l.server.breaks(), status.clone()));
@@ -572,6 +573,11 @@ async fn bound_changed(rx: &mut Option<watch::Receiver<Bound>>) {
 /// How far ahead of their instant scheduled fires are prepared (`EngineConfig::lead`): a
 /// burst of 10k fires at one instant takes ~70 ms to prepare on 2 cores (bench-lateness).
 const FIRE_LEAD: Duration = Duration::from_millis(100);
+/// Fires due in one millisecond that make a crowd worth launching ahead
+/// (`EngineConfig::lead_crowd`): fires spread over time are started in time by the loop, and a
+/// timer per execution only adds its rounding (bench-lateness spread 10k: p50 1.0 ms without
+/// the lead, 1.25 ms with it for every fire).
+const LEAD_CROWD: u32 = 64;
 
 /// The bound of one attempt of a shutdown write.
 const ATTEMPT: Duration = Duration::from_secs(1);

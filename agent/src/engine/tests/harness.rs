@@ -99,6 +99,7 @@ impl Harness {
             margin: TTL / 10,
             job_labels: true,
             lead,
+            lead_crowd: 1,
         });
         Self {
             engine,

@@ -370,18 +370,30 @@ fn no_lead_for_a_job_still_running_nor_past_the_proof() {
     assert_eq!(launches(&at_instant), [], "owed while 01:00's run runs");
     let done = h.done("j", 0, exec_of(&first, 0));
     assert_eq!(launches(&done), [(0, 120.0, Misfire)]);
-    assert_eq!(starts(&h, &done), [None], "an owed run starts now, never early");
+    assert_eq!(
+        starts(&h, &done),
+        [None],
+        "an owed run starts now, never early"
+    );
     // A lease proven only until 30 ms before the instant (plus its margin): a tick within the
     // lead (for any reason) launches nothing ahead.
     let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
     h.prove_until(60.97); // the margin is 1 s: the limit is 59.97
     h.set(59.95);
-    assert_eq!(launches(&h.step(Input::Tick)), [], "the proof ends before the instant");
+    assert_eq!(
+        launches(&h.step(Input::Tick)),
+        [],
+        "the proof ends before the instant"
+    );
     // A liveness guard that ends before the instant: nothing is launched ahead of it.
     let mut h = Harness::holding_with_lead(1, every(60, 1), lead);
     h.prove_until(200.0);
     h.guard_until(Some(59.99));
-    assert_eq!(launches(&h.at(59.95)), [], "the guard ends before the instant");
+    assert_eq!(
+        launches(&h.at(59.95)),
+        [],
+        "the guard ends before the instant"
+    );
 }
 
 // ---- the liveness stream's guard ----------------------------------------------------------

@@ -59,23 +59,7 @@ fn a_sigkilled_agent_process_fails_over_with_no_double_run() {
         .map(|id| agent(quickstart, &etcd, id, &envs))
         .collect();
 
-    let ready = Command::new(check)
-        .args([
-            "--log",
-            &log.display().to_string(),
-            "--ready",
-            "12",
-            "--instances",
-            "3",
-            "--wait",
-            "60",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        ready.success(),
-        "the three agents never shared all 12 shards"
-    );
+    wait_all_twelve_run(&log);
 
     let killed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut victim = procs.remove(1);
@@ -146,23 +130,7 @@ fn a_sigkilled_process_with_the_stream_on_is_revoked_through_it_long_before_its_
         })
         .collect();
     let check = env!("CARGO_BIN_EXE_demo-check");
-    let ready = Command::new(check)
-        .args([
-            "--log",
-            &log.display().to_string(),
-            "--ready",
-            "12",
-            "--instances",
-            "3",
-            "--wait",
-            "60",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        ready.success(),
-        "the three agents never shared all 12 shards"
-    );
+    wait_all_twelve_run(&log);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -292,6 +260,19 @@ fn scrape(port: u16) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+/// Waits (demo-check, up to 60 s) until three agents share all 12 shards in the log.
+fn wait_all_twelve_run(log: &std::path::Path) {
+    let ready = Command::new(env!("CARGO_BIN_EXE_demo-check"))
+        .args(["--log", &log.display().to_string()])
+        .args(["--ready", "12", "--instances", "3", "--wait", "60"])
+        .status()
+        .unwrap();
+    assert!(
+        ready.success(),
+        "the three agents never shared all 12 shards"
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -156,6 +156,14 @@ impl Engine {
     /// fire at or before `now`. Without it the catch-up and the heap's late pop could both run
     /// one fire (the property test found it: caught up, key vanished, claimed again, popped).
     pub fn step(&mut self, input: Input, now: Now) -> Vec<Command> {
+        self.apply(input, now);
+        self.flush()
+    }
+
+    /// [`Engine::step`] without collecting the commands: several inputs in a row, then
+    /// [`Engine::take_commands`] once (the runtime drains a burst of events this way: one
+    /// status publication for ten thousand finished executions, not ten thousand).
+    pub fn apply(&mut self, input: Input, now: Now) {
         if matches!(input, Input::Claimed { .. }) && self.next_wake().is_some_and(|w| w <= now.mono)
         {
             self.on_tick(now);
@@ -207,6 +215,10 @@ impl Engine {
             Input::ShutdownBegun => self.on_shutdown(now),
             Input::Finish => self.on_finish(),
         }
+    }
+
+    /// What the inputs applied since the last call ask the runtime to do.
+    pub fn take_commands(&mut self) -> Vec<Command> {
         self.flush()
     }
 

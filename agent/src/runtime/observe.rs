@@ -16,7 +16,8 @@ fn key_of(kv: &KeyValue) -> String {
 }
 
 impl Core {
-    pub(super) fn handle(&mut self, event: Event) {
+    /// One event into the engine (or handled here), its commands left for the caller to take.
+    pub(super) fn absorb(&mut self, event: Event) {
         let input = match event {
             Event::Watch(Stream::Instance, ev) => return self.on_own_key(ev),
             Event::Watch(stream, ev) => match self.translate(stream, ev) {
@@ -37,7 +38,7 @@ impl Core {
                 return;
             }
         };
-        self.step(input);
+        self.engine.apply(input, super::now());
     }
 
     /// This instance's key changed. Deleted (by hand, while the session lives) or missing from

@@ -53,7 +53,6 @@ fn a_sigkilled_agent_process_fails_over_with_no_double_run() {
         ("SHARDJOB_SHARDS", "12".to_owned()),
     ];
     let quickstart = env!("CARGO_BIN_EXE_quickstart");
-    let check = env!("CARGO_BIN_EXE_demo-check");
     let mut procs: Vec<Proc> = ["p-a", "p-b", "p-c"]
         .iter()
         .map(|id| agent(quickstart, &etcd, id, &envs))
@@ -64,26 +63,7 @@ fn a_sigkilled_agent_process_fails_over_with_no_double_run() {
     let killed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut victim = procs.remove(1);
     victim.0.kill().unwrap(); // SIGKILL: no hand-off, no revoke
-    let out = Command::new(check)
-        .args([
-            "--log",
-            &log.display().to_string(),
-            "--killed",
-            "p-b",
-            "--killed-at",
-            &killed_at,
-            "--wait",
-            "30",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = text.lines().last().unwrap();
+    let summary = check_failover(&log, "p-b", &killed_at);
     assert!(summary.starts_with("demo: killed=p-b moved="), "{summary}");
     assert!(summary.ends_with("double_runs=0"), "{summary}");
     eprintln!("{summary}");
@@ -129,7 +109,6 @@ fn a_sigkilled_process_with_the_stream_on_is_revoked_through_it_long_before_its_
             (*id, p)
         })
         .collect();
-    let check = env!("CARGO_BIN_EXE_demo-check");
     wait_all_twelve_run(&log);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -174,26 +153,7 @@ fn a_sigkilled_process_with_the_stream_on_is_revoked_through_it_long_before_its_
         let from = revision(&client, &keys).await.unwrap() + 1;
         let killed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         procs.get_mut(victim).unwrap().0.kill().unwrap(); // SIGKILL
-        let out = Command::new(check)
-            .args([
-                "--log",
-                &log.display().to_string(),
-                "--killed",
-                victim,
-                "--killed-at",
-                &killed_at,
-                "--wait",
-                "30",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary = text.lines().last().unwrap();
+        let summary = check_failover(&log, victim, &killed_at);
         assert!(summary.ends_with("double_runs=0"), "{summary}");
         eprintln!("{summary}");
         // The move was the leader's doing through the broken stream, not the lease's expiry.
@@ -260,6 +220,23 @@ fn scrape(port: u16) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+/// demo-check's verdict on the failover of `victim`, SIGKILLed at `killed_at` (waiting up to
+/// 30 s for its shards to run elsewhere): its last line, after asserting it succeeded.
+fn check_failover(log: &std::path::Path, victim: &str, killed_at: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_demo-check"))
+        .args(["--log", &log.display().to_string(), "--killed", victim])
+        .args(["--killed-at", killed_at, "--wait", "30"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().last().unwrap_or_default().to_owned()
 }
 
 /// Waits (demo-check, up to 60 s) until three agents share all 12 shards in the log.

@@ -78,33 +78,49 @@ pub async fn wait_owned(
     shards: u32,
     pred: impl Fn(&BTreeMap<String, Vec<u32>>) -> bool,
 ) -> BTreeMap<String, Vec<u32>> {
+    let by_instance = |now: &[AgentStatus]| -> BTreeMap<String, Vec<u32>> {
+        now.iter()
+            .map(|s| {
+                (
+                    s.instance.clone(),
+                    s.owned.get(job).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let found = wait_status(statuses, "shard ownership", |now| {
+        let by_instance = by_instance(now);
+        let all: Vec<u32> = by_instance.values().flatten().copied().collect();
+        let distinct: BTreeSet<u32> = all.iter().copied().collect();
+        all.len() == shards as usize && distinct.len() == shards as usize && pred(&by_instance)
+    })
+    .await;
+    by_instance(&found)
+}
+
+/// Waits (up to [`PATIENCE`]) until `pred` holds for the agents' statuses together, and
+/// returns them as they were then; panics naming `what` otherwise.
+pub async fn wait_status(
+    statuses: &[watch::Receiver<AgentStatus>],
+    what: &str,
+    pred: impl Fn(&[AgentStatus]) -> bool,
+) -> Vec<AgentStatus> {
     let mut statuses = statuses.to_vec();
     timeout(PATIENCE, async {
         loop {
-            let by_instance: BTreeMap<String, Vec<u32>> = statuses
-                .iter()
-                .map(|s| {
-                    let s = s.borrow();
-                    (
-                        s.instance.clone(),
-                        s.owned.get(job).cloned().unwrap_or_default(),
-                    )
-                })
+            let now: Vec<AgentStatus> = statuses
+                .iter_mut()
+                .map(|s| s.borrow_and_update().clone())
                 .collect();
-            let all: Vec<u32> = by_instance.values().flatten().copied().collect();
-            let distinct: BTreeSet<u32> = all.iter().copied().collect();
-            if all.len() == shards as usize
-                && distinct.len() == shards as usize
-                && pred(&by_instance)
-            {
-                return by_instance;
+            if pred(&now) {
+                return now;
             }
             let changes = statuses.iter_mut().map(|s| Box::pin(s.changed()));
             first_of(changes).await;
         }
     })
     .await
-    .expect("shard ownership never reached the expected state")
+    .unwrap_or_else(|_| panic!("{what} never reached the expected state"))
 }
 
 /// Resolves when the first of `futs` does.

@@ -8,60 +8,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::Client;
-use shardjob_agent::{AgentHandle, AgentStatus, JobSpec, LivenessOptions};
+use shardjob_agent::{AgentHandle, JobSpec, LivenessOptions};
 use shardjob_coordinator::keys::Keys;
 use shardjob_integration::EtcdCluster;
 use shardjob_integration::agents::{
-    Slow, assert_no_double_runs_and_rising_tokens, builder, recorder, wait_owned,
+    Slow, assert_no_double_runs_and_rising_tokens, builder, recorder, wait_owned, wait_status,
 };
-use shardjob_integration::fixtures::PATIENCE;
 use shardjob_integration::ports::free_ports;
 use shardjob_integration::proxy::{Proxy, Sever};
 use shardjob_integration::revoked::{assert_revoked_through_stream, history, revision};
-use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::sync::mpsc;
 
 const TTL: Duration = Duration::from_secs(10);
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Waits until `pred` holds for the statuses together.
-async fn wait_for(
-    statuses: &mut [watch::Receiver<AgentStatus>],
-    what: &str,
-    pred: impl Fn(&[AgentStatus]) -> bool,
-) {
-    timeout(PATIENCE, async {
-        loop {
-            let now: Vec<AgentStatus> = statuses
-                .iter_mut()
-                .map(|s| s.borrow_and_update().clone())
-                .collect();
-            if pred(&now) {
-                return;
-            }
-            let changes = statuses.iter_mut().map(|s| Box::pin(s.changed()));
-            let _ = futures_select_any(changes.collect()).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
-/// The first of several futures to finish.
-async fn futures_select_any<F: std::future::Future + Unpin>(futs: Vec<F>) {
-    let mut futs = futs;
-    std::future::poll_fn(|cx| {
-        for f in futs.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,12 +46,12 @@ async fn a_crashed_agents_lease_is_revoked_through_its_broken_stream_before_any_
             .unwrap();
         agents.insert(id, agent);
     }
-    let mut statuses: Vec<_> = agents.values().map(AgentHandle::status).collect();
+    let statuses: Vec<_> = agents.values().map(AgentHandle::status).collect();
     let balanced = |o: &BTreeMap<String, Vec<u32>>| o.values().all(|s| s.len() == 2);
     let before = wait_owned(&statuses, "j", 6, balanced).await;
     // Every agent but the leader is attached to it.
-    wait_for(
-        &mut statuses,
+    wait_status(
+        &statuses,
         "two agents guarded by a stream to the leader",
         |s| {
             s.iter().filter(|s| s.is_leader).count() == 1
@@ -168,8 +129,8 @@ async fn a_severed_stream_is_settled_alive(how: Sever, ns: &str) {
         .start()
         .await
         .unwrap();
-    let mut sa = vec![a.status()];
-    wait_for(&mut sa, "a leads", |s| s[0].is_leader).await;
+    let sa = vec![a.status()];
+    wait_status(&sa, "a leads", |s| s[0].is_leader).await;
     let b = builder(&endpoints, ns, "b")
         .ttl(TTL)
         .liveness(options(loopback(0)))
@@ -177,9 +138,9 @@ async fn a_severed_stream_is_settled_alive(how: Sever, ns: &str) {
         .start()
         .await
         .unwrap();
-    let mut statuses = vec![a.status(), b.status()];
+    let statuses = vec![a.status(), b.status()];
     let owned = wait_owned(&statuses, "j", 4, |o| o.values().all(|s| s.len() == 2)).await;
-    wait_for(&mut statuses, "b guarded", |s| s[1].guarded).await;
+    wait_status(&statuses, "b guarded", |s| s[1].guarded).await;
 
     let keys = Keys::new(ns).unwrap();
     let mut client = etcd.client().await.unwrap();
@@ -201,7 +162,7 @@ async fn a_severed_stream_is_settled_alive(how: Sever, ns: &str) {
 
     proxy.sever(how);
     // The leader saw the break, waited past b's guard, and found b's "alive" first.
-    wait_for(&mut statuses, "the leader to act on the break", |s| {
+    wait_status(&statuses, "the leader to act on the break", |s| {
         s[0].stream_breaks.spared + s[0].stream_breaks.revoked > 0
     })
     .await;
@@ -218,7 +179,7 @@ async fn a_severed_stream_is_settled_alive(how: Sever, ns: &str) {
     assert_eq!((st.lease, st.session_losses), (lease, 0));
     assert_eq!(tokens(&mut client).await, tokens_before);
     // b attaches again (stream 1), through the proxy, which forwards new connections.
-    wait_for(&mut statuses, "b guarded again", |s| s[1].guarded).await;
+    wait_status(&statuses, "b guarded again", |s| s[1].guarded).await;
 
     let mut runs = Vec::new();
     while let Ok(r) = rx.try_recv() {

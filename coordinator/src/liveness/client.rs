@@ -23,8 +23,11 @@ use crate::etcd_error::bounded;
 use crate::keys::Keys;
 use crate::model::InstanceInfo;
 
-/// How often to look for a leader (with an address) while not attached.
-const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How often to look for a leader (with an address) while not attached: first after 250 ms,
+/// then doubling to 2 s (an agent that leads, or whose leader has no listener, would otherwise
+/// read etcd twice every 250 ms for as long as that lasts). An attachment starts over.
+const LOOK_FIRST: Duration = Duration::from_millis(250);
+const LOOK_MAX: Duration = Duration::from_secs(2);
 /// The bound of a connection attempt.
 const CONNECT_WITHIN: Duration = Duration::from_secs(1);
 /// How long a goodbye may take to go out.
@@ -65,29 +68,30 @@ impl AgentStream {
         let mut guard = Guard::new(self.guard);
         let mut epoch = 0u64;
         let election = Election::new(&self.client, &self.keys);
+        let mut look = LOOK_FIRST;
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let addr = match self.leader_addr(&election).await {
-                Some(a) => a,
-                None => {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = sleep(LOOK_EVERY) => continue,
+            let channel = match self.leader_addr(&election).await {
+                None => None,
+                Some(addr) => match connect(&addr).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        debug!(%addr, error = %e, "cannot reach the leader's liveness listener");
+                        None
                     }
-                }
+                },
             };
-            let channel = match connect(&addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    debug!(%addr, error = %e, "cannot reach the leader's liveness listener");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = sleep(LOOK_EVERY) => continue,
-                    }
+            let Some(channel) = channel else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = sleep(look) => {}
                 }
+                look = (look * 2).min(LOOK_MAX);
+                continue;
             };
+            look = LOOK_FIRST;
             match self.attach(channel, epoch, &mut guard, &bound, &stop).await {
                 Turn::Stopped => return,
                 Turn::Broke => {}

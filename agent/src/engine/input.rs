@@ -2,6 +2,7 @@
 //! and executions, the lease's proof, and the operator's word (shutdown). Values arrive decoded;
 //! a value that does not decode never becomes an input (the runtime logs it with its key).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardjob_coordinator::model::{AssignmentRecord, Cursor, JobConfig, Running, Trigger};
@@ -13,8 +14,9 @@ use crate::execlog::Outcome;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenOwner {
     /// The instance the value names (`""` when the value does not decode: the key still holds
-    /// the shard, for an unknown owner).
-    pub instance: String,
+    /// the shard, for an unknown owner). Shared: the runtime hands every key of one owner the
+    /// same name.
+    pub instance: Arc<str>,
     /// The key's create revision.
     pub token: Token,
     /// The lease the key is bound to (0: none).

@@ -1,19 +1,22 @@
-//! What the agent knows of one job: its config (if this agent can run it), the assignment, and
-//! the shards it has seen or holds.
+//! What the agent knows of one job: its config (if this agent can run it), my part of the
+//! assignment, and the shards it has seen or holds.
+//!
+//! Kept small on purpose: an agent holds one [`JobState`] per job of the namespace it can run
+//! or has a part in, inline in a hash table sized to a power of two. The spec is boxed (most
+//! of a job's bytes, and only for jobs this agent can run), and the assignment is reduced to
+//! [`Mine`].
 
-use shardjob_coordinator::model::{AssignmentRecord, JobConfig};
+use shardjob_coordinator::model::JobConfig;
 
+use super::mine::Mine;
 use super::shard::Shard;
 use super::shard_map::ShardMap;
 use crate::schedule::FireSchedule;
 
-/// True when `assignment` gives `shard` to `me` (a free function, so a caller iterating the
-/// job's shards mutably can still ask).
-pub fn assigns(assignment: &Option<(AssignmentRecord, i64)>, shard: u32, me: &str) -> bool {
-    assignment
-        .as_ref()
-        .and_then(|(r, _)| r.owner(shard))
-        .is_some_and(|o| o.as_str() == me)
+/// True when `mine` gives `shard` to me (a free function, so a caller iterating the job's
+/// shards mutably can still ask).
+pub fn assigns(mine: &Option<Mine>, shard: u32) -> bool {
+    mine.as_ref().is_some_and(|m| m.has(shard))
 }
 
 /// A job this agent can run: it has the handler and the config compiles.
@@ -28,58 +31,51 @@ pub struct Spec {
 /// One job, as this agent sees it.
 #[derive(Debug, Clone, Default)]
 pub struct JobState {
-    pub spec: Option<Spec>,
-    /// The assignment and the mod revision it was read at.
-    pub assignment: Option<(AssignmentRecord, i64)>,
+    pub spec: Option<Box<Spec>>,
+    /// What the assignment gives me; `None` when it gives me nothing (or there is none).
+    pub mine: Option<Mine>,
     /// Shards seen or held; a shard with nothing known is absent.
     pub shards: ShardMap,
 }
 
 impl JobState {
-    /// True when the assignment gives `shard` to `me`.
-    pub fn assigned_to(&self, shard: u32, me: &str) -> bool {
-        assigns(&self.assignment, shard, me)
+    /// True when the assignment gives `shard` to me.
+    pub fn assigned_to(&self, shard: u32) -> bool {
+        assigns(&self.mine, shard)
     }
 
-    /// True when `me` may fire `shard` now: it holds it, and the assignment still gives it to
-    /// `me`.
-    pub fn fireable(&self, shard: u32, me: &str) -> bool {
-        self.assigned_to(shard, me)
+    /// True when I may fire `shard` now: I hold it, and the assignment still gives it to me.
+    pub fn fireable(&self, shard: u32) -> bool {
+        self.assigned_to(shard)
             && self
                 .shards
                 .get(&shard)
                 .is_some_and(|sh| matches!(sh.local, super::shard::Local::Held(_)))
     }
 
-    /// How many shards the assignment gives `me`.
-    pub fn assigned_count(&self, me: &str) -> usize {
-        self.assignment.as_ref().map_or(0, |(r, _)| {
-            (0..r.owners.len() as u32)
-                .filter(|s| r.owner(*s).is_some_and(|o| o.as_str() == me))
-                .count()
-        })
-    }
-
-    /// True when the assignment gives `me` any shard.
-    pub fn names(&self, me: &str) -> bool {
-        self.assignment
-            .as_ref()
-            .is_some_and(|(r, _)| r.instances.iter().any(|i| i.as_str() == me))
+    /// How many shards the assignment gives me.
+    pub fn assigned_count(&self) -> usize {
+        self.mine.as_ref().map_or(0, |m| m.shards().len())
     }
 
     /// True when a change of `shard`'s owner key can change what `me` decides: the shard is
     /// assigned to me, its owner as seen is me, or I hold a part in it.
     pub fn concerns(&self, shard: u32, me: &str) -> bool {
-        self.assigned_to(shard, me)
+        self.assigned_to(shard)
             || self.shards.get(&shard).is_some_and(|s| {
-                s.seen.as_ref().is_some_and(|o| o.instance == me)
+                s.seen.as_ref().is_some_and(|o| &*o.instance == me)
                     || s.local != super::shard::Local::Idle
             })
     }
 
     /// Runs are allowed for this job now: a config this agent can run, not disabled.
     pub fn runnable(&self) -> Option<&Spec> {
-        self.spec.as_ref().filter(|s| !s.config.disabled)
+        self.spec.as_deref().filter(|s| !s.config.disabled)
+    }
+
+    /// Nothing known of this job any more: its entry can go.
+    pub fn is_empty(&self) -> bool {
+        self.spec.is_none() && self.mine.is_none() && self.shards.is_empty()
     }
 
     /// Drops the entry of `shard` if nothing is known of it any more.

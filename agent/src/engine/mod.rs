@@ -23,6 +23,7 @@ pub mod fires;
 pub mod input;
 pub mod job;
 mod lease;
+mod mine;
 mod observe;
 mod ownership;
 mod runs;
@@ -33,6 +34,7 @@ mod tests;
 pub mod types;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use command::Command;
@@ -96,6 +98,8 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// `cfg.id`, shared: every owner key of mine names it.
+    me: Arc<str>,
     session: Option<Proof>,
     stopping: bool,
     // A hash map: every fire looks its job up, and a B-tree of 10k names costs a dozen string
@@ -129,6 +133,7 @@ impl Engine {
     /// An engine with no session, no jobs, nothing held.
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
+            me: Arc::from(cfg.id.as_str()),
             cfg,
             session: None,
             stopping: false,
@@ -217,6 +222,14 @@ impl Engine {
         }
     }
 
+    /// Drops `job`'s entry once nothing is known of it (no spec, no shard of mine assigned,
+    /// no shard seen): an agent keeps nothing of the jobs it has no part in.
+    fn tidy(&mut self, job: &str) {
+        if self.jobs.get(job).is_some_and(JobState::is_empty) {
+            self.jobs.remove(job);
+        }
+    }
+
     /// What the inputs applied since the last call ask the runtime to do.
     pub fn take_commands(&mut self) -> Vec<Command> {
         self.flush()
@@ -251,7 +264,7 @@ impl Engine {
 
     /// The config of a job this agent can run.
     pub fn config(&self, job: &str) -> Option<&shardjob_coordinator::model::JobConfig> {
-        self.jobs.get(job)?.spec.as_ref().map(|s| &s.config)
+        self.jobs.get(job)?.spec.as_deref().map(|s| &s.config)
     }
 
     /// The shards of `job` this agent may fire now: held and still assigned to it.
@@ -262,22 +275,20 @@ impl Engine {
         js.shards
             .keys()
             .copied()
-            .filter(|s| js.fireable(*s, &self.cfg.id))
+            .filter(|s| js.fireable(*s))
             .collect()
     }
 
     /// How many shards of `job` the assignment gives this agent (held or not).
     pub fn assigned(&self, job: &str) -> usize {
-        self.jobs
-            .get(job)
-            .map_or(0, |js| js.assigned_count(&self.cfg.id))
+        self.jobs.get(job).map_or(0, JobState::assigned_count)
     }
 
     /// Every job whose assignment gives this agent shards, with how many.
     pub fn assigned_jobs(&self) -> Vec<(String, usize)> {
         self.jobs
             .iter()
-            .map(|(j, js)| (j.clone(), js.assigned_count(&self.cfg.id)))
+            .map(|(j, js)| (j.clone(), js.assigned_count()))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -383,6 +394,6 @@ impl Engine {
     }
 
     fn spec(&self, job: &str) -> Option<&Spec> {
-        self.jobs.get(job).and_then(|j| j.spec.as_ref())
+        self.jobs.get(job).and_then(|j| j.spec.as_deref())
     }
 }

@@ -9,6 +9,7 @@ use tracing::warn;
 use super::fires::instant_of;
 use super::input::{Listing, SeenOwner};
 use super::job::Spec;
+use super::mine::Mine;
 use super::shard::Local;
 use super::{Engine, Now, RunKind};
 use crate::schedule::FireSchedule;
@@ -19,15 +20,20 @@ impl Engine {
     pub(super) fn on_job_put(&mut self, job: &str, config: JobConfig, now: Now) {
         self.upsert(job, config, now);
         self.decide(job, now);
+        self.tidy(job);
     }
 
     fn upsert(&mut self, job: &str, config: JobConfig, now: Now) {
         let runs_here = self.cfg.handlers.contains(config.handler_name(job));
-        let js = self.jobs.entry(job.to_owned()).or_default();
         if !runs_here {
-            js.spec = None;
+            // Nothing kept of a job this agent cannot run (its entry goes once nothing else
+            // of it is known).
+            if let Some(js) = self.jobs.get_mut(job) {
+                js.spec = None;
+            }
             return;
         }
+        let js = self.jobs.entry(job.to_owned()).or_default();
         let same_schedule = js.spec.as_ref().is_some_and(|s| {
             s.config.schedule == config.schedule
                 && s.config.time_zone == config.time_zone
@@ -51,11 +57,11 @@ impl Engine {
             self.heap
                 .push(instant_of(next, now.mono, now.wall), job, version, next);
         }
-        js.spec = Some(Spec {
+        js.spec = Some(Box::new(Spec {
             config,
             schedule,
             version,
-        });
+        }));
     }
 
     pub(super) fn on_job_deleted(&mut self, job: &str, now: Now) {
@@ -63,6 +69,7 @@ impl Engine {
             js.spec = None;
         }
         self.decide(job, now);
+        self.tidy(job);
     }
 
     pub(super) fn on_assignment(
@@ -71,18 +78,19 @@ impl Engine {
         assignment: Option<(AssignmentRecord, i64)>,
         now: Now,
     ) {
-        let me = self.cfg.id.as_str();
-        if assignment.is_none() && !self.jobs.contains_key(job) {
+        let mine = assignment.and_then(|(record, rev)| Mine::of(&record, rev, &self.cfg.id));
+        if mine.is_none() && !self.jobs.contains_key(job) {
             return;
         }
         let js = self.jobs.entry(job.to_owned()).or_default();
-        let before = js.names(me);
-        js.assignment = assignment;
+        let before = js.mine.is_some();
+        js.mine = mine;
         // Another instance's change cannot change what this one does: skip deciding.
-        if before || js.names(me) {
+        if before || js.mine.is_some() {
             self.decide(job, now);
             self.publish.insert(job.to_owned());
         }
+        self.tidy(job);
     }
 
     /// An owner key was put (`owner`) or deleted at `revision` (`None`).
@@ -97,9 +105,10 @@ impl Engine {
         if owner.is_none() && !self.jobs.contains_key(job) {
             return;
         }
-        let me = self.cfg.id.clone();
+        let me = self.me.clone();
         let js = self.jobs.entry(job.to_owned()).or_default();
-        let relevant = js.concerns(shard, &me) || owner.as_ref().is_some_and(|o| o.instance == me);
+        let relevant =
+            js.concerns(shard, &me) || owner.as_ref().is_some_and(|o| *o.instance == *me);
         let sh = js.shards.slot(shard);
         // An event older than the key I hold (the claim's answer and the watch travel apart):
         // it speaks of a previous key.
@@ -116,6 +125,7 @@ impl Engine {
             self.decide(job, now);
             self.publish.insert(job.to_owned());
         }
+        self.tidy(job);
     }
 
     /// After the key seen for a shard changed: a held shard whose key is no longer mine (with
@@ -182,9 +192,11 @@ impl Engine {
                 }
             }
             Listing::Assignments(list) => {
-                self.jobs.values_mut().for_each(|j| j.assignment = None);
+                self.jobs.values_mut().for_each(|j| j.mine = None);
                 for (job, record, revision) in list {
-                    self.jobs.entry(job).or_default().assignment = Some((record, revision));
+                    if let Some(mine) = Mine::of(&record, revision, &self.cfg.id) {
+                        self.jobs.entry(job).or_default().mine = Some(mine);
+                    }
                 }
             }
             Listing::Owners { revision, owners } => {
@@ -217,6 +229,7 @@ impl Engine {
             }
         }
         self.decide_all(now);
+        self.jobs.retain(|_, js| !js.is_empty());
         self.publish_all = true;
     }
 }

@@ -34,7 +34,7 @@ impl Engine {
         };
         let proven = self.proven(now);
         let may_claim = !self.stopping && self.spec(job).is_some();
-        let me = self.cfg.id.clone();
+        let me = self.me.clone();
         let Some(js) = self.jobs.get_mut(job) else {
             return;
         };
@@ -43,16 +43,15 @@ impl Engine {
             if sh.local == Local::Idle && sh.seen_mine(&me, Some(lease)) {
                 let token = sh.seen.as_ref().map(|o| o.token);
                 if let Some(token) = token {
-                    sh.local = Local::Held(Held::adopted(token));
+                    sh.local = Local::Held(Box::new(Held::adopted(token)));
                 }
             }
         }
         let mut claim = Vec::new();
-        if let (true, Some((record, revision))) = (may_claim, &js.assignment) {
-            let (revision, generation) = (*revision, record.generation);
-            for s in 0..record.owners.len() as u32 {
-                let free = js.shards.get(&s).is_none_or(|sh| sh.is_empty());
-                if free && js.assigned_to(s, &me) {
+        if let (true, Some(mine)) = (may_claim, &js.mine) {
+            let (revision, generation) = (mine.revision, mine.generation);
+            for &s in mine.shards() {
+                if js.shards.get(&s).is_none_or(|sh| sh.is_empty()) {
                     claim.push(s);
                 }
             }
@@ -74,14 +73,14 @@ impl Engine {
             let Local::Held(h) = &sh.local else {
                 continue;
             };
-            if h.run.is_some() || super::job::assigns(&js.assignment, s, &me) {
+            if h.run.is_some() || super::job::assigns(&js.mine, s) {
                 continue;
             }
             let Local::Held(mut h) = std::mem::take(&mut sh.local) else {
                 continue;
             };
             h.owed = None; // not mine to run any more; the cursor lets the next owner catch up
-            let last_fire = h.cursor_value(js.spec.as_ref().map(|s| &s.schedule));
+            let last_fire = h.cursor_value(js.spec.as_deref().map(|s| &s.schedule));
             releases.push(Command::Release {
                 lease,
                 job: job.to_owned(),
@@ -108,7 +107,6 @@ impl Engine {
     /// follows the run's end (`decide` never releases a shard with a run).
     fn steer_residents(&mut self, job: &str, now: Now) {
         let stopping = self.stopping;
-        let me = self.cfg.id.clone();
         let Some(js) = self.jobs.get_mut(job) else {
             return;
         };
@@ -121,7 +119,7 @@ impl Engine {
             let Local::Held(h) = &mut sh.local else {
                 continue;
             };
-            let wanted = resident && !stopping && super::job::assigns(&js.assignment, s, &me);
+            let wanted = resident && !stopping && super::job::assigns(&js.mine, s);
             match h.run.as_mut() {
                 Some(run) if run.kind == RunKind::Resident && !wanted && !run.stopping => {
                     run.stopping = true;
@@ -154,7 +152,7 @@ impl Engine {
         if self.lease() != Some(lease) {
             return; // a claim of a fenced session: its keys count as someone else's anyway
         }
-        let me = self.cfg.id.clone();
+        let me = self.me.clone();
         let mut runs: Vec<(u32, DateTime<Utc>, RunKind)> = Vec::new();
         let mut failed = false;
         let js = self.jobs.entry(job.to_owned()).or_default();
@@ -174,7 +172,7 @@ impl Engine {
                     let floor = cursor
                         .filter(|c| c.released)
                         .and_then(|c: Cursor| c.last_fire);
-                    sh.local = Local::Held(Held::claimed(token, now.wall, floor));
+                    sh.local = Local::Held(Box::new(Held::claimed(token, now.wall, floor)));
                     debug!(job, shard, %token, "claimed");
                     let Some(spec) = &js.spec else {
                         continue;
@@ -275,8 +273,6 @@ impl Engine {
 
     /// True when `shard` of `job` is held and still assigned to me.
     pub(super) fn fireable_shard(&self, job: &str, shard: u32) -> bool {
-        self.jobs
-            .get(job)
-            .is_some_and(|js| js.fireable(shard, &self.cfg.id))
+        self.jobs.get(job).is_some_and(|js| js.fireable(shard))
     }
 }

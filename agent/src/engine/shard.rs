@@ -107,9 +107,10 @@ pub enum Local {
     #[default]
     Idle,
     Claiming,
-    Held(Held),
+    /// Boxed: most shards an agent sees are someone else's, and those need only the key.
+    Held(Box<Held>),
     /// A release is in flight; what was held comes back if it fails.
-    Releasing(Held),
+    Releasing(Box<Held>),
 }
 
 impl Local {
@@ -135,7 +136,7 @@ impl Shard {
     pub fn seen_mine(&self, me: &str, lease: Option<LeaseId>) -> bool {
         self.seen
             .as_ref()
-            .is_some_and(|o| o.instance == me && lease.is_some_and(|l| l.get() == o.lease))
+            .is_some_and(|o| &*o.instance == me && lease.is_some_and(|l| l.get() == o.lease))
     }
 
     /// Nothing known and nothing held: the entry can go.

@@ -1,8 +1,9 @@
 //! [`ShardMap`]: the shards one job has on this agent, as a vector sorted by shard number.
 //!
 //! A `BTreeMap` allocates a whole node (11 slots) for its first entry: ~1.6 KB per job for the
-//! one shard most jobs have here. The sorted vector allocates what it holds, and most jobs
-//! hold one to a few shards; lookups are a binary search.
+//! one shard most jobs have here. The sorted vector allocates what it holds (it grows one
+//! entry at a time: a `Vec`'s first push reserves four), and most jobs hold one to a few
+//! shards; lookups are a binary search.
 
 use super::shard::Shard;
 
@@ -28,6 +29,7 @@ impl ShardMap {
         let i = match self.find(shard) {
             Ok(i) => i,
             Err(i) => {
+                self.0.reserve_exact(1);
                 self.0.insert(i, (shard, Shard::default()));
                 i
             }
@@ -36,7 +38,11 @@ impl ShardMap {
     }
 
     pub fn remove(&mut self, shard: &u32) -> Option<Shard> {
-        self.find(*shard).ok().map(|i| self.0.remove(i).1)
+        let removed = self.find(*shard).ok().map(|i| self.0.remove(i).1);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        removed
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&u32, &mut Shard) -> bool) {

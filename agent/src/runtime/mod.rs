@@ -15,6 +15,7 @@ mod claimer;
 mod exec;
 mod lead;
 mod liveness;
+mod names;
 mod observe;
 mod releaser;
 pub(crate) mod txn;
@@ -130,6 +131,8 @@ pub(crate) struct Core {
     registered: Option<(InstanceInfo, i64)>,
     /// The liveness stream of the current session.
     stream: Option<StreamTask>,
+    /// Instance names of owner keys, one copy each.
+    names: names::Names,
 }
 
 impl Core {
@@ -189,6 +192,7 @@ impl Core {
             stopping: None,
             registered: None,
             stream: None,
+            names: names::Names::default(),
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(

@@ -81,7 +81,7 @@ impl Core {
         });
     }
 
-    fn translate(&self, stream: Stream, ev: WatchEvent) -> Option<Input> {
+    fn translate(&mut self, stream: Stream, ev: WatchEvent) -> Option<Input> {
         match ev {
             WatchEvent::Restarted { kvs, revision } => Some(Input::Relisted(match stream {
                 Stream::Jobs => Listing::Jobs(kvs.iter().filter_map(|kv| self.job(kv)).collect()),
@@ -164,16 +164,16 @@ impl Core {
 
     /// An owner key that does not decode still holds the shard: nobody may claim over it, so it
     /// is recorded as held by an unknown instance.
-    fn owner(&self, kv: &KeyValue) -> Option<(String, u32, SeenOwner)> {
+    fn owner(&mut self, kv: &KeyValue) -> Option<(String, u32, SeenOwner)> {
         let key = key_of(kv);
         let Some(KeyKind::Owner { job, shard }) = self.cfg.keys.parse(&key) else {
             return None;
         };
         let instance = match decode::<Owner>(&key, "owner", kv.value()) {
-            Ok(o) => o.instance.to_string(),
+            Ok(o) => self.names.get(o.instance.as_str()),
             Err(e) => {
                 warn!(error = %e, "an owner key that does not decode holds its shard for an unknown owner");
-                String::new()
+                self.names.get("")
             }
         };
         let seen = SeenOwner {

@@ -7,11 +7,13 @@
 //! the runner never decides anything.
 
 mod plan;
+mod planned;
 mod rebalancer;
 mod runner;
 mod world;
 
 pub use plan::{Plan, plan};
+pub use planned::PlannedJob;
 pub use rebalancer::{Observed, Pass, Rebalancer};
 pub use runner::{
     MAX_TXN_OPS, RebalanceError, RebalanceExit, RebalanceOptions, RebalanceStats, run_leader,

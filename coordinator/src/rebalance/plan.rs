@@ -16,8 +16,9 @@ use std::time::Duration;
 use shardjob_sharding::{Assignment, Instance};
 use tokio::time::Instant;
 
+use super::planned::PlannedJob;
 use super::world::{Dirty, World};
-use crate::model::{AssignmentRecord, JobConfig};
+use crate::model::AssignmentRecord;
 
 /// What to write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,15 +66,13 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
             .assign(job, config.total, &eligible, previous.as_ref());
         // A one-shot's done shards are nobody's: their owners release them, and nobody claims.
         let next = match world.done.get(job.as_str()) {
-            Some(done) if matches!(config.schedule, crate::model::Schedule::At(_)) => {
-                Assignment::from_owners(
-                    next.owners()
-                        .iter()
-                        .enumerate()
-                        .map(|(s, o)| o.clone().filter(|_| !done.contains(&(s as u32))))
-                        .collect(),
-                )
-            }
+            Some(done) if config.one_shot => Assignment::from_owners(
+                next.owners()
+                    .iter()
+                    .enumerate()
+                    .map(|(s, o)| o.clone().filter(|_| !done.contains(&(s as u32))))
+                    .collect(),
+            ),
             _ => next,
         };
         if previous.as_ref() == Some(&next) {
@@ -104,7 +103,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 fn eligible(
     world: &World,
     job: &str,
-    config: &JobConfig,
+    config: &PlannedJob,
     current: Option<&AssignmentRecord>,
     now: Instant,
     delay: Duration,

@@ -199,7 +199,7 @@ impl Rebalancer {
             .jobs
             .iter()
             .filter(|(job, c)| {
-                matches!(c.schedule, crate::model::Schedule::At(_))
+                c.one_shot
                     && world.done.get(job.as_str()).map_or(0, |d| d.len()) >= c.total as usize
             })
             .map(|(job, _)| job.clone())

@@ -10,8 +10,9 @@ use shardjob_sharding::InstanceId;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::planned::PlannedJob;
 use crate::keys::{KeyKind, Keys};
-use crate::model::{AssignmentRecord, InstanceInfo, JobConfig, decode, decode_job};
+use crate::model::{AssignmentRecord, InstanceInfo, decode, decode_job};
 
 /// An instance whose key disappeared, remembered for `rebalance_delay`.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl Dirty {
 pub struct World {
     keys: Keys,
     pub instances: BTreeMap<InstanceId, InstanceInfo>,
-    pub jobs: BTreeMap<String, JobConfig>,
+    pub jobs: BTreeMap<String, PlannedJob>,
     pub disabled: BTreeSet<String>,
     pub assignments: BTreeMap<String, AssignmentRecord>,
     pub departed: BTreeMap<InstanceId, Departed>,
@@ -111,8 +112,9 @@ impl World {
                     }
                 }),
             KeyKind::Job(job) => decode_job(key, &job, value).map(|config| {
-                if self.jobs.get(&job) != Some(&config) {
-                    self.jobs.insert(job.clone(), config);
+                let planned = PlannedJob::of(&config);
+                if self.jobs.get(&job) != Some(&planned) {
+                    self.jobs.insert(job.clone(), planned);
                     self.dirty.jobs.insert(job);
                 }
             }),
@@ -124,7 +126,8 @@ impl World {
                 Ok(())
             }
             KeyKind::Assignment(job) => {
-                decode::<AssignmentRecord>(key, "assignment", value).map(|record| {
+                decode::<AssignmentRecord>(key, "assignment", value).map(|mut record| {
+                    self.share_ids(&mut record);
                     self.assignments.insert(job, record);
                 })
             }
@@ -143,6 +146,21 @@ impl World {
             Err(e) => {
                 warn!(key, error = %e, "skipping a value that does not decode; the last good value stays");
                 self.problems.insert(key.to_owned(), e.to_string());
+            }
+        }
+    }
+
+    /// Makes `record` name the instances by the ids this world already holds: one allocation
+    /// per instance, not one per job that names it.
+    fn share_ids(&self, record: &mut AssignmentRecord) {
+        for id in &mut record.instances {
+            let known = self
+                .instances
+                .get_key_value(id)
+                .map(|(k, _)| k)
+                .or_else(|| self.departed.get_key_value(id).map(|(k, _)| k));
+            if let Some(k) = known {
+                *id = k.clone();
             }
         }
     }

@@ -12,6 +12,7 @@
 
 mod assignment;
 mod bound;
+pub mod even;
 pub mod fair;
 pub mod hash;
 mod instance;

@@ -13,7 +13,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use shardjob_sharding::{Assignment, Instance};
+use shardjob_sharding::even::{Load, even_out};
+use shardjob_sharding::{Assignment, Instance, StrategyKind};
 use tokio::time::Instant;
 
 use super::planned::PlannedJob;
@@ -50,6 +51,17 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
         dirty.jobs.iter().collect()
     };
     let mut out = Plan::default();
+    let mut load = Load::default();
+    for r in world.assignments.values() {
+        for id in r
+            .owners
+            .iter()
+            .flatten()
+            .filter_map(|&i| r.instances.get(i as usize))
+        {
+            load.count(id, 1);
+        }
+    }
     for job in jobs {
         let current = world.assignments.get(job.as_str());
         let Some(config) = world.jobs.get(job.as_str()) else {
@@ -61,9 +73,24 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
         let (eligible, wake) = eligible(world, job, config, current, now, rebalance_delay);
         out.wake_at = earliest(out.wake_at, wake);
         let previous = current.and_then(|r| r.to_assignment().ok());
-        let next = config
+        let mut next = config
             .strategy
             .assign(job, config.total, &eligible, previous.as_ref());
+        if let Some(p) = &previous {
+            load.remove(p);
+        }
+        // Sticky jobs are evened out across jobs too: a job with fewer shards than instances
+        // would otherwise never give a late joiner anything (see `shardjob_sharding::even`).
+        if config.strategy == StrategyKind::Sticky && !config.one_shot {
+            load.add(&next);
+            even_out(
+                &mut next,
+                &eligible,
+                |id| world.instances.contains_key(id),
+                &mut load,
+            );
+            load.remove(&next);
+        }
         // A one-shot's done shards are nobody's: their owners release them, and nobody claims.
         let next = match world.done.get(job.as_str()) {
             Some(done) if config.one_shot => Assignment::from_owners(
@@ -75,6 +102,7 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
             ),
             _ => next,
         };
+        load.add(&next);
         if previous.as_ref() == Some(&next) {
             continue;
         }
@@ -142,6 +170,7 @@ fn eligible(
 mod tests {
     use super::*;
     use crate::keys::Keys;
+    use std::collections::BTreeMap;
 
     const NS: &str = "/shardjob/ns/";
 
@@ -210,6 +239,55 @@ mod tests {
         // Nothing changed: nothing written, generation stays.
         w.mark_all();
         assert!(step(&mut w, t, Duration::ZERO).is_empty());
+    }
+
+    fn per_instance(w: &World) -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for job in w.assignments.keys() {
+            for o in owners(w, job) {
+                *n.entry(o).or_default() += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_late_joiner_gets_its_share_of_jobs_smaller_than_the_cluster() {
+        // 40 jobs of 2 shards on 4 instances, then a fifth joins: per job, sticky alone would
+        // keep every shard where it is (each instance holds 0 or 1 of a job either way).
+        let t = Instant::now();
+        let mut w = world();
+        for id in ["a", "b", "c", "d"] {
+            add_instance(&mut w, id, &["h"], &[]);
+        }
+        for j in 0..40 {
+            add_job(
+                &mut w,
+                &format!("j{j}"),
+                r#"{"handler":"h","schedule":{"every":"1s"},"total":2}"#,
+            );
+        }
+        step(&mut w, t, Duration::ZERO);
+        assert_eq!(
+            per_instance(&w).values().copied().collect::<Vec<_>>(),
+            [20, 20, 20, 20]
+        );
+        add_instance(&mut w, "e", &["h"], &[]);
+        let p = step(&mut w, t, Duration::ZERO);
+        assert_eq!(
+            per_instance(&w).values().copied().collect::<Vec<_>>(),
+            [16, 16, 16, 16, 16]
+        );
+        assert_eq!(p.moves, 16, "only the joiner's share moves");
+        for job in w.assignments.keys() {
+            let o = owners(&w, job);
+            assert_ne!(o[0], o[1], "{job} stays balanced: {o:?}");
+        }
+        w.mark_all();
+        assert!(
+            step(&mut w, t, Duration::ZERO).is_empty(),
+            "and it is stable"
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! `bench=lateness impl=shardjob fires=aligned n=10000 p50_ms=.. p99_ms=.. max_ms=.. missed=.. duplicates=.. cpu_s=.. rss_mib=..`
 //! (cpu_s is the window's CPU time; rss_mib is the child's peak over its whole life).
 //!
-//! Usage: `bench-lateness [--n 1000,10000,100000] [--secs 10] [--impls shardjob,shardjob-spread,tcs,tcs-default]`
+//! `--agents K` (default 1) shares shardjob's jobs among K agents in the process (etcd still
+//! on the same 2 cores); its lines end with `agents=K`.
+//!
+//! Usage: `bench-lateness [--n 1000,10000,100000] [--secs 10] [--impls shardjob,shardjob-spread,tcs,tcs-default] [--agents 1]`
 
 use std::process::{ExitCode, Stdio};
 
@@ -24,6 +27,8 @@ struct Args {
     ns: Vec<usize>,
     secs: u32,
     impls: Vec<String>,
+    /// shardjob only: agents sharing the jobs in the one process.
+    agents: usize,
     child: bool,
 }
 
@@ -32,6 +37,7 @@ fn parse() -> Result<Args, String> {
         ns: vec![1000, 10_000, 100_000],
         secs: 10,
         impls: IMPLS.map(String::from).to_vec(),
+        agents: 1,
         child: false,
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +59,13 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--secs" => a.secs = v.parse().map_err(|_| format!("--secs: bad value {v:?}"))?,
+            "--agents" => {
+                a.agents = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(format!("--agents: bad count {v:?}"))?
+            }
             "--impls" => {
                 a.impls = v.split(',').map(|s| s.trim().to_owned()).collect();
                 if let Some(bad) = a.impls.iter().find(|i| !IMPLS.contains(&i.as_str())) {
@@ -74,12 +87,18 @@ fn main() -> ExitCode {
         }
     };
     if args.child {
-        let (n, secs) = (args.ns.first().copied().unwrap_or(1000), args.secs);
+        let (n, secs, agents) = (
+            args.ns.first().copied().unwrap_or(1000),
+            args.secs,
+            args.agents,
+        );
         let which = args.impls.first().cloned().unwrap_or_default();
         return run_main("bench-lateness", async move {
             let line = match which.as_str() {
-                "shardjob" => lateness::shardjob::run(n, secs, Fires::Aligned).await?,
-                "shardjob-spread" => lateness::shardjob::run(n, secs, Fires::Spread).await?,
+                "shardjob" => lateness::shardjob::run(n, secs, Fires::Aligned, agents).await?,
+                "shardjob-spread" => {
+                    lateness::shardjob::run(n, secs, Fires::Spread, agents).await?
+                }
                 "tcs" => lateness::tcs::run(n, secs, Some(n)).await?,
                 _ => lateness::tcs::run(n, secs, None).await?,
             };
@@ -88,7 +107,7 @@ fn main() -> ExitCode {
     }
     for n in &args.ns {
         for which in &args.impls {
-            match child(*n, args.secs, which) {
+            match child(*n, args.secs, which, args.agents) {
                 Ok(line) => println!("{line}"),
                 Err(e) => {
                     eprintln!("bench-lateness: impl={which} n={n}: {e}");
@@ -101,7 +120,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs one measurement in a child process and returns its summary line.
-fn child(n: usize, secs: u32, which: &str) -> Result<String, String> {
+fn child(n: usize, secs: u32, which: &str, agents: usize) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
         .args([
@@ -112,6 +131,7 @@ fn child(n: usize, secs: u32, which: &str) -> Result<String, String> {
             &secs.to_string(),
         ])
         .args(["--impls", which])
+        .args(["--agents", &agents.to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -1,6 +1,6 @@
-//! shardjob's side of `bench-lateness`: one in-process agent owning N one-shard jobs that fire
-//! every second. [`Fires::Aligned`]: all at the whole second (the worst case, as N cron jobs
-//! `* * * * * *` would); [`Fires::Spread`]: job i with `offset` i/N s.
+//! shardjob's side of `bench-lateness`: in-process agents (one by default) sharing N one-shard
+//! jobs that fire every second. [`Fires::Aligned`]: all at the whole second (the worst case, as
+//! N cron jobs `* * * * * *` would); [`Fires::Spread`]: job i with `offset` i/N s.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::{Fires, Recorder, line, measure};
 use crate::benchkit::{put_jobs, single_etcd};
 
-/// Runs the measurement and returns its summary line.
-pub async fn run(n: usize, secs: u32, fires: Fires) -> Result<String, String> {
+/// Runs the measurement with `agents` agents in this process and returns its summary line.
+pub async fn run(n: usize, secs: u32, fires: Fires, agents: usize) -> Result<String, String> {
     let (etcd, client, keys) = single_etcd("lateness").await?;
     let mut cfg = JobConfig::new(
         Schedule::Every("1s".parse().map_err(|e| format!("{e}"))?),
@@ -39,44 +39,59 @@ pub async fn run(n: usize, secs: u32, fires: Fires) -> Result<String, String> {
     );
 
     let recorder: Arc<OnceLock<Recorder>> = Arc::default();
-    let rec = recorder.clone();
-    let handler = job_fn(move |ctx| {
-        let started = Utc::now();
-        if let (Some(r), Some(i)) = (rec.get(), job_index(&ctx.job)) {
-            r.record(i, ctx.fire_time, started);
-        }
-        async { Ok(()) }
-    });
-    let agent = Agent::builder()
-        .endpoints(etcd.endpoints())
-        .namespace("lateness")
-        .instance_id("solo")
-        .handler("tick", handler)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut status = agent.status();
+    let handler = || {
+        let rec = recorder.clone();
+        job_fn(move |ctx| {
+            let started = Utc::now();
+            if let (Some(r), Some(i)) = (rec.get(), job_index(&ctx.job)) {
+                r.record(i, ctx.fire_time, started);
+            }
+            async { Ok(()) }
+        })
+    };
+    let mut started = Vec::new();
+    for i in 0..agents.max(1) {
+        let id = if agents <= 1 {
+            "solo".to_owned()
+        } else {
+            format!("a{i}")
+        };
+        let agent = Agent::builder()
+            .endpoints(etcd.endpoints())
+            .namespace("lateness")
+            .instance_id(id)
+            .handler("tick", handler())
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        started.push(agent);
+    }
+    let mut statuses: Vec<_> = started.iter().map(|a| a.status()).collect();
     let owned = tokio::time::timeout(Duration::from_secs(600), async {
         loop {
-            let count: usize = status
-                .borrow_and_update()
-                .owned
-                .values()
-                .map(Vec::len)
+            let count: usize = statuses
+                .iter_mut()
+                .map(|s| {
+                    s.borrow_and_update()
+                        .owned
+                        .values()
+                        .map(Vec::len)
+                        .sum::<usize>()
+                })
                 .sum();
             if count >= n {
                 return Ok(());
             }
-            if status.changed().await.is_err() {
-                return Err("the agent stopped".to_owned());
+            if statuses.iter().any(|s| s.has_changed().is_err()) {
+                return Err("an agent stopped".to_owned());
             }
             // Summing N entries on every one of N changes would make this wait quadratic (and
-            // hold the status lock the agent publishes through): look at most every 50 ms.
+            // hold the status locks the agents publish through): look every 50 ms.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    owned.map_err(|_| format!("the agent did not own all {n} jobs within 600 s"))??;
+    owned.map_err(|_| format!("the agents did not own all {n} jobs within 600 s"))??;
     eprintln!(
         "shardjob: all {n} jobs owned {:.1}s after the start",
         t0.elapsed().as_secs_f64()
@@ -85,8 +100,16 @@ pub async fn run(n: usize, secs: u32, fires: Fires) -> Result<String, String> {
     let measured = measure(&recorder, n, secs, Duration::from_secs(1)).await?;
     // Not a graceful shutdown: handing 100k shards back is not what is measured here, and etcd
     // goes away with this process anyway.
-    agent.abort().await;
-    Ok(line("shardjob", fires, n, &measured))
+    for agent in started {
+        agent.abort().await;
+    }
+    let line = line("shardjob", fires, n, &measured);
+    // The default line stays as it was; more agents say so.
+    Ok(if agents > 1 {
+        format!("{line} agents={agents}")
+    } else {
+        line
+    })
 }
 
 fn job_index(job: &str) -> Option<usize> {

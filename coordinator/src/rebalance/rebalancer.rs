@@ -3,10 +3,11 @@
 //! [`Rebalancer::poll`] for a pass to write; it reports how the write went. Time is passed in.
 //!
 //! The rules:
-//! - a change plans after `debounce`; a **join** waits up to `join_settle` for more joins (the
-//!   window opens at the first join and never slides), so instances starting together are
-//!   planned in one pass; a departure or job change during the window plans after the debounce
-//!   (failover never waits for joins);
+//! - a change plans after `debounce`; a **join** waits `join_settle` for more joins, and each
+//!   further join extends the wait to `join_settle` after it, but never past four times
+//!   `join_settle` after the first (so a steady stream of joins cannot hold planning back);
+//!   instances starting together are planned in one pass. A departure or job change during the
+//!   window plans after the debounce (failover never waits for joins);
 //! - a cluster with no assignment yet waits `join_settle` before its first plan (a cold start);
 //! - owners named in stored assignments but without an instance key at the start count as
 //!   departed then (`assumed`), so `rebalance_delay` parks their shards too;
@@ -57,8 +58,9 @@ pub struct Rebalancer {
     options: RebalanceOptions,
     /// When the next plan is due.
     due: Option<Instant>,
-    /// True while every change since the last plan was a join (so the plan may wait for more).
-    joins_only: bool,
+    /// While every change since the last plan was a join (so the plan may wait for more): when
+    /// the first of them came.
+    joins_since: Option<Instant>,
     /// When a parking ends and everything must be planned again.
     wake: Option<Instant>,
     /// One-shot jobs with every shard done, and since when this leader knows it.
@@ -97,7 +99,7 @@ impl Rebalancer {
         Self {
             world,
             due: Some(now + settle),
-            joins_only: fresh,
+            joins_since: fresh.then_some(now),
             wake: None,
             finished: Default::default(),
             options,
@@ -128,8 +130,8 @@ impl Rebalancer {
             Observed::Delete { key } => self.world.delete(&key, now),
         }
         if self.world.is_dirty() {
-            let (at, only) = next_plan(self.due, self.joins_only, joined, now, &self.options);
-            (self.due, self.joins_only) = (Some(at), only);
+            let (at, since) = next_plan(self.due, self.joins_since, joined, now, &self.options);
+            (self.due, self.joins_since) = (Some(at), since);
         }
     }
 
@@ -150,7 +152,7 @@ impl Rebalancer {
             self.world.mark_all();
         }
         self.due = None;
-        self.joins_only = false;
+        self.joins_since = None;
         let dirty = self.world.take_dirty();
         let mut p = plan(&self.world, &dirty, now, self.options.rebalance_delay);
         self.wake = p.wake_at;
@@ -256,25 +258,32 @@ fn stub_info(id: &InstanceId) -> InstanceInfo {
     }
 }
 
-/// When to plan after a change: a join waits up to `join_settle` for more joins (the window
-/// starts at the first join and never slides); any other change plans after `debounce`, and
-/// never later than a plan already due.
+/// When to plan after a change, and since when only joins came (`None`: not only joins). A
+/// join waits `join_settle` for more; a later join extends the wait to `join_settle` after it,
+/// up to `JOIN_SETTLE_MAX` times `join_settle` after the first. Any other change plans after
+/// `debounce`, and never later than a plan already due.
 pub(super) fn next_plan(
     due: Option<Instant>,
-    joins_only: bool,
+    joins_since: Option<Instant>,
     joined: bool,
     now: Instant,
     options: &RebalanceOptions,
-) -> (Instant, bool) {
-    match due {
-        Some(at) if joined && joins_only => (at, true),
-        None if joined => (now + options.join_settle, true),
+) -> (Instant, Option<Instant>) {
+    match (due, joins_since) {
+        (Some(at), Some(first)) if joined => {
+            let cap = first + options.join_settle * JOIN_SETTLE_MAX;
+            (at.max(now + options.join_settle).min(cap), Some(first))
+        }
+        (None, _) if joined => (now + options.join_settle, Some(now)),
         _ => {
             let soon = now + options.debounce;
-            (due.map_or(soon, |at| at.min(soon)), false)
+            (due.map_or(soon, |at| at.min(soon)), None)
         }
     }
 }
+
+/// A run of joins is planned at most this many `join_settle`s after its first.
+const JOIN_SETTLE_MAX: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -331,21 +340,24 @@ mod tests {
     fn joins_wait_together_and_anything_else_plans_soon() {
         let o = RebalanceOptions::default();
         let t0 = Instant::now();
-        // A first join opens the window; later joins keep it, never extend it.
-        let (at, only) = next_plan(None, false, true, t0, &o);
-        assert_eq!((at, only), (t0 + o.join_settle, true));
-        let (at2, only) = next_plan(Some(at), true, true, t0 + ms(300), &o);
-        assert_eq!((at2, only), (at, true));
+        // A first join opens the window; a later join extends it to a settle after itself.
+        let (at, since) = next_plan(None, None, true, t0, &o);
+        assert_eq!((at, since), (t0 + o.join_settle, Some(t0)));
+        let (at2, since) = next_plan(Some(at), since, true, t0 + ms(300), &o);
+        assert_eq!((at2, since), (t0 + ms(300) + o.join_settle, Some(t0)));
+        // ... but never past four settles after the first join.
+        let (at_late, _) = next_plan(Some(at2), since, true, t0 + ms(1900), &o);
+        assert_eq!(at_late, t0 + o.join_settle * 4);
         // A departure (or job change) during the window plans after the debounce.
-        let (at3, only) = next_plan(Some(at), true, false, t0 + ms(100), &o);
-        assert_eq!((at3, only), (t0 + ms(100) + o.debounce, false));
+        let (at3, since) = next_plan(Some(at), Some(t0), false, t0 + ms(100), &o);
+        assert_eq!((at3, since), (t0 + ms(100) + o.debounce, None));
         // A join after such a change does not push the plan back.
-        let (at4, only) = next_plan(Some(at3), false, true, t0 + ms(105), &o);
-        assert_eq!((at4, only), (at3, false));
+        let (at4, since) = next_plan(Some(at3), since, true, t0 + ms(105), &o);
+        assert_eq!((at4, since), (at3, None));
         // Without a join, the debounce as before.
         assert_eq!(
-            next_plan(None, false, false, t0, &o),
-            (t0 + o.debounce, false)
+            next_plan(None, None, false, t0, &o),
+            (t0 + o.debounce, None)
         );
     }
 
@@ -359,10 +371,13 @@ mod tests {
         r.on_event(put_instance("b"), t0 + ms(200));
         assert_eq!(
             r.deadline(),
-            Some(t0 + o.join_settle),
-            "joins do not extend it"
+            Some(t0 + ms(200) + o.join_settle),
+            "a join extends it"
         );
-        let pass = r.poll(t0 + o.join_settle).expect("one pass for both");
+        assert!(r.poll(t0 + o.join_settle).is_none(), "b may have company");
+        let pass = r
+            .poll(t0 + ms(200) + o.join_settle)
+            .expect("one pass for both");
         assert_eq!(owners(&pass), ["a", "b"]);
     }
 

@@ -71,16 +71,17 @@ pub fn even_out(
     }
     let fair = shares(next.total(), &members);
     let weight: Vec<u64> = members.iter().map(|i| i.effective_weight()).collect();
-    let mut counts: Vec<u32> = members
+    let index: HashMap<&InstanceId, usize> = members
         .iter()
-        .map(|i| {
-            next.owners()
-                .iter()
-                .flatten()
-                .filter(|o| **o == i.id)
-                .count() as u32
-        })
+        .enumerate()
+        .map(|(k, i)| (&i.id, k))
         .collect();
+    let mut counts = vec![0u32; members.len()];
+    for o in next.owners().iter().flatten() {
+        if let Some(&k) = index.get(o) {
+            counts[k] += 1;
+        }
+    }
     let mut moved = 0;
     loop {
         let total = |k: usize| load.of(&members[k].id);

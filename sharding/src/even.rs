@@ -84,25 +84,31 @@ pub fn even_out(
     }
     let mut moved = 0;
     loop {
-        let total = |k: usize| load.of(&members[k].id);
+        let load_of = |k: usize| load.of(&members[k].id);
         // Least loaded (after taking one more) among those below their ceiling.
         let receiver = (0..members.len())
             .filter(|&k| counts[k] < fair[k].ceil)
             .min_by(|&a, &b| {
-                let (la, lb) = (u128::from(total(a) + 1), u128::from(total(b) + 1));
+                let (la, lb) = (u128::from(load_of(a) + 1), u128::from(load_of(b) + 1));
                 (la * u128::from(weight[b])).cmp(&(lb * u128::from(weight[a])))
             });
         // Most loaded (after giving one) among those above their floor.
         let giver = (0..members.len())
             .filter(|&k| counts[k] > fair[k].floor && Some(k) != receiver)
             .max_by(|&a, &b| {
-                let (la, lb) = (u128::from(total(a) - 1), u128::from(total(b) - 1));
+                let (la, lb) = (
+                    u128::from(load_of(a).saturating_sub(1)),
+                    u128::from(load_of(b).saturating_sub(1)),
+                );
                 (la * u128::from(weight[b])).cmp(&(lb * u128::from(weight[a])))
             });
         let (Some(u), Some(v)) = (receiver, giver) else {
             return moved;
         };
-        let (lu, lv) = (u128::from(total(u) + 1), u128::from(total(v) - 1));
+        let (lu, lv) = (
+            u128::from(load_of(u) + 1),
+            u128::from(load_of(v).saturating_sub(1)),
+        );
         if lv * u128::from(weight[u]) < lu * u128::from(weight[v]) {
             return moved;
         }
@@ -113,9 +119,9 @@ pub fn even_out(
         counts[v] -= 1;
         counts[u] += 1;
         if let Some(n) = load.0.get_mut(&members[v].id) {
-            *n -= 1;
+            *n = n.saturating_sub(1);
         }
-        *load.0.entry(members[u].id.clone()).or_default() += 1;
+        load.count(&members[u].id, 1);
         moved += 1;
     }
 }

@@ -73,26 +73,11 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
         let (eligible, wake) = eligible(world, job, config, current, now, rebalance_delay);
         out.wake_at = earliest(out.wake_at, wake);
         let previous = current.and_then(|r| r.to_assignment().ok());
-        let mut next = config
+        let next = config
             .strategy
             .assign(job, config.total, &eligible, previous.as_ref());
-        if let Some(p) = &previous {
-            load.remove(p);
-        }
-        // Sticky jobs are evened out across jobs too: a job with fewer shards than instances
-        // would otherwise never give a late joiner anything (see `shardjob_sharding::even`).
-        if config.strategy == StrategyKind::Sticky && !config.one_shot {
-            load.add(&next);
-            even_out(
-                &mut next,
-                &eligible,
-                |id| world.instances.contains_key(id),
-                &mut load,
-            );
-            load.remove(&next);
-        }
         // A one-shot's done shards are nobody's: their owners release them, and nobody claims.
-        let next = match world.done.get(job.as_str()) {
+        let mut next = match world.done.get(job.as_str()) {
             Some(done) if config.one_shot => Assignment::from_owners(
                 next.owners()
                     .iter()
@@ -102,7 +87,20 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
             ),
             _ => next,
         };
+        if let Some(p) = &previous {
+            load.remove(p);
+        }
         load.add(&next);
+        // Sticky jobs are evened out across jobs too: a job with fewer shards than instances
+        // would otherwise never give a late joiner anything (see `shardjob_sharding::even`).
+        if config.strategy == StrategyKind::Sticky && !config.one_shot {
+            even_out(
+                &mut next,
+                &eligible,
+                |id| world.instances.contains_key(id),
+                &mut load,
+            );
+        }
         if previous.as_ref() == Some(&next) {
             continue;
         }

@@ -58,7 +58,7 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
             Box::pin(tokio::time::sleep_until(at)).await;
         }
         let cancel = req.ctx.cancel.clone();
-        let Some(first) = Box::pin(acquire(&req.permits, &cancel)).await else {
+        let Some(first) = permits_for(&req.permits, &cancel).await else {
             return finish(&req, Utc::now(), Outcome::Cancelled);
         };
         // Held for one attempt at a time: a backoff between attempts gives them back, so a
@@ -82,7 +82,7 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
         let mut outcome = Outcome::Cancelled;
         for attempt in 1..=req.retries.saturating_add(1) {
             if permits.is_none() {
-                permits = Box::pin(acquire(&req.permits, &cancel)).await;
+                permits = permits_for(&req.permits, &cancel).await;
                 if permits.is_none() {
                     outcome = Outcome::Cancelled;
                     break;
@@ -186,6 +186,19 @@ async fn wait_unless_cancelled(
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
     }
+}
+
+/// The permits of `semaphores`, `None` if `cancel` fires first. Without limits (the common
+/// case) there is nothing to wait for and nothing to allocate; the wait itself is boxed, so it
+/// does not grow every execution's future.
+async fn permits_for(
+    semaphores: &[Arc<Semaphore>],
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    if semaphores.is_empty() {
+        return Some(Vec::new());
+    }
+    Box::pin(acquire(semaphores, cancel)).await
 }
 
 async fn acquire(

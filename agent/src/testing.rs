@@ -15,7 +15,10 @@ use crate::runtime::txn::{ClaimPart, Claimant, ReleaseItem, claim};
 pub enum Claimed {
     /// Won with this fencing token.
     Won(i64),
-    Lost,
+    /// The owner key exists: the instance its value names, and its create revision.
+    Held(String, i64),
+    /// The assignment changed since it was read.
+    Stale,
     Failed(String),
 }
 
@@ -63,7 +66,8 @@ pub async fn claim_parts(
                 .map(|(s, c)| {
                     let c = match c {
                         ClaimResult::Won { token, .. } => Claimed::Won(token.0),
-                        ClaimResult::Lost => Claimed::Lost,
+                        ClaimResult::Held(h) => Claimed::Held(h.instance.to_string(), h.token.0),
+                        ClaimResult::Stale => Claimed::Stale,
                         ClaimResult::Failed(e) => Claimed::Failed(e.0),
                     };
                     (s, c)

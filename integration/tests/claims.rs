@@ -1,5 +1,6 @@
 //! The batched claim and release txns against real etcd: jobs packed into one txn get one
-//! token, and a part that cannot be claimed or released does not block the others packed with it.
+//! token, a part that cannot be claimed or released does not block the others packed with it,
+//! and a refused claim says why (the key that holds the shard, or a changed assignment).
 #![allow(clippy::unwrap_used)]
 
 use shardjob_agent::testing::{Claimed, claim_parts, release_shards};
@@ -20,7 +21,7 @@ fn token_of(results: &[(u32, Claimed)], shard: u32) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() {
+async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     let etcd = EtcdCluster::single().unwrap();
     let client = etcd_client::Client::connect(etcd.endpoints(), None)
         .await
@@ -48,9 +49,10 @@ async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() 
     let kv = &kv.kvs()[0];
     assert_eq!((kv.create_revision(), kv.lease()), (t, lease));
 
-    // c/0 is held by someone else and d's assignment changed since it was read: the batch
-    // fails, then e is claimed alone, c shard by shard (c/1 won, c/0 lost), d lost.
-    put(&client, keys.owner("c", 0)).await;
+    // c/0 is held by someone else (a value that does not decode: an unknown owner) and d's
+    // assignment changed since it was read: the batch is refused, and its reads say so; the
+    // free shards (c/1, e/0, e/1) are claimed together in one more txn.
+    let c0 = put(&client, keys.owner("c", 0)).await;
     let stale_d = rev["d"];
     put(&client, keys.assignment("d")).await;
     let r = claim_parts(
@@ -65,16 +67,17 @@ async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() 
         ],
     )
     .await;
-    assert_eq!(r[0][0], (0, Claimed::Lost), "{r:?}");
+    assert_eq!(r[0][0], (0, Claimed::Held(String::new(), c0)), "{r:?}");
     let c1 = token_of(&r[0], 1);
-    assert_eq!(r[1], vec![(0, Claimed::Lost)], "{r:?}");
+    assert_eq!(r[1], vec![(0, Claimed::Stale)], "{r:?}");
     let e = token_of(&r[2], 0);
-    assert_eq!(token_of(&r[2], 1), e);
-    assert!(c1 > t && e > t, "tokens rise: {r:?}");
+    assert_eq!((token_of(&r[2], 1), c1), (e, e), "one retry txn: {r:?}");
+    assert!(e > c0, "tokens rise: {r:?}");
     let d = client.clone().get(keys.owner("d", 0), None).await.unwrap();
     assert!(d.kvs().is_empty(), "no owner key for a stale assignment");
 
-    // Nothing is claimed twice: a second claim of a's shards loses.
+    // Nothing is claimed twice: a second claim of a's shards is refused by my own keys (what
+    // an agent whose first answer was lost learns, and adopts).
     let r = claim_parts(
         &client,
         &keys,
@@ -83,7 +86,8 @@ async fn packed_jobs_share_one_txn_and_a_blocked_part_does_not_block_the_rest() 
         &[("a", rev["a"], 1, vec![0, 1])],
     )
     .await;
-    assert_eq!(r[0], vec![(0, Claimed::Lost), (1, Claimed::Lost)]);
+    let mine = Claimed::Held("me".into(), t);
+    assert_eq!(r[0], vec![(0, mine.clone()), (1, mine)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

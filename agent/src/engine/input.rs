@@ -43,8 +43,11 @@ pub enum ClaimResult {
         cursor: Option<Cursor>,
         running: Option<Running>,
     },
-    /// Someone holds it, or the assignment changed: wait for the next event.
-    Lost,
+    /// The owner key exists (read by the claim's txn): wait for its delete. It may be mine,
+    /// from a claim whose answer was lost.
+    Held(SeenOwner),
+    /// The assignment changed since it was read: wait for the new one.
+    Stale,
     /// etcd did not answer: try again later.
     Failed(WriteFailed),
 }
@@ -82,11 +85,6 @@ pub enum Input {
     AssignmentDeleted {
         job: String,
     },
-    OwnerPut {
-        job: String,
-        shard: u32,
-        owner: SeenOwner,
-    },
     /// The owner key was deleted at `revision`.
     OwnerDeleted {
         job: String,
@@ -98,10 +96,11 @@ pub enum Input {
         trigger: Trigger,
     },
     Relisted(Listing),
-    /// Results of a claim made under `lease`.
+    /// Results of a claim made under `lease` with the assignment read at `revision`.
     Claimed {
         job: String,
         lease: LeaseId,
+        revision: i64,
         results: Vec<(u32, ClaimResult)>,
     },
     /// A release made under `lease` ended: `Ok` when the key is gone (released, or its lease

@@ -125,6 +125,7 @@ impl Engine {
         self.retry.clear();
         self.retry_at = None;
         self.owed.clear();
+        self.deleted_while_claiming.clear();
         self.publish_all = true;
     }
 

@@ -33,7 +33,7 @@ pub mod shard_map;
 mod tests;
 pub mod types;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,13 @@ pub struct Engine {
     owed: BTreeSet<String>,
     /// A job that still held shards at the last `drained` check.
     drain_hint: Option<String>,
+    /// Shards whose owner key was deleted while my claim of them was in flight: a refusal
+    /// answering that claim names a key already gone (the delete and the answer travel apart),
+    /// so the shard is claimed again rather than left waiting for a delete already seen.
+    deleted_while_claiming: HashSet<(String, u32)>,
+    /// Jobs whose assignment at this revision a claim found changed: nothing more is claimed
+    /// under it (the new one is on its way in the watch; claiming again would only loop).
+    stale: HashMap<String, i64>,
     /// This step's commands.
     out: Vec<Command>,
     /// Jobs whose fireable shards may have changed in this step.
@@ -147,6 +154,8 @@ impl Engine {
             retry_at: None,
             owed: BTreeSet::new(),
             drain_hint: None,
+            deleted_while_claiming: HashSet::new(),
+            stale: HashMap::new(),
             out: Vec::new(),
             publish: BTreeSet::new(),
             publish_all: false,
@@ -182,21 +191,19 @@ impl Engine {
                 revision,
             } => self.on_assignment(&job, Some((record, revision)), now),
             Input::AssignmentDeleted { job } => self.on_assignment(&job, None, now),
-            Input::OwnerPut { job, shard, owner } => {
-                self.on_owner(&job, shard, Some(owner), 0, now)
-            }
             Input::OwnerDeleted {
                 job,
                 shard,
                 revision,
-            } => self.on_owner(&job, shard, None, revision, now),
+            } => self.on_owner_deleted(&job, shard, revision, now),
             Input::TriggerPut { job, trigger } => self.on_trigger(&job, trigger, now),
             Input::Relisted(listing) => self.on_relisted(listing, now),
             Input::Claimed {
                 job,
                 lease,
+                revision,
                 results,
-            } => self.on_claimed(&job, lease, results, now),
+            } => self.on_claimed(&job, lease, revision, results, now),
             Input::Released {
                 job,
                 shard,

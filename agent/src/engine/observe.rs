@@ -1,13 +1,17 @@
-//! What etcd shows: job configs, assignments, owner keys and triggers, one change at a time or
-//! a whole prefix at once after a re-list. Each handler records the change, then decides again
-//! only for a job whose change concerns this agent (with 20 agents, 19 of 20 owner events
-//! concern another).
+//! What etcd shows: job configs, assignments, the deletes of owner keys and triggers, one change
+//! at a time or a whole prefix at once after a re-list. Each handler records the change, then
+//! decides again only for a job whose change concerns this agent.
+//!
+//! Owner keys: the agent learns of a key from its own claim (won, or refused with the key that
+//! holds the shard) and from a re-list, and keeps only those that concern it (mine, or of a
+//! shard assigned to me). The watch brings only deletes: the puts of other agents' claims
+//! never reach it.
 
 use shardjob_coordinator::model::{AssignmentRecord, JobConfig, Trigger};
 use tracing::warn;
 
 use super::fires::instant_of;
-use super::input::{Listing, SeenOwner};
+use super::input::Listing;
 use super::job::Spec;
 use super::mine::Mine;
 use super::shard::Local;
@@ -82,6 +86,7 @@ impl Engine {
         if mine.is_none() && !self.jobs.contains_key(job) {
             return;
         }
+        self.stale.remove(job);
         let js = self.jobs.entry(job.to_owned()).or_default();
         let before = js.mine.is_some();
         js.mine = mine;
@@ -93,30 +98,25 @@ impl Engine {
         self.tidy(job);
     }
 
-    /// An owner key was put (`owner`) or deleted at `revision` (`None`).
-    pub(super) fn on_owner(
-        &mut self,
-        job: &str,
-        shard: u32,
-        owner: Option<SeenOwner>,
-        revision: i64,
-        now: Now,
-    ) {
-        if owner.is_none() && !self.jobs.contains_key(job) {
-            return;
-        }
+    /// An owner key was deleted at `revision`.
+    pub(super) fn on_owner_deleted(&mut self, job: &str, shard: u32, revision: i64, now: Now) {
         let me = self.me.clone();
-        let js = self.jobs.entry(job.to_owned()).or_default();
-        let relevant =
-            js.concerns(shard, &me) || owner.as_ref().is_some_and(|o| *o.instance == *me);
-        let sh = js.shards.slot(shard);
-        // An event older than the key I hold (the claim's answer and the watch travel apart):
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let relevant = js.concerns(shard, &me);
+        let Some(sh) = js.shards.get_mut(&shard) else {
+            return; // nothing known of this shard: nothing to forget
+        };
+        if sh.local == Local::Claiming {
+            self.deleted_while_claiming.insert((job.to_owned(), shard));
+        }
+        // A delete older than the key I know (the claim's answer and the watch travel apart):
         // it speaks of a previous key.
-        let event_rev = owner.as_ref().map_or(revision, |o| o.token.0);
-        if sh.seen.as_ref().is_some_and(|o| event_rev < o.token.0) {
+        if sh.seen.as_ref().is_some_and(|o| revision < o.token.0) {
             return;
         }
-        sh.seen = owner;
+        sh.seen = None;
         self.key_changed(job, shard);
         if let Some(js) = self.jobs.get_mut(job) {
             js.prune(shard);
@@ -192,6 +192,7 @@ impl Engine {
                 }
             }
             Listing::Assignments(list) => {
+                self.stale.clear();
                 self.jobs.values_mut().for_each(|j| j.mine = None);
                 for (job, record, revision) in list {
                     if let Some(mine) = Mine::of(&record, revision, &self.cfg.id) {
@@ -209,7 +210,25 @@ impl Engine {
                         }
                     }
                 }
+                // Kept: keys of mine (of any lease: an old session's keys block my claims until
+                // they vanish) and keys of shards assigned to me. Who holds the rest concerns
+                // their assignees; a claim that meets a key reads it anyway.
+                // A claim in flight whose key the listing does not show: if its answer is a
+                // refusal, the key it names may be gone already (one more claim tells).
+                for (job, js) in &self.jobs {
+                    for (&s, sh) in js.shards.iter() {
+                        if sh.local == Local::Claiming
+                            && !owners.iter().any(|(j, s2, _)| j == job && *s2 == s)
+                        {
+                            self.deleted_while_claiming.insert((job.clone(), s));
+                        }
+                    }
+                }
                 for (job, shard, owner) in owners {
+                    let assigned = self.jobs.get(&job).is_some_and(|j| j.assigned_to(shard));
+                    if !assigned && *owner.instance != *self.me {
+                        continue;
+                    }
                     let sh = self.jobs.entry(job).or_default().shards.slot(shard);
                     if sh.seen.as_ref().is_none_or(|o| o.token <= owner.token) {
                         sh.seen = Some(owner);

@@ -1,8 +1,10 @@
 //! Claims and releases (DESIGN §3, "Ownership and handoff"):
-//! - claim a shard when the assignment gives it to me and **no owner key exists** (a previous
+//! - claim a shard when the assignment gives it to me and **no owner key is known** (a previous
 //!   owner's key must be deleted first, by its release or its lease's expiry); a claim carries
 //!   the assignment's mod revision, so a stale view can never claim; claims wait while the
 //!   lease is not proven for the margin, and stop at shutdown;
+//! - a refused claim tells why: the key that holds the shard (kept; its delete lets me claim
+//!   again) or a changed assignment (nothing more is claimed under the old one);
 //! - release a held shard that is no longer assigned to me once its execution (if any) ended,
 //!   with the cursor that accounts for every fire up to it;
 //! - a won claim runs what the previous owner left undone: the fire it was cut short in (its
@@ -34,6 +36,7 @@ impl Engine {
         };
         let proven = self.proven(now);
         let may_claim = !self.stopping && self.spec(job).is_some();
+        let stale = self.stale.get(job).copied();
         let me = self.me.clone();
         let Some(js) = self.jobs.get_mut(job) else {
             return;
@@ -48,7 +51,10 @@ impl Engine {
             }
         }
         let mut claim = Vec::new();
-        if let (true, Some(mine)) = (may_claim, &js.mine) {
+        if let (true, Some(mine)) = (
+            may_claim,
+            js.mine.as_ref().filter(|m| Some(m.revision) != stale),
+        ) {
             let (revision, generation) = (mine.revision, mine.generation);
             for &s in mine.shards() {
                 if js.shards.get(&s).is_none_or(|sh| sh.is_empty()) {
@@ -146,6 +152,7 @@ impl Engine {
         &mut self,
         job: &str,
         lease: LeaseId,
+        revision: i64,
         results: Vec<(u32, ClaimResult)>,
         now: Now,
     ) {
@@ -157,6 +164,7 @@ impl Engine {
         let mut failed = false;
         let js = self.jobs.entry(job.to_owned()).or_default();
         for (shard, result) in results {
+            let gone = self.deleted_while_claiming.remove(&(job.to_owned(), shard));
             let sh = js.shards.slot(shard);
             match result {
                 ClaimResult::Won {
@@ -200,9 +208,23 @@ impl Engine {
                         }
                     }
                 }
-                ClaimResult::Lost => {
+                ClaimResult::Held(holder) => {
                     if sh.local == Local::Claiming {
                         sh.local = Local::Idle;
+                    }
+                    // Unless its delete came while the claim was in flight: then it is gone,
+                    // and `decide` below claims again.
+                    if !gone && sh.seen.as_ref().is_none_or(|o| o.token <= holder.token) {
+                        debug!(job, shard, holder = %holder.instance, token = %holder.token, "held: waiting for its delete");
+                        sh.seen = Some(holder);
+                    }
+                }
+                ClaimResult::Stale => {
+                    if sh.local == Local::Claiming {
+                        sh.local = Local::Idle;
+                    }
+                    if js.mine.as_ref().is_some_and(|m| m.revision == revision) {
+                        self.stale.insert(job.to_owned(), revision);
                     }
                 }
                 ClaimResult::Failed(e) => {

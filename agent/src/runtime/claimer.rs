@@ -71,6 +71,7 @@ impl Claimer {
             let ev = Event::Engine(Input::Claimed {
                 job: part.job,
                 lease,
+                revision: part.assignment_revision,
                 results,
             });
             if self.events.send(ev).await.is_err() {

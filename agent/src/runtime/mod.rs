@@ -641,6 +641,11 @@ where
 async fn forward(client: Client, stream: Stream, prefix: String, tx: mpsc::Sender<Event>) {
     loop {
         let mut watcher = PrefixWatcher::new(&client, prefix.clone());
+        if stream == Stream::Owners {
+            // The puts are other agents' claims (and my own, answered already): 19 of 20
+            // owner events at 20 agents, none of them needed (`engine/observe.rs`).
+            watcher = watcher.deletes_only();
+        }
         loop {
             match watcher.next().await {
                 Ok(ev) => {

@@ -110,10 +110,9 @@ impl Core {
                             revision,
                         })
                 }
-                Stream::Owners => {
-                    self.owner(&kv)
-                        .map(|(job, shard, owner)| Input::OwnerPut { job, shard, owner })
-                }
+                // Filtered out by etcd (the watch asks for deletes only): an agent learns of
+                // owner keys from its claims.
+                Stream::Owners => None,
                 Stream::Triggers => self
                     .trigger(&kv)
                     .map(|(job, trigger)| Input::TriggerPut { job, trigger }),

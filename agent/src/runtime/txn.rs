@@ -1,12 +1,6 @@
-//! The two ownership writes, as etcd txns.
+//! The ownership writes, as etcd txns.
 //!
-//! Claim (shards of one or several jobs at once, up to [`CLAIM_CHUNK`] per txn; the
-//! `claimer` packs them): `∀j mod_revision(assignments/j) == seen(j) ∧ ∀(j,s)
-//! create_revision(owners/j/s) == 0` → `∀(j,s): get cursors/j/s; get running/j/s; put
-//! owners/j/s (lease); put cursors/j/s {"released":false}`.
-//! The txn's revision is the new keys' create revision: the fencing token. If the batch fails,
-//! each job is tried alone, then each shard (one may be held by someone else while the rest are
-//! free).
+//! Claim: see [`claim`] (one or several jobs' shards in one txn, and what a refusal reads).
 //!
 //! Release: `create_revision(owners/j/s) == token` → `delete owners/j/s; put cursors/j/s
 //! {"last_fire":..,"released":true}`; up to [`RELEASE_CHUNK`] shards per txn (all compares
@@ -17,17 +11,20 @@
 //! `delete running/j/s`. A stale owner can neither start (its token no longer matches) nor
 //! delete a successor's marker (its revision no longer matches).
 
+mod claim;
+
+pub(crate) use claim::{CLAIM_CHUNK, ClaimPart, Claimant, claim};
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use shardjob_coordinator::keys::Keys;
-use shardjob_coordinator::model::{Cursor, Owner, Running};
-use shardjob_sharding::InstanceId;
+use shardjob_coordinator::model::{Cursor, Running};
 
 use shardjob_coordinator::etcd_error::{EtcdError, bounded};
 
-use crate::engine::{ClaimResult, LeaseId, Token, WriteFailed};
+use crate::engine::Token;
 
 /// An ownership write that failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,167 +51,10 @@ pub(crate) struct Writes {
     pub timeout: Duration,
 }
 
-/// Shards per claim txn: 4 ops each within etcd's default 128 ops per txn.
-pub(crate) const CLAIM_CHUNK: usize = 32;
-const OPS_PER_SHARD: usize = 4;
-
 /// How long one ownership write may take: at most 5 s, and never more than the lease TTL, so a
 /// request stuck on a broken connection is retried within one lease rather than after several.
 pub(crate) fn txn_timeout(ttl: Duration) -> Duration {
     ttl.min(Duration::from_secs(5))
-}
-
-/// Who claims: the same for every part of a batch.
-pub(crate) struct Claimant<'a> {
-    pub keys: &'a Keys,
-    pub instance: &'a InstanceId,
-    pub lease: LeaseId,
-    pub timeout: Duration,
-}
-
-/// Shards of one job to claim under the assignment read at `assignment_revision`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClaimPart {
-    pub job: String,
-    pub assignment_revision: i64,
-    pub generation: u64,
-    pub shards: Vec<u32>,
-}
-
-/// Claims `parts` (of one or several jobs, at most [`CLAIM_CHUNK`] shards together) in one txn.
-/// If a compare fails, each part is tried alone, then each shard of a failing part alone (one
-/// may be held by someone else while the rest are free). One result list per part, in order.
-pub(crate) async fn claim(
-    client: &Client,
-    who: &Claimant<'_>,
-    parts: &[ClaimPart],
-) -> Vec<Vec<(u32, ClaimResult)>> {
-    match claim_batch(client, who, parts).await {
-        Ok(Some(won)) => won,
-        Ok(None) => {
-            let mut out = Vec::with_capacity(parts.len());
-            for part in parts {
-                out.push(claim_alone(client, who, part, parts.len() > 1).await);
-            }
-            out
-        }
-        Err(e) => {
-            let e = e.to_string();
-            parts.iter().map(|p| failed(p, &e)).collect()
-        }
-    }
-}
-
-/// One part after its batch failed a compare: the part as a whole (unless it was the batch),
-/// then shard by shard.
-async fn claim_alone(
-    client: &Client,
-    who: &Claimant<'_>,
-    part: &ClaimPart,
-    try_whole: bool,
-) -> Vec<(u32, ClaimResult)> {
-    if try_whole {
-        match claim_batch(client, who, std::slice::from_ref(part)).await {
-            Ok(Some(mut won)) => return won.pop().unwrap_or_default(),
-            Ok(None) => {}
-            Err(e) => return failed(part, &e.to_string()),
-        }
-    }
-    if part.shards.len() == 1 {
-        return part
-            .shards
-            .iter()
-            .map(|s| (*s, ClaimResult::Lost))
-            .collect();
-    }
-    let mut out = Vec::with_capacity(part.shards.len());
-    for &s in &part.shards {
-        let one = ClaimPart {
-            shards: vec![s],
-            ..part.clone()
-        };
-        match claim_batch(client, who, std::slice::from_ref(&one)).await {
-            Ok(Some(won)) => out.extend(won.into_iter().flatten()),
-            Ok(None) => out.push((s, ClaimResult::Lost)),
-            Err(e) => out.push((s, ClaimResult::Failed(WriteFailed(e.to_string())))),
-        }
-    }
-    out
-}
-
-fn failed(part: &ClaimPart, e: &str) -> Vec<(u32, ClaimResult)> {
-    part.shards
-        .iter()
-        .map(|s| (*s, ClaimResult::Failed(WriteFailed(e.to_owned()))))
-        .collect()
-}
-
-/// `Ok(None)`: a compare failed.
-async fn claim_batch(
-    client: &Client,
-    who: &Claimant<'_>,
-    parts: &[ClaimPart],
-) -> Result<Option<Vec<Vec<(u32, ClaimResult)>>>, TxnError> {
-    let claimed = encode("a cursor", &Cursor::default())?;
-    let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
-    let mut compares = Vec::with_capacity(parts.len() + shards);
-    let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
-    for part in parts {
-        let owner = encode(
-            "an owner key",
-            &Owner {
-                instance: who.instance.clone(),
-                generation: part.generation,
-            },
-        )?;
-        compares.push(Compare::mod_revision(
-            who.keys.assignment(&part.job),
-            CompareOp::Equal,
-            part.assignment_revision,
-        ));
-        for &s in &part.shards {
-            let key = who.keys.owner(&part.job, s);
-            compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
-            ops.push(TxnOp::get(who.keys.cursor(&part.job, s), None));
-            ops.push(TxnOp::get(who.keys.running(&part.job, s), None));
-            ops.push(TxnOp::put(
-                key,
-                owner.clone(),
-                Some(PutOptions::new().with_lease(who.lease.get())),
-            ));
-            ops.push(TxnOp::put(
-                who.keys.cursor(&part.job, s),
-                claimed.clone(),
-                None,
-            ));
-        }
-    }
-    let txn = Txn::new().when(compares).and_then(ops);
-    let resp = bounded("claim", who.timeout, client.clone().txn(txn)).await?;
-    if !resp.succeeded() {
-        return Ok(None);
-    }
-    let token = resp.header().map_or(0, |h| h.revision());
-    let responses = resp.op_responses();
-    let mut i = 0;
-    let won = parts
-        .iter()
-        .map(|part| {
-            part.shards
-                .iter()
-                .map(|&s| {
-                    let won = ClaimResult::Won {
-                        token: Token(token),
-                        cursor: got(&responses, OPS_PER_SHARD * i, "cursor"),
-                        running: got(&responses, OPS_PER_SHARD * i + 1, "running"),
-                    };
-                    i += 1;
-                    (s, won)
-                })
-                .collect()
-        })
-        .collect();
-    Ok(Some(won))
 }
 
 /// The value of the `index`-th response, if it is a get that found JSON of `T`. A value that

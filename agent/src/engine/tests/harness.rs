@@ -188,7 +188,23 @@ impl Harness {
         })
     }
 
-    pub fn owner(
+    /// The answer to a claim of `job` under the assignment read at `revision`.
+    pub fn answer(
+        &mut self,
+        job: &str,
+        revision: i64,
+        results: Vec<(u32, ClaimResult)>,
+    ) -> Vec<Command> {
+        self.step(Input::Claimed {
+            job: job.into(),
+            lease: lease(),
+            revision,
+            results,
+        })
+    }
+
+    /// A claim of `shard` refused: the key `instance` made at `token` under `lease` holds it.
+    pub fn held(
         &mut self,
         job: &str,
         shard: u32,
@@ -196,15 +212,12 @@ impl Harness {
         token: i64,
         lease: i64,
     ) -> Vec<Command> {
-        self.step(Input::OwnerPut {
-            job: job.into(),
-            shard,
-            owner: SeenOwner {
-                instance: instance.into(),
-                token: Token(token),
-                lease,
-            },
-        })
+        let holder = SeenOwner {
+            instance: instance.into(),
+            token: Token(token),
+            lease,
+        };
+        self.answer(job, 40, vec![(shard, ClaimResult::Held(holder))])
     }
 
     pub fn owner_gone(&mut self, job: &str, shard: u32, revision: i64) -> Vec<Command> {
@@ -223,18 +236,12 @@ impl Harness {
         cursor: Option<Cursor>,
         running: Option<Running>,
     ) -> Vec<Command> {
-        self.step(Input::Claimed {
-            job: job.into(),
-            lease: lease(),
-            results: vec![(
-                shard,
-                ClaimResult::Won {
-                    token: Token(token),
-                    cursor,
-                    running,
-                },
-            )],
-        })
+        let won = ClaimResult::Won {
+            token: Token(token),
+            cursor,
+            running,
+        };
+        self.answer(job, 40, vec![(shard, won)])
     }
 
     pub fn done(&mut self, job: &str, shard: u32, exec: ExecId) -> Vec<Command> {

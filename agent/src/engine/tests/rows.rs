@@ -1,7 +1,7 @@
 //! One test per rule, each a few rows `given state + input at now → commands`.
 
 use super::harness::*;
-use crate::engine::{Command, Input, LeaseId, Listing, RunKind::*};
+use crate::engine::{ClaimResult, Command, Input, LeaseId, Listing, RunKind::*, SeenOwner, Token};
 
 // ---- at most one launch per (shard, fire) --------------------------------------------------
 
@@ -494,29 +494,122 @@ fn a_disabled_job_launches_nothing_of_any_kind() {
 // ---- claims and releases -------------------------------------------------------------------
 
 #[test]
-fn claims_take_free_assigned_shards_in_one_command_with_the_assignment_revision() {
+fn claims_take_free_assigned_shards_in_one_command_and_a_held_one_waits_for_its_delete() {
     let mut h = Harness::new();
     h.open();
     h.job("j", every_second(4));
-    h.owner("j", 3, "other", 10, 99); // still held by the previous owner
     assert_eq!(
         claims(&h.assign("j", &[ME, "other", ME, ME], 42)),
-        [(vec![0, 2], 42)]
+        [(vec![0, 2, 3], 42)]
     );
     assert_eq!(
         claims(&h.assign("j", &[ME, "other", ME, ME], 43)),
         [],
         "in flight"
     );
+    // 3 is still held by the previous owner: the refusal names its key.
+    let won = |t| ClaimResult::Won {
+        token: Token(t),
+        cursor: None,
+        running: None,
+    };
+    let holder = SeenOwner {
+        instance: "other".into(),
+        token: Token(10),
+        lease: 99,
+    };
+    let answered = h.answer(
+        "j",
+        42,
+        vec![(0, won(50)), (2, won(50)), (3, ClaimResult::Held(holder))],
+    );
+    assert_eq!(claims(&answered), [], "3 waits for the key's delete");
+    assert_eq!(h.engine.fireable("j"), [0, 2]);
+    assert_eq!(claims(&h.at(2.0)), [], "nor at a re-check");
     assert_eq!(
-        claims(&h.owner_gone("j", 3, 11)),
+        claims(&h.owner_gone("j", 3, 51)),
         [(vec![3], 43)],
         "after the DELETE"
     );
     // Shutting down: no claims.
     h.step(Input::ShutdownBegun);
-    h.owner("j", 1, "other", 12, 99);
     assert_eq!(claims(&h.assign("j", &[ME, ME, ME, ME], 44)), []);
+}
+
+#[test]
+fn a_refusal_whose_key_was_deleted_while_the_claim_was_in_flight_claims_again() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    assert_eq!(claims(&h.assign("j", &[ME], 42)), [(vec![0], 42)]);
+    // The txn read the previous owner's key; its delete overtook the answer.
+    assert_eq!(claims(&h.owner_gone("j", 0, 60)), [], "in flight");
+    assert_eq!(
+        claims(&h.held("j", 0, "other", 10, 99)),
+        [(vec![0], 42)],
+        "the key it names is gone"
+    );
+    // The same refusal without the delete in between waits.
+    assert_eq!(claims(&h.held("j", 0, "other", 61, 99)), []);
+    assert_eq!(claims(&h.at(5.0)), []);
+    assert_eq!(claims(&h.owner_gone("j", 0, 70)), [(vec![0], 42)]);
+}
+
+#[test]
+fn a_claim_that_finds_the_assignment_changed_waits_for_the_new_one() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(1));
+    assert_eq!(claims(&h.assign("j", &[ME], 42)), [(vec![0], 42)]);
+    // The leader wrote 43; its event has not arrived yet.
+    assert_eq!(
+        claims(&h.answer("j", 42, vec![(0, ClaimResult::Stale)])),
+        [],
+        "no claim loop under the old revision"
+    );
+    assert_eq!(claims(&h.at(5.0)), [], "nor at a re-check");
+    assert_eq!(claims(&h.assign("j", &[ME], 43)), [(vec![0], 43)]);
+    // A stale answer to an older claim does not block the current revision.
+    assert_eq!(
+        claims(&h.answer("j", 42, vec![(0, ClaimResult::Stale)])),
+        [(vec![0], 43)],
+        "claimed again under 43"
+    );
+}
+
+#[test]
+fn a_relisting_keeps_only_the_owner_keys_that_concern_me() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(4));
+    h.assign("j", &[ME, "other", "other", "-"], 42);
+    let key = |instance: &str, token, lease| SeenOwner {
+        instance: instance.into(),
+        token: Token(token),
+        lease,
+    };
+    let listing = Listing::Owners {
+        revision: 30,
+        owners: vec![
+            ("j".into(), 0, key("other", 20, 99)), // assigned to me: I wait for it
+            ("j".into(), 1, key("other", 21, 99)), // another's business
+            ("j".into(), 3, key(ME, 22, 5)),       // mine, of an old lease: blocks
+            ("k".into(), 0, key("other", 23, 99)), // a job I know nothing of
+        ],
+    };
+    h.step(Input::Relisted(listing));
+    let seen: Vec<(String, u32)> = h
+        .engine
+        .jobs
+        .iter()
+        .flat_map(|(j, js)| {
+            js.shards
+                .iter()
+                .filter(|(_, sh)| sh.seen.is_some())
+                .map(move |(s, _)| (j.clone(), *s))
+        })
+        .collect();
+    assert_eq!(seen, [("j".to_owned(), 0), ("j".to_owned(), 3)]);
 }
 
 #[test]
@@ -575,25 +668,12 @@ fn a_key_of_mine_seen_without_a_claims_answer_is_held() {
     h.open();
     h.job("j", every_second(1));
     h.assign("j", &[ME], 40);
-    h.step(Input::Claimed {
-        job: "j".into(),
-        lease: lease(),
-        results: vec![(
-            0,
-            crate::engine::ClaimResult::Failed(crate::engine::WriteFailed("timed out".into())),
-        )],
-    });
-    // The claim did commit; the retry loses to the key it made.
-    h.owner("j", 0, ME, 100, lease().get());
-    assert!(
-        h.engine.fireable("j").is_empty(),
-        "waits for the retry's answer"
-    );
-    h.step(Input::Claimed {
-        job: "j".into(),
-        lease: lease(),
-        results: vec![(0, crate::engine::ClaimResult::Lost)],
-    });
+    let failed = ClaimResult::Failed(crate::engine::WriteFailed("timed out".into()));
+    let retry = h.answer("j", 40, vec![(0, failed)]);
+    assert!(h.engine.fireable("j").is_empty());
+    assert_eq!(claims(&retry), [(vec![0], 40)], "tried again");
+    // The claim did commit: the retry is refused by the key it made, and adopts it.
+    h.held("j", 0, ME, 100, lease().get());
     assert_eq!(h.engine.fireable("j"), [0]);
     assert_eq!(launches(&h.at(1.0)), [(0, 1.0, Scheduled)]);
 }
@@ -616,7 +696,6 @@ fn an_event_older_than_my_key_is_ignored() {
         aborts(&h.owner_gone("j", 0, 90)).is_empty(),
         "the delete of the previous key"
     );
-    h.owner("j", 0, "other", 80, 5);
     assert_eq!(h.engine.fireable("j"), [0]);
     // A re-list taken before my claim cannot show my key, and does not drop it.
     let before = Listing::Owners {

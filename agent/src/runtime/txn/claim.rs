@@ -1,0 +1,244 @@
+//! The claim txn: shards of one or several jobs at once, up to [`CLAIM_CHUNK`] per txn (the
+//! `claimer` packs them).
+//!
+//! ```text
+//! if   ∀j mod_revision(assignments/j) == seen(j)  ∧  ∀(j,s) create_revision(owners/j/s) == 0
+//! then ∀(j,s): get cursors/j/s; get running/j/s; put owners/j/s (lease); put cursors/j/s {"released":false}
+//! else ∀j: get assignments/j;  ∀(j,s): get owners/j/s
+//! ```
+//!
+//! The txn's revision is the new keys' create revision: the fencing token. A refused txn says
+//! at once, from its reads, why each shard was refused: its job's assignment changed
+//! ([`ClaimResult::Stale`]) or its owner key exists ([`ClaimResult::Held`], with the key: the
+//! agent waits for that key's delete, and a key of its own whose claim answer was lost is
+//! adopted). The shards that were free are claimed again in one more txn. Agents watch only
+//! the deletes of owner keys, so this read is how an agent learns who holds what it wants.
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use shardjob_coordinator::etcd_error::bounded;
+use shardjob_coordinator::keys::Keys;
+use shardjob_coordinator::model::{Cursor, Owner};
+use shardjob_sharding::InstanceId;
+
+use super::{TxnError, encode, got};
+use crate::engine::{ClaimResult, LeaseId, SeenOwner, Token, WriteFailed};
+
+/// Shards per claim txn: 4 ops each within etcd's default 128 ops per txn (a refusal reads
+/// one key per shard and one per job: at most 64).
+pub(crate) const CLAIM_CHUNK: usize = 32;
+const OPS_PER_SHARD: usize = 4;
+/// Txns per claim: the first, and retries of what a refusal showed to be free (a key created
+/// or an assignment changed between two of them is rare; after this many the free shards are
+/// reported failed and the engine tries them again at its re-check).
+const ATTEMPTS: usize = 3;
+
+/// Who claims: the same for every part of a batch.
+pub(crate) struct Claimant<'a> {
+    pub keys: &'a Keys,
+    pub instance: &'a InstanceId,
+    pub lease: LeaseId,
+    pub timeout: std::time::Duration,
+}
+
+/// Shards of one job to claim under the assignment read at `assignment_revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClaimPart {
+    pub job: String,
+    pub assignment_revision: i64,
+    pub generation: u64,
+    pub shards: Vec<u32>,
+}
+
+/// What one txn did.
+enum Answer {
+    /// Every shard won, per part in order.
+    Won(Vec<Vec<(u32, ClaimResult)>>),
+    /// A compare failed: per part, stale or not, and per shard the owner key found (if any).
+    Refused(Vec<Refusal>),
+}
+
+struct Refusal {
+    stale: bool,
+    holders: Vec<Option<SeenOwner>>,
+}
+
+/// Claims `parts` (of one or several jobs, at most [`CLAIM_CHUNK`] shards together). One result
+/// list per part, in order, one result per shard.
+pub(crate) async fn claim(
+    client: &Client,
+    who: &Claimant<'_>,
+    parts: &[ClaimPart],
+) -> Vec<Vec<(u32, ClaimResult)>> {
+    let mut out: Vec<Vec<(u32, ClaimResult)>> = parts
+        .iter()
+        .map(|p| Vec::with_capacity(p.shards.len()))
+        .collect();
+    // What is still to claim: (index into `parts`, the part with the shards left).
+    let mut todo: Vec<(usize, ClaimPart)> = parts.iter().cloned().enumerate().collect();
+    for _ in 0..ATTEMPTS {
+        if todo.is_empty() {
+            break;
+        }
+        let batch: Vec<ClaimPart> = todo.iter().map(|(_, p)| p.clone()).collect();
+        match claim_batch(client, who, &batch).await {
+            Ok(Answer::Won(won)) => {
+                for ((i, _), results) in todo.drain(..).zip(won) {
+                    out[i].extend(results);
+                }
+            }
+            Ok(Answer::Refused(refusals)) => {
+                let mut next = Vec::new();
+                for ((i, mut part), refusal) in todo.drain(..).zip(refusals) {
+                    if refusal.stale {
+                        out[i].extend(part.shards.iter().map(|&s| (s, ClaimResult::Stale)));
+                        continue;
+                    }
+                    let mut free = Vec::new();
+                    for (&s, holder) in part.shards.iter().zip(refusal.holders) {
+                        match holder {
+                            Some(h) => out[i].push((s, ClaimResult::Held(h))),
+                            None => free.push(s),
+                        }
+                    }
+                    if !free.is_empty() {
+                        part.shards = free;
+                        next.push((i, part));
+                    }
+                }
+                todo = next;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for (i, part) in todo.drain(..) {
+                    out[i].extend(part.shards.iter().map(|&s| (s, failed(&e))));
+                }
+            }
+        }
+    }
+    for (i, part) in todo {
+        let why = "free at every read, refused every time (contended); trying again";
+        out[i].extend(part.shards.iter().map(|&s| (s, failed(why))));
+    }
+    for results in &mut out {
+        results.sort_by_key(|(s, _)| *s);
+    }
+    out
+}
+
+fn failed(why: &str) -> ClaimResult {
+    ClaimResult::Failed(WriteFailed(why.to_owned()))
+}
+
+async fn claim_batch(
+    client: &Client,
+    who: &Claimant<'_>,
+    parts: &[ClaimPart],
+) -> Result<Answer, TxnError> {
+    let claimed = encode("a cursor", &Cursor::default())?;
+    let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
+    let mut compares = Vec::with_capacity(parts.len() + shards);
+    let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
+    let mut reads = Vec::with_capacity(parts.len() + shards);
+    for part in parts {
+        let owner = encode(
+            "an owner key",
+            &Owner {
+                instance: who.instance.clone(),
+                generation: part.generation,
+            },
+        )?;
+        let assignment = who.keys.assignment(&part.job);
+        compares.push(Compare::mod_revision(
+            assignment.clone(),
+            CompareOp::Equal,
+            part.assignment_revision,
+        ));
+        reads.push(TxnOp::get(assignment, None));
+        for &s in &part.shards {
+            let key = who.keys.owner(&part.job, s);
+            compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            reads.push(TxnOp::get(key.clone(), None));
+            ops.push(TxnOp::get(who.keys.cursor(&part.job, s), None));
+            ops.push(TxnOp::get(who.keys.running(&part.job, s), None));
+            ops.push(TxnOp::put(
+                key,
+                owner.clone(),
+                Some(PutOptions::new().with_lease(who.lease.get())),
+            ));
+            ops.push(TxnOp::put(
+                who.keys.cursor(&part.job, s),
+                claimed.clone(),
+                None,
+            ));
+        }
+    }
+    let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
+    let resp = bounded("claim", who.timeout, client.clone().txn(txn)).await?;
+    let responses = resp.op_responses();
+    if !resp.succeeded() {
+        return Ok(Answer::Refused(refusals(parts, &responses)));
+    }
+    let token = resp.header().map_or(0, |h| h.revision());
+    let mut i = 0;
+    let won = parts
+        .iter()
+        .map(|part| {
+            part.shards
+                .iter()
+                .map(|&s| {
+                    let won = ClaimResult::Won {
+                        token: Token(token),
+                        cursor: got(&responses, OPS_PER_SHARD * i, "cursor"),
+                        running: got(&responses, OPS_PER_SHARD * i + 1, "running"),
+                    };
+                    i += 1;
+                    (s, won)
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Answer::Won(won))
+}
+
+/// Reads the refusal branch: per part its assignment's get, then one get per shard.
+fn refusals(parts: &[ClaimPart], responses: &[TxnOpResponse]) -> Vec<Refusal> {
+    let mut reads = responses.iter();
+    parts
+        .iter()
+        .map(|part| {
+            let assignment = first_kv(reads.next());
+            let stale = assignment.is_none_or(|kv| kv.mod_revision() != part.assignment_revision);
+            let holders = part
+                .shards
+                .iter()
+                .map(|_| first_kv(reads.next()).map(holder))
+                .collect();
+            Refusal { stale, holders }
+        })
+        .collect()
+}
+
+fn first_kv(resp: Option<&TxnOpResponse>) -> Option<&etcd_client::KeyValue> {
+    match resp {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first(),
+        _ => None,
+    }
+}
+
+/// The owner key found by a refusal. A value that does not decode still holds the shard, for
+/// an unknown owner (`""`), as in the watch.
+fn holder(kv: &etcd_client::KeyValue) -> SeenOwner {
+    let instance = match serde_json::from_slice::<Owner>(kv.value()) {
+        Ok(o) => o.instance.as_str().into(),
+        Err(e) => {
+            tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e,
+                "an owner key that does not decode holds its shard for an unknown owner");
+            "".into()
+        }
+    };
+    SeenOwner {
+        instance,
+        token: Token(kv.create_revision()),
+        lease: kv.lease(),
+    }
+}

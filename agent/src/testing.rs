@@ -10,6 +10,9 @@ use shardjob_sharding::InstanceId;
 use crate::engine::{ClaimResult, LeaseId, Token};
 use crate::runtime::txn::{ClaimPart, Claimant, ReleaseItem, claim};
 
+/// Shards the agent packs into one claim txn.
+pub const CLAIM_CHUNK: usize = crate::runtime::txn::CLAIM_CHUNK;
+
 /// How claiming one shard went, for tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {

@@ -13,6 +13,18 @@ async fn put(client: &etcd_client::Client, key: String) -> i64 {
     resp.header().unwrap().revision()
 }
 
+/// The cursor of shard 0 of `job`, as stored.
+async fn cursor(client: &etcd_client::Client, keys: &Keys, job: &str) -> Option<String> {
+    let resp = client.clone().get(keys.cursor(job, 0), None).await.unwrap();
+    let kv = resp.kvs().first()?;
+    Some(String::from_utf8_lossy(kv.value()).into_owned())
+}
+
+async fn cursor_rev(client: &etcd_client::Client, keys: &Keys, job: &str) -> i64 {
+    let resp = client.clone().get(keys.cursor(job, 0), None).await.unwrap();
+    resp.kvs()[0].mod_revision()
+}
+
 fn token_of(results: &[(u32, Claimed)], shard: u32) -> i64 {
     match results.iter().find(|(s, _)| *s == shard) {
         Some((_, Claimed::Won(t))) => *t,
@@ -48,6 +60,11 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     let kv = client.clone().get(keys.owner("b", 0), None).await.unwrap();
     let kv = &kv.kvs()[0];
     assert_eq!((kv.create_revision(), kv.lease()), (t, lease));
+    assert_eq!(
+        cursor(&client, &keys, "b").await,
+        None,
+        "no cursor, none written"
+    );
 
     // c/0 is held by someone else (a value that does not decode: an unknown owner) and d's
     // assignment changed since it was read: the batch is refused, and its reads say so; the
@@ -119,11 +136,8 @@ async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it()
     let out = release_shards(&client, &keys, &[("a", 0, t), ("a", 1, t - 1), ("b", 0, t)]).await;
     assert_eq!(out, vec![Ok(true), Ok(false), Ok(true)]);
     assert!(!exists("a", 0).await && exists("a", 1).await && !exists("b", 0).await);
-    let cursor = client.clone().get(keys.cursor("b", 0), None).await.unwrap();
-    let cursor = std::str::from_utf8(cursor.kvs()[0].value())
-        .unwrap()
-        .to_owned();
-    assert!(cursor.contains(r#""released":true"#), "{cursor}");
+    let released = cursor(&client, &keys, "b").await.unwrap();
+    assert!(released.contains(r#""released":true"#), "{released}");
 
     // Released keys are free again: a packed claim of both wins.
     let r = claim_parts(
@@ -136,7 +150,51 @@ async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it()
     .await;
     let t2 = token_of(&r[0], 0);
     assert_eq!(token_of(&r[1], 0), t2);
-    let out = release_shards(&client, &keys, &[("a", 0, t2), ("b", 0, t2), ("a", 1, t)]).await;
+    // The claim overwrote the released cursor: a crash now leaves it untrusted.
+    let unreleased = cursor(&client, &keys, "b").await;
+    assert_eq!(unreleased.as_deref(), Some(r#"{"released":false}"#));
+    assert_eq!(cursor_rev(&client, &keys, "b").await, t2);
+    // The owner dies (its key goes without a release): the next claim leaves the unreleased
+    // cursor as it is.
+    client
+        .clone()
+        .delete(keys.owner("b", 0), None)
+        .await
+        .unwrap();
+    let r = claim_parts(&client, &keys, &me, lease, &[("b", rb, 1, vec![0])]).await;
+    let t3 = token_of(&r[0], 0);
+    assert!(t3 > t2);
+    assert_eq!(
+        cursor_rev(&client, &keys, "b").await,
+        t2,
+        "rewritten for nothing"
+    );
+    let out = release_shards(&client, &keys, &[("a", 0, t2), ("b", 0, t3), ("a", 1, t)]).await;
     assert_eq!(out, vec![Ok(true), Ok(true), Ok(true)]);
     assert!(!exists("a", 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused() {
+    // etcd refuses a txn of more than 128 ops (its default `--max-txn-ops`): a full chunk, in
+    // both branches, must stay within it.
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let keys = Keys::new("chunk").unwrap();
+    let me = InstanceId::new("me").unwrap();
+    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let rev = put(&client, keys.assignment("a")).await;
+    let shards: Vec<u32> = (0..shardjob_agent::testing::CLAIM_CHUNK as u32).collect();
+    let part = [("a", rev, 1, shards.clone())];
+    let r = claim_parts(&client, &keys, &me, lease, &part).await;
+    let t = token_of(&r[0], 0);
+    assert!(shards.iter().all(|s| token_of(&r[0], *s) == t), "{r:?}");
+    let r = claim_parts(&client, &keys, &me, lease, &part).await;
+    let held: Vec<(u32, Claimed)> = shards
+        .iter()
+        .map(|s| (*s, Claimed::Held("me".into(), t)))
+        .collect();
+    assert_eq!(r[0], held);
 }

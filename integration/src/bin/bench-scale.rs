@@ -184,7 +184,9 @@ async fn all_owned(
     total: usize,
     limit: Duration,
 ) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let deadline = start + limit;
+    let mut report = start;
     loop {
         let owned: usize = statuses
             .iter()
@@ -192,6 +194,11 @@ async fn all_owned(
             .sum();
         if owned == total {
             return Ok(());
+        }
+        if report.elapsed() >= Duration::from_millis(500) {
+            report = Instant::now();
+            let at = start.elapsed().as_secs_f64();
+            eprintln!("bench-scale: {owned} of {total} shards owned at {at:.1}s");
         }
         if Instant::now() > deadline {
             return Err(format!(

@@ -3,9 +3,15 @@
 //!
 //! ```text
 //! if   ∀j mod_revision(assignments/j) == seen(j)  ∧  ∀(j,s) create_revision(owners/j/s) == 0
-//! then ∀(j,s): get cursors/j/s; get running/j/s; put owners/j/s (lease); put cursors/j/s {"released":false}
+//! then ∀(j,s): get cursors/j/s; get running/j/s; put owners/j/s (lease);
+//!              if value(cursors/j/s) != {"released":false} then put cursors/j/s {"released":false}
 //! else ∀j: get assignments/j;  ∀(j,s): get owners/j/s
 //! ```
+//!
+//! The cursor is overwritten only when it exists and says something else (a clean release's
+//! `last_fire`, or garbage): etcd's value compare is false for a missing key, and an absent
+//! cursor is as untrusted as `{"released":false}`. A cold start writes no cursor at all
+//! (bench-scale: 80k fewer puts, cold start 5.6 → ~4 s).
 //!
 //! The txn's revision is the new keys' create revision: the fencing token. A refused txn says
 //! at once, from its reads, why each shard was refused: its job's assignment changed
@@ -23,10 +29,14 @@ use shardjob_sharding::InstanceId;
 use super::{TxnError, encode, got};
 use crate::engine::{ClaimResult, LeaseId, SeenOwner, Token, WriteFailed};
 
-/// Shards per claim txn: 4 ops each within etcd's default 128 ops per txn (a refusal reads
-/// one key per shard and one per job: at most 64).
-pub(crate) const CLAIM_CHUNK: usize = 32;
+/// Ops per shard in the success branch: two gets, the owner key's put, the cursor's txn.
 const OPS_PER_SHARD: usize = 4;
+/// etcd's default `--max-txn-ops` counts the ops of nested txns too: the cursor's put makes
+/// five per shard (found by `a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused`:
+/// 32 shards, 160 ops, refused as "too many operations").
+const BUDGET_PER_SHARD: usize = OPS_PER_SHARD + 1;
+/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and one per job).
+pub(crate) const CLAIM_CHUNK: usize = 128 / BUDGET_PER_SHARD;
 /// Txns per claim: the first, and retries of what a refusal showed to be free (a key created
 /// or an assignment changed between two of them is rare; after this many the free shards are
 /// reported failed and the engine tries them again at its re-check).
@@ -165,10 +175,15 @@ async fn claim_batch(
                 owner.clone(),
                 Some(PutOptions::new().with_lease(who.lease.get())),
             ));
-            ops.push(TxnOp::put(
-                who.keys.cursor(&part.job, s),
-                claimed.clone(),
-                None,
+            let cursor = who.keys.cursor(&part.job, s);
+            let unless_unreleased =
+                Compare::value(cursor.clone(), CompareOp::NotEqual, claimed.clone());
+            ops.push(TxnOp::txn(
+                Txn::new().when([unless_unreleased]).and_then([TxnOp::put(
+                    cursor,
+                    claimed.clone(),
+                    None,
+                )]),
             ));
         }
     }

@@ -64,6 +64,16 @@ impl FireHeap {
         self.heap.peek().map(|f| f.0.at)
     }
 
+    /// Fires scheduled.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// No fire scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The earliest fire if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Fire> {
         if self.next_due()? > now {

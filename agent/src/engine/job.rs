@@ -26,6 +26,10 @@ pub struct Spec {
     pub schedule: FireSchedule,
     /// Bumped when the schedule changes; fires scheduled under an older version are dropped.
     pub version: u64,
+    /// A fire of this version is in the heap. A job none of whose shards can fire here has
+    /// none: its fire is not put back when it pops, and `Engine::arm` puts the next one in
+    /// once a shard of it is held and assigned here.
+    pub armed: bool,
 }
 
 /// One job, as this agent sees it.

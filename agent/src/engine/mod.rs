@@ -41,7 +41,7 @@ pub use command::Command;
 pub use input::{ClaimResult, Input, Listing, SeenOwner, WriteFailed};
 pub use types::{ExecId, LeaseId, Now, RunKind, Token};
 
-use fires::FireHeap;
+use fires::{FireHeap, instant_of};
 use job::{JobState, Spec};
 use shard::Local;
 
@@ -402,5 +402,40 @@ impl Engine {
 
     fn spec(&self, job: &str) -> Option<&Spec> {
         self.jobs.get(job).and_then(|j| j.spec.as_deref())
+    }
+
+    fn spec_mut(&mut self, job: &str) -> Option<&mut Spec> {
+        self.jobs.get_mut(job).and_then(|j| j.spec.as_deref_mut())
+    }
+
+    /// Puts `job`'s next fire in the heap when it has none and a shard of it can fire here
+    /// (held and assigned to me): after a claim, an adoption, an assignment that gives a held
+    /// shard back. A job whose shards are all elsewhere keeps nothing in the heap.
+    fn arm(&mut self, job: &str, now: Now) {
+        let Some(js) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let Some(spec) = js.spec.as_deref_mut().filter(|s| !s.armed) else {
+            return;
+        };
+        let can_fire = js.mine.as_ref().is_some_and(|m| {
+            m.shards().iter().any(|s| {
+                js.shards
+                    .get(s)
+                    .is_some_and(|sh| matches!(sh.local, Local::Held(_)))
+            })
+        });
+        if !can_fire {
+            return;
+        }
+        if let Some(next) = spec.schedule.next_after(now.wall) {
+            self.heap.push(
+                instant_of(next, now.mono, now.wall),
+                job,
+                spec.version,
+                next,
+            );
+            spec.armed = true;
+        }
     }
 }

@@ -57,7 +57,8 @@ impl Engine {
         };
         self.next_version += 1;
         let version = self.next_version;
-        if let Some(next) = schedule.next_after(now.wall) {
+        let next = schedule.next_after(now.wall);
+        if let Some(next) = next {
             self.heap
                 .push(instant_of(next, now.mono, now.wall), job, version, next);
         }
@@ -65,6 +66,7 @@ impl Engine {
             config,
             schedule,
             version,
+            armed: next.is_some(),
         }));
     }
 

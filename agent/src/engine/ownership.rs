@@ -106,6 +106,7 @@ impl Engine {
             self.publish.insert(job.to_owned());
         }
         self.steer_residents(job, now);
+        self.arm(job, now);
     }
 
     /// Resident jobs: a held shard that is wanted (assigned to me, the job runnable, not

@@ -261,8 +261,20 @@ impl Engine {
                 self.at_due.push_fire(f);
                 continue;
             }
-            let Some(spec) = self.spec(&f.job).filter(|s| s.version == f.version) else {
+            if self.spec(&f.job).is_none_or(|s| s.version != f.version) {
                 continue; // the job was removed or rescheduled
+            }
+            let shards = self.fireable(&f.job);
+            if shards.is_empty() {
+                // Nothing of it fires here: its schedule rests until a shard of it does
+                // (`arm`). With 4 agents each popped every job's fire, 3 of 4 for nothing.
+                if let Some(spec) = self.spec_mut(&f.job) {
+                    spec.armed = false;
+                }
+                continue;
+            }
+            let Some(spec) = self.spec(&f.job) else {
+                continue;
             };
             let lateness = (now.wall - f.fire_time).to_std().unwrap_or_default();
             if self.cfg.job_labels {
@@ -285,7 +297,7 @@ impl Engine {
                 );
             }
             let start_at = early.then_some(f.at);
-            for shard in self.fireable(&f.job) {
+            for shard in shards {
                 self.offer_at(
                     &f.job,
                     shard,

@@ -537,6 +537,36 @@ fn claims_take_free_assigned_shards_in_one_command_and_a_held_one_waits_for_its_
 }
 
 #[test]
+fn a_job_with_no_shard_firing_here_keeps_no_fire_scheduled_until_one_does() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(2));
+    h.assign("j", &["other", "other"], 42);
+    assert_eq!(h.engine.heap.len(), 1, "scheduled when the config arrives");
+    assert_eq!(launches(&h.at(1.0)), []);
+    assert!(
+        h.engine.heap.is_empty(),
+        "at rest once its fire found nothing to run"
+    );
+    assert_eq!(launches(&h.at(5.0)), []);
+    // Shard 1 comes to me at 5.5: its schedule resumes with the next fire, not before.
+    h.set(5.5);
+    assert_eq!(claims(&h.assign("j", &["other", ME], 43)), [(vec![1], 43)]);
+    assert!(h.engine.heap.is_empty(), "claiming is not holding");
+    h.won("j", 1, 60, None, None);
+    assert_eq!(h.engine.heap.len(), 1);
+    let run = h.at(6.0);
+    assert_eq!(launches(&run), [(1, 6.0, Scheduled)]);
+    h.done("j", 1, exec_of(&run, 1));
+    assert_eq!(launches(&h.at(7.0)), [(1, 7.0, Scheduled)]);
+    assert_eq!(h.engine.heap.len(), 1, "once, not once per event");
+    // Moved away: it rests again after its next fire.
+    h.assign("j", &["other", "other"], 44);
+    h.at(8.0);
+    assert!(h.engine.heap.is_empty());
+}
+
+#[test]
 fn a_refusal_whose_key_was_deleted_while_the_claim_was_in_flight_claims_again() {
     let mut h = Harness::new();
     h.open();

@@ -5,7 +5,8 @@
 //! ```text
 //!            claim sent          Won                 no longer assigned, idle
 //!   Idle ─────────────▶ Claiming ────▶ Held{run?,owed?} ───────────────▶ Releasing
-//!    ▲                     │ Lost/Failed     │ key gone / self-fence        │ Ok
+//!    ▲                     │ Held/Stale/     │ key gone / self-fence        │ Ok
+//!    │                     │ Failed          │                              │
 //!    └─────────────────────┴─────────────────┴──────────────────────────────┘
 //!                                   (Releasing ─Err─▶ Held again)
 //! ```

@@ -142,6 +142,9 @@ async fn run(a: Args) -> Result<String, String> {
     let victim_key = keys.instance(crashed.instance_id());
     let mut instances = PrefixWatcher::new(&client, keys.instances_prefix());
     instances.next().await.map_err(|e| e.to_string())?; // the listing
+    // When the leader's assignment writes and the agents' claims arrive, for the split below.
+    let writes = puts_seen(&client, keys.assignments_prefix()).await?;
+    let claims = puts_seen(&client, keys.owners_root()).await?;
     let t1 = Instant::now();
     crashed.abort().await;
     let expired = tokio::spawn(async move {
@@ -164,6 +167,17 @@ async fn run(a: Args) -> Result<String, String> {
     eprintln!(
         "bench-scale: recovery: {moved} shards owned again after {recover_s:.2}s (lease gone after {expiry_s:.2}s, then {reassign_s:.2}s to reassign and claim)"
     );
+    let span = |seen: &PutsSeen| {
+        let (first, last, n) = seen.take();
+        let at =
+            |t: Option<Instant>| t.map_or(f64::NAN, |t| t.duration_since(expired).as_secs_f64());
+        format!("{n} from {:.2}s to {:.2}s", at(first), at(last))
+    };
+    eprintln!(
+        "bench-scale: after the lease went: assignment writes {}, claims {}",
+        span(&writes),
+        span(&claims)
+    );
 
     let rss = peak_rss_mib();
     shutdown(agents).await;
@@ -175,6 +189,36 @@ async fn run(a: Args) -> Result<String, String> {
         a.ttl,
         rss / a.agents as f64
     ))
+}
+
+/// Puts under a prefix, timed as they arrive, from the moment of the call.
+struct PutsSeen {
+    times: Arc<std::sync::Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PutsSeen {
+    /// The first and last put seen, and how many; stops watching.
+    fn take(&self) -> (Option<Instant>, Option<Instant>, usize) {
+        self.task.abort();
+        let times = self.times.lock().map(|t| t.clone()).unwrap_or_default();
+        (times.first().copied(), times.last().copied(), times.len())
+    }
+}
+
+async fn puts_seen(client: &etcd_client::Client, prefix: String) -> Result<PutsSeen, String> {
+    let mut watcher = PrefixWatcher::new(client, prefix);
+    watcher.next().await.map_err(|e| e.to_string())?; // the listing
+    let times: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let sink = times.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = watcher.next().await {
+            if let (WatchEvent::Put(_), Ok(mut t)) = (ev, sink.lock()) {
+                t.push(Instant::now());
+            }
+        }
+    });
+    Ok(PutsSeen { times, task })
 }
 
 /// Polls the agents' status until together they own `total` shards (a benchmark driver has no

@@ -217,12 +217,22 @@ impl Engine {
                 // their assignees; a claim that meets a key reads it anyway.
                 // A claim in flight whose key the listing does not show: if its answer is a
                 // refusal, the key it names may be gone already (one more claim tells).
-                for (job, js) in &self.jobs {
-                    for (&s, sh) in js.shards.iter() {
-                        if sh.local == Local::Claiming
-                            && !owners.iter().any(|(j, s2, _)| j == job && *s2 == s)
-                        {
-                            self.deleted_while_claiming.insert((job.clone(), s));
+                let claiming: Vec<(String, u32)> = self
+                    .jobs
+                    .iter()
+                    .flat_map(|(job, js)| {
+                        js.shards
+                            .iter()
+                            .filter(|(_, sh)| sh.local == Local::Claiming)
+                            .map(move |(s, _)| (job.clone(), *s))
+                    })
+                    .collect();
+                if !claiming.is_empty() {
+                    let listed: std::collections::HashSet<(&str, u32)> =
+                        owners.iter().map(|(j, s, _)| (j.as_str(), *s)).collect();
+                    for (job, s) in claiming {
+                        if !listed.contains(&(job.as_str(), s)) {
+                            self.deleted_while_claiming.insert((job, s));
                         }
                     }
                 }

@@ -583,6 +583,17 @@ fn a_refusal_whose_key_was_deleted_while_the_claim_was_in_flight_claims_again() 
     assert_eq!(claims(&h.held("j", 0, "other", 61, 99)), []);
     assert_eq!(claims(&h.at(5.0)), []);
     assert_eq!(claims(&h.owner_gone("j", 0, 70)), [(vec![0], 42)]);
+    // A re-list (after a compaction) that no longer shows the key counts as its delete.
+    let listing = Listing::Owners {
+        revision: 80,
+        owners: vec![],
+    };
+    assert_eq!(claims(&h.step(Input::Relisted(listing))), [], "in flight");
+    assert_eq!(
+        claims(&h.held("j", 0, "other", 71, 99)),
+        [(vec![0], 42)],
+        "the re-list showed it gone"
+    );
 }
 
 #[test]

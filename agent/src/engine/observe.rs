@@ -212,9 +212,6 @@ impl Engine {
                         }
                     }
                 }
-                // Kept: keys of mine (of any lease: an old session's keys block my claims until
-                // they vanish) and keys of shards assigned to me. Who holds the rest concerns
-                // their assignees; a claim that meets a key reads it anyway.
                 // A claim in flight whose key the listing does not show: if its answer is a
                 // refusal, the key it names may be gone already (one more claim tells).
                 let claiming: Vec<(String, u32)> = self
@@ -236,6 +233,9 @@ impl Engine {
                         }
                     }
                 }
+                // Kept: keys of mine (of any lease: an old session's keys block my claims until
+                // they vanish) and keys of shards assigned to me. Who holds the rest concerns
+                // their assignees; a claim that meets a key reads it anyway.
                 for (job, shard, owner) in owners {
                     let assigned = self.jobs.get(&job).is_some_and(|j| j.assigned_to(shard));
                     if !assigned && *owner.instance != *self.me {

@@ -415,19 +415,17 @@ impl Engine {
         let Some(js) = self.jobs.get_mut(job) else {
             return;
         };
-        let Some(spec) = js.spec.as_deref_mut().filter(|s| !s.armed) else {
-            return;
+        let can_fire = || {
+            js.mine
+                .as_ref()
+                .is_some_and(|m| m.shards().iter().any(|&s| js.fireable(s)))
         };
-        let can_fire = js.mine.as_ref().is_some_and(|m| {
-            m.shards().iter().any(|s| {
-                js.shards
-                    .get(s)
-                    .is_some_and(|sh| matches!(sh.local, Local::Held(_)))
-            })
-        });
-        if !can_fire {
+        if js.spec.as_ref().is_none_or(|s| s.armed) || !can_fire() {
             return;
         }
+        let Some(spec) = js.spec.as_deref_mut() else {
+            return;
+        };
         if let Some(next) = spec.schedule.next_after(now.wall) {
             self.heap.push(
                 instant_of(next, now.mono, now.wall),

@@ -261,9 +261,9 @@ impl Engine {
                 self.at_due.push_fire(f);
                 continue;
             }
-            if self.spec(&f.job).is_none_or(|s| s.version != f.version) {
+            let Some(spec) = self.spec(&f.job).filter(|s| s.version == f.version) else {
                 continue; // the job was removed or rescheduled
-            }
+            };
             let shards = self.fireable(&f.job);
             if shards.is_empty() {
                 // Nothing of it fires here: its schedule rests until a shard of it does
@@ -273,9 +273,6 @@ impl Engine {
                 }
                 continue;
             }
-            let Some(spec) = self.spec(&f.job) else {
-                continue;
-            };
             let lateness = (now.wall - f.fire_time).to_std().unwrap_or_default();
             if self.cfg.job_labels {
                 metrics::histogram!("shardjob_fire_lateness_seconds", "job" => f.job.clone())

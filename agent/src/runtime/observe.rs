@@ -15,6 +15,28 @@ fn key_of(kv: &KeyValue) -> String {
     String::from_utf8_lossy(kv.key()).into_owned()
 }
 
+/// The owner key `kv` (at `key`) as the engine sees it, its name made by `name`. A value that
+/// does not decode still holds the shard: nobody may claim over it, so it is held by an
+/// unknown instance (`""`). For the watch's listing and for the key a refused claim read.
+pub(super) fn seen_owner(
+    key: &str,
+    kv: &KeyValue,
+    name: impl FnOnce(&str) -> std::sync::Arc<str>,
+) -> SeenOwner {
+    let instance = match decode::<Owner>(key, "owner", kv.value()) {
+        Ok(o) => name(o.instance.as_str()),
+        Err(e) => {
+            warn!(error = %e, "an owner key that does not decode holds its shard for an unknown owner");
+            name("")
+        }
+    };
+    SeenOwner {
+        instance,
+        token: Token(kv.create_revision()),
+        lease: kv.lease(),
+    }
+}
+
 impl Core {
     /// One event into the engine (or handled here), its commands left for the caller to take.
     pub(super) fn absorb(&mut self, event: Event) {
@@ -168,19 +190,8 @@ impl Core {
         let Some(KeyKind::Owner { job, shard }) = self.cfg.keys.parse(&key) else {
             return None;
         };
-        let instance = match decode::<Owner>(&key, "owner", kv.value()) {
-            Ok(o) => self.names.get(o.instance.as_str()),
-            Err(e) => {
-                warn!(error = %e, "an owner key that does not decode holds its shard for an unknown owner");
-                self.names.get("")
-            }
-        };
-        let seen = SeenOwner {
-            instance,
-            token: Token(kv.create_revision()),
-            lease: kv.lease(),
-        };
-        Some((job, shard, seen))
+        let names = &mut self.names;
+        Some((job, shard, seen_owner(&key, kv, |n| names.get(n))))
     }
 
     fn trigger(&self, kv: &KeyValue) -> Option<(String, Trigger)> {

@@ -83,22 +83,25 @@ pub(crate) async fn claim(
         .iter()
         .map(|p| Vec::with_capacity(p.shards.len()))
         .collect();
-    // What is still to claim: (index into `parts`, the part with the shards left).
-    let mut todo: Vec<(usize, ClaimPart)> = parts.iter().cloned().enumerate().collect();
-    for _ in 0..ATTEMPTS {
-        if todo.is_empty() {
+    // What is still to claim: the parts with the shards left (the first txn takes `parts` as
+    // they are), and for each its index into `parts`.
+    let mut retry: Vec<ClaimPart> = Vec::new();
+    let mut index: Vec<usize> = (0..parts.len()).collect();
+    for attempt in 0..ATTEMPTS {
+        let batch = if attempt == 0 { parts } else { &retry[..] };
+        if batch.is_empty() {
             break;
         }
-        let batch: Vec<ClaimPart> = todo.iter().map(|(_, p)| p.clone()).collect();
-        match claim_batch(client, who, &batch).await {
+        match claim_batch(client, who, batch).await {
             Ok(Answer::Won(won)) => {
-                for ((i, _), results) in todo.drain(..).zip(won) {
+                for (&i, results) in index.iter().zip(won) {
                     out[i].extend(results);
                 }
+                index.clear();
             }
             Ok(Answer::Refused(refusals)) => {
-                let mut next = Vec::new();
-                for ((i, mut part), refusal) in todo.drain(..).zip(refusals) {
+                let (mut next, mut next_index) = (Vec::new(), Vec::new());
+                for ((&i, part), refusal) in index.iter().zip(batch).zip(refusals) {
                     if refusal.stale {
                         out[i].extend(part.shards.iter().map(|&s| (s, ClaimResult::Stale)));
                         continue;
@@ -111,21 +114,30 @@ pub(crate) async fn claim(
                         }
                     }
                     if !free.is_empty() {
-                        part.shards = free;
-                        next.push((i, part));
+                        next.push(ClaimPart {
+                            job: part.job.clone(),
+                            assignment_revision: part.assignment_revision,
+                            generation: part.generation,
+                            shards: free,
+                        });
+                        next_index.push(i);
                     }
                 }
-                todo = next;
+                retry = next;
+                index = next_index;
+                continue;
             }
             Err(e) => {
                 let e = e.to_string();
-                for (i, part) in todo.drain(..) {
+                for (&i, part) in index.iter().zip(batch) {
                     out[i].extend(part.shards.iter().map(|&s| (s, failed(&e))));
                 }
+                index.clear();
             }
         }
+        break;
     }
-    for (i, part) in todo {
+    for (&i, part) in index.iter().zip(&retry) {
         let why = "free at every read, refused every time (contended); trying again";
         out[i].extend(part.shards.iter().map(|&s| (s, failed(why))));
     }
@@ -240,20 +252,8 @@ fn first_kv(resp: Option<&TxnOpResponse>) -> Option<&etcd_client::KeyValue> {
     }
 }
 
-/// The owner key found by a refusal. A value that does not decode still holds the shard, for
-/// an unknown owner (`""`), as in the watch.
+/// The owner key found by a refusal, read as the watch's listing reads it.
 fn holder(kv: &etcd_client::KeyValue) -> SeenOwner {
-    let instance = match serde_json::from_slice::<Owner>(kv.value()) {
-        Ok(o) => o.instance.as_str().into(),
-        Err(e) => {
-            tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e,
-                "an owner key that does not decode holds its shard for an unknown owner");
-            "".into()
-        }
-    };
-    SeenOwner {
-        instance,
-        token: Token(kv.create_revision()),
-        lease: kv.lease(),
-    }
+    let key = String::from_utf8_lossy(kv.key());
+    crate::runtime::observe::seen_owner(&key, kv, |n| n.into())
 }

@@ -1,7 +1,8 @@
 //! Live job features of in-process agents against real etcd: triggers, disabling, live
-//! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime.
+//! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime, a crowd of fires at one instant.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -417,4 +418,56 @@ async fn a_one_shot_defined_in_code_is_not_created_once_its_instant_has_passed()
         "a one-shot in the past was created"
     );
     agent.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_fires_at_one_instant_runs_each_once_and_none_before_it() {
+    // 300 jobs due at the same whole second: a crowd (≥ 64 fires in one millisecond), so they
+    // are launched ahead and run in groups of 256 (`runtime/crowd.rs`), two groups here.
+    const JOBS: usize = 300;
+    let etcd = EtcdCluster::single().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, DateTime<Utc>, DateTime<Utc>)>();
+    let mut b = builder(&etcd.endpoints(), "crowd", "a");
+    for i in 0..JOBS {
+        let tx = tx.clone();
+        b = b.job(
+            JobSpec::every(format!("j{i}"), Duration::from_secs(1)).unwrap(),
+            shardjob_agent::job_fn(move |ctx| {
+                let _ = tx.send((ctx.job.clone(), ctx.fire_time, Utc::now()));
+                async { Ok(()) }
+            }),
+        );
+    }
+    let a = b.start().await.unwrap();
+    let mut status = a.status();
+    timeout(PATIENCE, async {
+        while status.borrow_and_update().owned.len() < JOBS {
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("every job owned");
+
+    let t = next_whole_second(Utc::now(), 2);
+    let t1 = t + chrono::Duration::seconds(1);
+    let mut seen: BTreeMap<(DateTime<Utc>, String), usize> = BTreeMap::new();
+    timeout(PATIENCE, async {
+        while seen.keys().filter(|(f, _)| *f == t1).count() < JOBS {
+            let (job, fire, started) = rx.recv().await.unwrap();
+            assert!(
+                started >= fire,
+                "{job} started at {started}, before its fire {fire}"
+            );
+            if fire == t || fire == t1 {
+                *seen.entry((fire, job)).or_default() += 1;
+            }
+        }
+    })
+    .await
+    .expect("every job ran fire t + 1");
+    let at_t = seen.keys().filter(|(f, _)| *f == t).count();
+    assert_eq!(at_t, JOBS, "every job ran fire t");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    a.shutdown().await.unwrap();
 }

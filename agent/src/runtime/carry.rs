@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,9 +21,25 @@ use crate::job::ShardContext;
 /// How long a resident run may take to stop when its job sets no `timeout`.
 pub(crate) const RESIDENT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How an execution is stopped at once: its own task, or its place in a crowd's task
+/// (`runtime/crowd.rs`).
+enum Abort {
+    Task(tokio::task::AbortHandle),
+    Crowd(futures_util::future::AbortHandle),
+}
+
+impl Abort {
+    fn abort(&self) {
+        match self {
+            Self::Task(h) => h.abort(),
+            Self::Crowd(h) => h.abort(),
+        }
+    }
+}
+
 /// An execution in progress.
 pub(super) struct RunningExec {
-    abort: AbortHandle,
+    abort: Abort,
     cancel: CancellationToken,
     /// Set by whoever writes the execution's log line first (the execution, or its abort).
     logged: Arc<AtomicBool>,
@@ -63,6 +78,40 @@ impl RunningExec {
         self.abort.abort();
         self.cancel.cancel();
     }
+}
+
+/// An execution ready to start: what [`start`] makes its future from.
+pub(super) struct Prepared {
+    req: ExecRequest,
+    tx: tokio::sync::mpsc::Sender<Event>,
+    exec: ExecId,
+    job: String,
+    shard: u32,
+    span: tracing::Span,
+}
+
+/// The execution `p` describes, reporting its end to the loop.
+fn start(p: Prepared) -> impl std::future::Future<Output = ()> + Send {
+    let Prepared {
+        req,
+        tx,
+        exec,
+        job,
+        shard,
+        span,
+    } = p;
+    async move {
+        let outcome = execute(req).await;
+        let _ = tx
+            .send(Event::Engine(Input::ExecDone {
+                job,
+                shard,
+                exec,
+                outcome,
+            }))
+            .await;
+    }
+    .instrument(span)
 }
 
 impl Core {
@@ -141,6 +190,7 @@ impl Core {
                 }
             }
         }
+        self.crowds.launch(start);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -219,26 +269,24 @@ impl Core {
             log: self.cfg.exec_log.clone(),
             logged: logged.clone(),
             job_label: self.cfg.job_labels,
-            start_at: start_at.map(tokio::time::Instant::from_std),
         };
-        let tx = self.tx.clone();
-        let job_name = job.clone();
-        let task = tokio::spawn(
-            async move {
-                let outcome = execute(req).await;
-                let _ = tx
-                    .send(Event::Engine(Input::ExecDone {
-                        job: job_name,
-                        shard,
-                        exec,
-                        outcome,
-                    }))
-                    .await;
-            }
-            .in_current_span(),
-        );
+        let prepared = Prepared {
+            req,
+            tx: self.tx.clone(),
+            exec,
+            job: job.clone(),
+            shard,
+            span: tracing::Span::current(),
+        };
+        let abort = match start_at {
+            Some(at) => Abort::Crowd(
+                self.crowds
+                    .add(tokio::time::Instant::from_std(at), prepared),
+            ),
+            None => Abort::Task(tokio::spawn(start(prepared)).abort_handle()),
+        };
         let run = RunningExec {
-            abort: task.abort_handle(),
+            abort,
             cancel,
             logged,
             job,

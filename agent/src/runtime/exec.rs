@@ -35,8 +35,6 @@ pub(crate) struct ExecRequest {
     pub logged: Arc<AtomicBool>,
     /// The metrics carry a `job` label.
     pub job_label: bool,
-    /// Launched ahead of its instant: wait until then (an abort meanwhile drops it unstarted).
-    pub start_at: Option<tokio::time::Instant>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -51,12 +49,10 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
         fire_time = %req.ctx.fire_time, token = req.ctx.token, max_attempts = req.retries + 1,
         failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
     async move {
-        // The rare paths' futures (this wait, the marker, a retry's backoff, a timeout's
-        // grace) are boxed: a spawned execution is as big as its largest await, and ten
-        // thousand fires at one instant are ten thousand of them.
-        if let Some(at) = req.start_at {
-            Box::pin(tokio::time::sleep_until(at)).await;
-        }
+        // The rare paths' futures (the marker, a retry's backoff, a timeout's grace) are
+        // boxed: an execution is as big as its largest await, and ten thousand fires at one
+        // instant are ten thousand of them. (One launched ahead of its instant waits in its
+        // crowd's task, `runtime/crowd.rs`.)
         let cancel = req.ctx.cancel.clone();
         let Some(first) = permits_for(&req.permits, &cancel).await else {
             return finish(&req, Utc::now(), Outcome::Cancelled);
@@ -359,7 +355,6 @@ mod tests {
             log: None,
             logged: Arc::new(AtomicBool::new(false)),
             job_label: true,
-            start_at: None,
         }
     }
 

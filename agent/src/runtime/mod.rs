@@ -12,6 +12,7 @@
 mod batch;
 mod carry;
 mod claimer;
+mod crowd;
 mod exec;
 mod lead;
 mod liveness;
@@ -110,6 +111,8 @@ pub(crate) struct Core {
     session: Option<Session>,
     /// Executions in progress, by the engine's id.
     execs: HashMap<ExecId, RunningExec>,
+    /// Executions launched ahead of their instant, spawned together after each turn.
+    crowds: crowd::Crowds<carry::Prepared>,
     /// Every extension of the session's proof.
     renewals: watch::Receiver<Instant>,
     /// Client, keys and write limit, shared by the claimer, the releaser and the running
@@ -186,6 +189,7 @@ impl Core {
             tx,
             session: None,
             execs: HashMap::new(),
+            crowds: crowd::Crowds::default(),
             renewals: watch::channel(Instant::now()).1,
             leader: None,
             status,

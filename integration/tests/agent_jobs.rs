@@ -1,5 +1,6 @@
 //! Live job features of in-process agents against real etcd: triggers, disabling, live
-//! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime, a crowd of fires at one instant.
+//! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime, a
+//! crowd of fires at one instant.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -10,8 +10,9 @@
 //!
 //! What waits for the instant is what an execution is made from (its request, a few hundred
 //! bytes), not its future (~1.3 KB): a group makes its executions when it wakes, and most have
-//! ended before the next group runs. Each execution stays abortable on its own ([`AbortHandle`]): an abort
-//! takes effect at its next poll (before its first, if it comes first), as a task's abort does.
+//! ended before the next group runs. Each execution stays abortable on its own
+//! ([`AbortHandle`]): an abort takes effect at its next poll (before its first, if it comes
+//! first), as a task's abort does.
 
 use std::future::Future;
 

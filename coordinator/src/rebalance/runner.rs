@@ -278,7 +278,7 @@ struct Chunks {
     deletes: usize,
     retires: usize,
     /// Ops of a retired job that did not fit in the last chunk.
-    spill: Vec<TxnOp>,
+    spill: std::vec::IntoIter<TxnOp>,
 }
 
 impl Chunks {
@@ -296,12 +296,11 @@ impl Chunks {
             } else if let Some(job) = plan.deletes.get(self.deletes) {
                 self.deletes += 1;
                 ops.push(TxnOp::delete(keys.assignment(job), None));
-            } else if let Some(op) = self.spill.pop() {
+            } else if let Some(op) = self.spill.next() {
                 ops.push(op);
             } else if let Some(job) = plan.retire.get(self.retires) {
                 self.retires += 1;
-                self.spill = crate::ops::delete_job_ops(keys, job);
-                self.spill.reverse();
+                self.spill = crate::ops::delete_job_ops(keys, job).into_iter();
             } else {
                 break;
             }

@@ -30,6 +30,7 @@ pub mod builder;
 pub mod engine;
 pub mod execlog;
 pub mod handle;
+mod hash;
 pub mod job;
 pub mod kinds;
 mod runtime;

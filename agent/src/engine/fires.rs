@@ -1,7 +1,7 @@
 //! The one timer of the agent: a min-heap of next fires over all jobs (never a task per job).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use chrono::{DateTime, Utc};
 use std::time::Instant;
@@ -36,7 +36,7 @@ pub struct FireHeap {
     heap: BinaryHeap<Reverse<Fire>>,
     seq: u64,
     /// Fires per millisecond of their wall-clock fire time.
-    per_ms: HashMap<i64, u32>,
+    per_ms: crate::hash::FastMap<i64, u32>,
 }
 
 impl FireHeap {

@@ -33,7 +33,9 @@ pub mod shard_map;
 mod tests;
 pub mod types;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use crate::hash::{FastMap, FastSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,7 +106,7 @@ pub struct Engine {
     stopping: bool,
     // A hash map: every fire looks its job up, and a B-tree of 10k names costs a dozen string
     // compares per lookup.
-    jobs: HashMap<String, JobState>,
+    jobs: FastMap<String, JobState>,
     heap: FireHeap,
     /// Fires popped ahead of their instant for a job that still had a run: they wait for
     /// their instant (a fire offered early to a running shard would be owed, and could then
@@ -113,7 +115,7 @@ pub struct Engine {
     next_version: u64,
     next_exec: u64,
     /// The last trigger id seen per job (a trigger runs once per id).
-    triggers_seen: HashMap<String, String>,
+    triggers_seen: FastMap<String, String>,
     /// Jobs to decide again at `retry_at` (a claim deferred for lack of proof, a failed claim
     /// or release). Never a walk over every job: at 10k jobs that walk was fire lateness's p99.
     retry: BTreeSet<String>,
@@ -125,10 +127,10 @@ pub struct Engine {
     /// Shards whose owner key was deleted while my claim of them was in flight: a refusal
     /// answering that claim names a key already gone (the delete and the answer travel apart),
     /// so the shard is claimed again rather than left waiting for a delete already seen.
-    deleted_while_claiming: HashSet<(String, u32)>,
+    deleted_while_claiming: FastSet<(String, u32)>,
     /// Jobs whose assignment at this revision a claim found changed: nothing more is claimed
     /// under it (the new one is on its way in the watch; claiming again would only loop).
-    stale: HashMap<String, i64>,
+    stale: FastMap<String, i64>,
     /// This step's commands.
     out: Vec<Command>,
     /// Jobs whose fireable shards may have changed in this step.
@@ -144,18 +146,18 @@ impl Engine {
             cfg,
             session: None,
             stopping: false,
-            jobs: HashMap::new(),
+            jobs: FastMap::default(),
             heap: FireHeap::default(),
             at_due: FireHeap::default(),
             next_version: 0,
             next_exec: 0,
-            triggers_seen: HashMap::new(),
+            triggers_seen: FastMap::default(),
             retry: BTreeSet::new(),
             retry_at: None,
             owed: BTreeSet::new(),
             drain_hint: None,
-            deleted_while_claiming: HashSet::new(),
-            stale: HashMap::new(),
+            deleted_while_claiming: FastSet::default(),
+            stale: FastMap::default(),
             out: Vec::new(),
             publish: BTreeSet::new(),
             publish_all: false,

@@ -21,7 +21,7 @@ mod observe;
 mod releaser;
 pub(crate) mod txn;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use crate::builder::AgentError;
 use crate::engine::{Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now};
 use crate::execlog::ExecLog;
 use crate::handle::{AgentHandle, AgentStatus};
+use crate::hash::FastMap;
 use crate::job::DynJob;
 use carry::RunningExec;
 use claimer::{ClaimWork, Claimer};
@@ -110,7 +111,7 @@ pub(crate) struct Core {
     engine: Engine,
     session: Option<Session>,
     /// Executions in progress, by the engine's id.
-    execs: HashMap<ExecId, RunningExec>,
+    execs: FastMap<ExecId, RunningExec>,
     /// Executions launched ahead of their instant, spawned together after each turn.
     crowds: crowd::Crowds<carry::Prepared>,
     /// Every extension of the session's proof.
@@ -125,9 +126,9 @@ pub(crate) struct Core {
     leader: Option<(CancellationToken, JoinHandle<()>)>,
     global_limit: Option<Arc<Semaphore>>,
     /// Per-job concurrency limits, made on a job's first launch.
-    job_limits: HashMap<String, Arc<Semaphore>>,
+    job_limits: FastMap<String, Arc<Semaphore>>,
     /// Shards assigned here per job, as last published (the gauge moves by differences).
-    assigned_seen: std::cell::RefCell<HashMap<String, usize>>,
+    assigned_seen: std::cell::RefCell<FastMap<String, usize>>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
     /// What `instances/<id>` holds for the current session, and the revision it was put at.
@@ -183,12 +184,12 @@ impl Core {
             releases,
             engine,
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
-            job_limits: HashMap::new(),
-            assigned_seen: std::cell::RefCell::new(HashMap::new()),
+            job_limits: FastMap::default(),
+            assigned_seen: std::cell::RefCell::new(FastMap::default()),
             cfg: Arc::new(cfg),
             tx,
             session: None,
-            execs: HashMap::new(),
+            execs: FastMap::default(),
             crowds: crowd::Crowds::default(),
             renewals: watch::channel(Instant::now()).1,
             leader: None,

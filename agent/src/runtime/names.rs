@@ -2,7 +2,6 @@
 //! sees names one of a handful of instances; at 80k shards a `String` each was megabytes of
 //! copies of the same twenty names.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// More distinct names than this (instances come and go under new ids) and the set starts
@@ -11,7 +10,7 @@ const MAX_NAMES: usize = 4096;
 
 /// Instance names, interned.
 #[derive(Debug, Default)]
-pub(crate) struct Names(HashSet<Arc<str>>);
+pub(crate) struct Names(crate::hash::FastSet<Arc<str>>);
 
 impl Names {
     /// The shared copy of `name`.

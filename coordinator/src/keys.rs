@@ -7,7 +7,9 @@
 //! /shardjob/<ns>/instances/<instance>        lease-bound, written by the agent
 //! /shardjob/<ns>/leader/<lease hex>          etcd Election API, name /shardjob/<ns>/leader
 //! /shardjob/<ns>/jobs/<job>                  JobConfig
-//! /shardjob/<ns>/assignments/<job>           written by the leader only, fenced
+//! /shardjob/<ns>/assigned/<instance>/<page>  written by the leader only, fenced: the shards
+//!                                            one instance holds of the jobs of one page
+//! /shardjob/<ns>/unassigned/<page>           the same for the shards assigned to nobody
 //! /shardjob/<ns>/owners/<job>/<shard>        lease-bound; create_revision = fencing token
 //! /shardjob/<ns>/running/<job>/<shard>       failover jobs: an execution in progress
 //! /shardjob/<ns>/cursors/<job>/<shard>       last fire run by the previous owner
@@ -33,11 +35,31 @@ pub enum KeyKind {
     Instance(String),
     Leader(String),
     Job(String),
-    Assignment(String),
-    Owner { job: String, shard: u32 },
-    Running { job: String, shard: u32 },
-    Cursor { job: String, shard: u32 },
-    Done { job: String, shard: u32 },
+    /// `assigned/<instance>/<page>`
+    Assigned {
+        instance: String,
+        page: u16,
+    },
+    /// `unassigned/<page>`
+    Unassigned {
+        page: u16,
+    },
+    Owner {
+        job: String,
+        shard: u32,
+    },
+    Running {
+        job: String,
+        shard: u32,
+    },
+    Cursor {
+        job: String,
+        shard: u32,
+    },
+    Done {
+        job: String,
+        shard: u32,
+    },
     Trigger(String),
     Disabled(String),
 }
@@ -111,13 +133,28 @@ impl Keys {
     pub fn job(&self, job: &str) -> String {
         self.under("jobs", job)
     }
-    /// `assignments/`
-    pub fn assignments_prefix(&self) -> String {
-        self.under("assignments", "")
+    /// `assigned/`: every instance's pages.
+    pub fn assigned_prefix(&self) -> String {
+        self.under("assigned", "")
     }
-    /// `assignments/<job>`
-    pub fn assignment(&self, job: &str) -> String {
-        self.under("assignments", job)
+    /// `assigned/<instance>/`: what one instance is assigned, all its pages (what its agent
+    /// watches).
+    pub fn assigned_to(&self, instance: &str) -> String {
+        self.under("assigned", &format!("{instance}/"))
+    }
+    /// `assigned/<instance>/<page>`: its shards of the jobs of `page`
+    /// ([`crate::model::page_of`]).
+    pub fn assigned(&self, instance: &str, page: u16) -> String {
+        self.under("assigned", &format!("{instance}/{page}"))
+    }
+    /// `unassigned/`: the pages of shards assigned to nobody.
+    pub fn unassigned_prefix(&self) -> String {
+        self.under("unassigned", "")
+    }
+    /// `unassigned/<page>`: the shards of the jobs of `page` that no instance is assigned (none
+    /// eligible, or a one-shot's shard done), so a job's generation and total survive a leader.
+    pub fn unassigned(&self, page: u16) -> String {
+        self.under("unassigned", &page.to_string())
     }
     /// `owners/` (all jobs)
     pub fn owners_root(&self) -> String {
@@ -180,7 +217,6 @@ impl Keys {
     pub fn job_keys(&self, job: &str) -> JobKeys {
         JobKeys {
             config: self.job(job),
-            assignment: self.assignment(job),
             trigger: self.trigger(job),
             prefixes: [
                 self.owners_prefix(job),
@@ -201,6 +237,26 @@ impl Keys {
             (valid(job) && !shard.starts_with('+'))
                 .then(|| shard.parse().ok().map(|s| (job.to_owned(), s)))?
         };
+        let page_number = |text: &str| -> Option<u16> {
+            let page: u16 = text.parse().ok()?;
+            // Only the page's own spelling: `07` or `+7` would be a second key for page 7.
+            (page.to_string() == text && page < crate::model::PAGES).then_some(page)
+        };
+        if kind == "unassigned" {
+            return page_number(name).map(|page| KeyKind::Unassigned { page });
+        }
+        if kind == "assigned" {
+            let (instance, text) = name.split_once('/')?;
+            let page: u16 = text.parse().ok()?;
+            // Only the page's own spelling: `07` or `+7` would be a second key for page 7.
+            let canonical = page.to_string() == text;
+            return (canonical && valid(instance) && page < crate::model::PAGES).then(|| {
+                KeyKind::Assigned {
+                    instance: instance.to_owned(),
+                    page,
+                }
+            });
+        }
         if matches!(kind, "owners" | "running" | "cursors" | "done") {
             let (job, shard) = sharded(name)?;
             return Some(match kind {
@@ -218,7 +274,6 @@ impl Keys {
             "instances" => KeyKind::Instance(name),
             "leader" => KeyKind::Leader(name),
             "jobs" => KeyKind::Job(name),
-            "assignments" => KeyKind::Assignment(name),
             "triggers" => KeyKind::Trigger(name),
             "disabled" => KeyKind::Disabled(name),
             _ => return None,
@@ -230,7 +285,6 @@ impl Keys {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobKeys {
     pub config: String,
-    pub assignment: String,
     pub trigger: String,
     /// `owners/<job>/`, `running/<job>/`, `cursors/<job>/`, `done/<job>/`.
     pub prefixes: [String; 4],
@@ -270,11 +324,16 @@ mod tests {
             k.running_prefix("a"),
             k.cursors_prefix("a"),
             k.disabled_prefix(),
+            k.assigned_prefix(),
+            k.assigned_to("a"),
+            k.unassigned_prefix(),
         ] {
             assert!(p.ends_with('/'), "{p}");
         }
         // Job "a" never matches job "a-b".
         assert!(!k.owner("a-b", 1).starts_with(&k.owners_prefix("a")));
+        // Nor instance "a" instance "a-b"'s pages.
+        assert!(!k.assigned("a-b", 0).starts_with(&k.assigned_to("a")));
     }
 
     #[test]
@@ -306,6 +365,20 @@ mod tests {
                 }),
             ),
             (k.disabled("i"), Some(KeyKind::Disabled("i".into()))),
+            (
+                k.assigned("i-1", 15),
+                Some(KeyKind::Assigned {
+                    instance: "i-1".into(),
+                    page: 15,
+                }),
+            ),
+            (format!("{}assigned/i/16", k.root()), None),
+            (format!("{}assigned/i/07", k.root()), None),
+            (format!("{}assigned/i/+7", k.root()), None),
+            (format!("{}assigned/i", k.root()), None),
+            (k.unassigned(3), Some(KeyKind::Unassigned { page: 3 })),
+            (format!("{}unassigned/16", k.root()), None),
+            (format!("{}unassigned/a/1", k.root()), None),
             (
                 format!("{}leader/694d7b8e1c2f", k.root()),
                 Some(KeyKind::Leader("694d7b8e1c2f".into())),

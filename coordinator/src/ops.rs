@@ -98,14 +98,14 @@ pub async fn create_job(
     Ok(())
 }
 
-/// The ops that delete every key of `job` (its config, assignment, trigger, and every owner,
-/// running marker, cursor and done record): one txn's worth, used by `delete_job` and by the
-/// leader retiring a finished one-shot.
+/// The ops that delete every key of `job` (its config, trigger, and every owner, running
+/// marker, cursor and done record): one txn's worth, used by `delete_job` and by the leader
+/// retiring a finished one-shot. Its shards leave the `assigned/` pages with the leader's
+/// next pass (a job without a config is assigned to nobody).
 pub fn delete_job_ops(keys: &Keys, job: &str) -> Vec<TxnOp> {
     let jk = keys.job_keys(job);
     let mut ops = vec![
         TxnOp::delete(jk.config, None),
-        TxnOp::delete(jk.assignment, None),
         TxnOp::delete(jk.trigger, None),
     ];
     for prefix in &jk.prefixes {

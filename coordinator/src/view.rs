@@ -11,9 +11,10 @@ use serde::Serialize;
 use crate::keys::{KeyKind, Keys};
 use crate::kv::list_prefix;
 use crate::model::{
-    AssignmentRecord, Cursor, Done, InstanceInfo, JobConfig, Owner, Running, Trigger, decode,
-    decode_job,
+    AssignedPage, AssignmentRecord, Cursor, Done, InstanceInfo, JobConfig, Owner, Running, Trigger,
+    decode, decode_job, decode_page, records_of,
 };
+use shardjob_sharding::InstanceId;
 
 /// Reading the namespace failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -133,6 +134,7 @@ impl ClusterView {
         };
         let mut candidates: Vec<LeaderView> = Vec::new();
         let mut instance_leases: BTreeMap<String, i64> = BTreeMap::new();
+        let mut pages: Vec<(Option<InstanceId>, AssignedPage)> = Vec::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = kv.value();
@@ -164,8 +166,15 @@ impl ClusterView {
                 KeyKind::Job(job) => decode_job(&key, &job, value)
                     .map(|c| view.jobs.entry(job).or_default().config = Some(c))
                     .map_err(|e| e.to_string()),
-                KeyKind::Assignment(job) => decode::<AssignmentRecord>(&key, "assignment", value)
-                    .map(|a| view.jobs.entry(job).or_default().assignment = Some(a))
+                KeyKind::Assigned { instance, .. } => decode_page(&key, value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|page| {
+                        let id = InstanceId::new(instance).map_err(|e| format!("{key}: {e}"))?;
+                        pages.push((Some(id), page));
+                        Ok(())
+                    }),
+                KeyKind::Unassigned { .. } => decode_page(&key, value)
+                    .map(|page| pages.push((None, page)))
                     .map_err(|e| e.to_string()),
                 KeyKind::Owner { job, shard } => decode::<Owner>(&key, "owner", value)
                     .map(|owner| {
@@ -204,6 +213,9 @@ impl ClusterView {
             if let Err(error) = result {
                 view.problems.push(Problem { key, error });
             }
+        }
+        for (job, record) in records_of(pages.iter().map(|(i, p)| (i.as_ref(), p))) {
+            view.jobs.entry(job).or_default().assignment = Some(record);
         }
         for job in view.jobs.values_mut() {
             for o in job.owners.values_mut() {

@@ -12,7 +12,7 @@ use shardjob_coordinator::rebalance::{
     RebalanceError, RebalanceExit, RebalanceOptions, RebalanceStats, run_leader,
 };
 use shardjob_coordinator::session::Session;
-use shardjob_coordinator::watch::{PrefixWatcher, WatchEvent};
+use shardjob_coordinator::watch::PrefixWatcher;
 use shardjob_sharding::InstanceId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -126,37 +126,71 @@ pub async fn start_leader(
     }
 }
 
-/// Waits, on a watch, until the assignment of `job` satisfies `pred`; returns it.
+/// Waits until the assignment of `job`, as the `assigned/` pages say it, satisfies `pred`;
+/// returns it.
 pub async fn wait_assignment(
     client: &Client,
     keys: &Keys,
     job: &str,
     mut pred: impl FnMut(&AssignmentRecord) -> bool,
 ) -> AssignmentRecord {
-    let key = keys.assignment(job);
-    let mut watcher = PrefixWatcher::new(client, key.clone());
-    let found = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let candidates: Vec<Vec<u8>> = match watcher.next().await.expect("watch assignments") {
-                WatchEvent::Restarted { kvs, .. } => kvs
-                    .iter()
-                    .filter(|kv| kv.key() == key.as_bytes())
-                    .map(|kv| kv.value().to_vec())
-                    .collect(),
-                WatchEvent::Put(kv) if kv.key() == key.as_bytes() => vec![kv.value().to_vec()],
-                _ => vec![],
-            };
-            for value in candidates {
-                let record: AssignmentRecord =
-                    serde_json::from_slice(&value).expect("assignment JSON");
-                if pred(&record) {
-                    return record;
-                }
-            }
+    let records = wait_records(client, keys, |records| {
+        records.get(job).is_some_and(&mut pred)
+    });
+    match tokio::time::timeout(PATIENCE, records).await {
+        Ok(mut records) => records.remove(job).expect("the record pred accepted"),
+        Err(_) => panic!("assignment of {job} did not reach the expected state"),
+    }
+}
+
+/// Waits until no `assigned/` page lists `job` any more (the leader's pass after its delete).
+pub async fn wait_unassigned(client: &Client, keys: &Keys, job: &str) {
+    let gone = wait_records(client, keys, |records| !records.contains_key(job));
+    if tokio::time::timeout(PATIENCE, gone).await.is_err() {
+        panic!("{job} is still on the assigned pages");
+    }
+}
+
+/// Waits until the per-job records the `assigned/` pages describe
+/// ([`shardjob_coordinator::model::records_of`]) satisfy `pred`; returns them. The pages are
+/// read whole at one revision after every change a watch shows: a pass writes several pages
+/// (in one txn or a few), and one page alone is half of a change.
+async fn wait_records(
+    client: &Client,
+    keys: &Keys,
+    mut pred: impl FnMut(&BTreeMap<String, AssignmentRecord>) -> bool,
+) -> BTreeMap<String, AssignmentRecord> {
+    use shardjob_coordinator::keys::KeyKind;
+    use shardjob_coordinator::kv::list_prefix;
+    use shardjob_coordinator::model::{decode_page, records_of};
+    let mut assigned = PrefixWatcher::new(client, keys.assigned_prefix());
+    let mut unassigned = PrefixWatcher::new(client, keys.unassigned_prefix());
+    loop {
+        let mut pages: Vec<(Option<InstanceId>, _)> = Vec::new();
+        for prefix in [keys.assigned_prefix(), keys.unassigned_prefix()] {
+            let listing = list_prefix(client, &prefix, None)
+                .await
+                .expect("list the assigned pages");
+            pages.extend(listing.kvs.iter().filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let holder = match keys.parse(&key)? {
+                    KeyKind::Assigned { instance, .. } => Some(InstanceId::new(instance).ok()?),
+                    KeyKind::Unassigned { .. } => None,
+                    _ => return None,
+                };
+                // Garbage a test wrote is skipped, as the leader and agents skip it.
+                Some((holder, decode_page(&key, kv.value()).ok()?))
+            }));
         }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("assignment of {job} did not reach the expected state"))
+        let records = records_of(pages.iter().map(|(i, p)| (i.as_ref(), p)));
+        if pred(&records) {
+            return records;
+        }
+        tokio::select! {
+            ev = assigned.next() => ev.expect("watch the assigned pages"),
+            ev = unassigned.next() => ev.expect("watch the unassigned pages"),
+        };
+    }
 }
 
 /// Owner ids per shard of a record (`"-"` for unassigned), for readable assertions.

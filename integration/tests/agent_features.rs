@@ -414,7 +414,7 @@ async fn garbage_under_every_key_kind_leaves_running_agents_running() {
     let garbage = b"{not json".to_vec();
     for key in [
         keys.job("j"),
-        keys.assignment("j"),
+        keys.assigned("a", shardjob_coordinator::model::page_of("j")),
         keys.owner("j", 99),
         keys.cursor("j", 0),
         keys.running("j", 0),

@@ -8,6 +8,18 @@ use shardjob_coordinator::keys::Keys;
 use shardjob_integration::EtcdCluster;
 use shardjob_sharding::InstanceId;
 
+/// My page that lists `job`: what a claim of it is guarded by. (The job's config is put too:
+/// a claim of a job without one is refused.)
+fn page(keys: &Keys, job: &str) -> String {
+    keys.assigned("me", shardjob_coordinator::model::page_of(job))
+}
+
+/// Puts `job`'s page (and its config, once); returns the page's revision.
+async fn assign(client: &etcd_client::Client, keys: &Keys, job: &str) -> i64 {
+    put(client, keys.job(job)).await;
+    put(client, page(keys, job)).await
+}
+
 async fn put(client: &etcd_client::Client, key: String) -> i64 {
     let resp = client.clone().put(key, "{}", None).await.unwrap();
     resp.header().unwrap().revision()
@@ -43,8 +55,11 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     let lease = client.clone().lease_grant(30, None).await.unwrap().id();
     let mut rev = std::collections::BTreeMap::new();
     for job in ["a", "b", "c", "d", "e"] {
-        rev.insert(job, put(&client, keys.assignment(job)).await);
+        rev.insert(job, assign(&client, &keys, job).await);
     }
+    // Each on a page of its own: changing d's page below changes nothing of the others'.
+    let pages: std::collections::BTreeSet<String> = rev.keys().map(|j| page(&keys, j)).collect();
+    assert_eq!(pages.len(), 5);
 
     // Two free jobs in one txn: every shard won, all with the txn's revision as token.
     let r = claim_parts(
@@ -67,11 +82,11 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     );
 
     // c/0 is held by someone else (a value that does not decode: an unknown owner) and d's
-    // assignment changed since it was read: the batch is refused, and its reads say so; the
+    // page changed since it was read: the batch is refused, and its reads say so; the
     // free shards (c/1, e/0, e/1) are claimed together in one more txn.
     let c0 = put(&client, keys.owner("c", 0)).await;
     let stale_d = rev["d"];
-    put(&client, keys.assignment("d")).await;
+    put(&client, page(&keys, "d")).await;
     let r = claim_parts(
         &client,
         &keys,
@@ -105,6 +120,33 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     .await;
     let mine = Claimed::Held("me".into(), t);
     assert_eq!(r[0], vec![(0, mine.clone()), (1, mine)]);
+
+    // A job deleted (config and owner keys in one txn) is still on my page until the leader's
+    // next pass: a claim its owner deletes set off must not win keys of a job that is gone.
+    client.clone().delete(keys.job("a"), None).await.unwrap();
+    client
+        .clone()
+        .delete(
+            keys.owners_prefix("a"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[("a", rev["a"], 1, vec![0, 1])],
+    )
+    .await;
+    assert!(
+        r[0].iter()
+            .all(|(_, c)| matches!(c, Claimed::Failed(why) if why.contains("config is gone"))),
+        "{r:?}"
+    );
+    let left = client.clone().get(keys.owner("a", 0), None).await.unwrap();
+    assert!(left.kvs().is_empty(), "an owner key of a deleted job");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,8 +158,8 @@ async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it()
     let keys = Keys::new("releases").unwrap();
     let me = InstanceId::new("me").unwrap();
     let lease = client.clone().lease_grant(30, None).await.unwrap().id();
-    let ra = put(&client, keys.assignment("a")).await;
-    let rb = put(&client, keys.assignment("b")).await;
+    let ra = assign(&client, &keys, "a").await;
+    let rb = assign(&client, &keys, "b").await;
     let r = claim_parts(
         &client,
         &keys,
@@ -185,7 +227,7 @@ async fn a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused() {
     let keys = Keys::new("chunk").unwrap();
     let me = InstanceId::new("me").unwrap();
     let lease = client.clone().lease_grant(30, None).await.unwrap().id();
-    let rev = put(&client, keys.assignment("a")).await;
+    let rev = assign(&client, &keys, "a").await;
     let shards: Vec<u32> = (0..shardjob_agent::testing::CLAIM_CHUNK as u32).collect();
     let part = [("a", rev, 1, shards.clone())];
     let r = claim_parts(&client, &keys, &me, lease, &part).await;

@@ -71,7 +71,7 @@ async fn a_deposed_leader_cannot_write() {
     let fenced_put = |fence: Compare, value: &'static str| {
         Txn::new()
             .when(vec![fence])
-            .and_then(vec![TxnOp::put(keys.assignment("j"), value, None)])
+            .and_then(vec![TxnOp::put(keys.assigned("x", 0), value, None)])
     };
     assert!(
         client
@@ -104,7 +104,7 @@ async fn a_deposed_leader_cannot_write() {
             .unwrap()
             .succeeded()
     );
-    let stored = client.get(keys.assignment("j"), None).await.unwrap();
+    let stored = client.get(keys.assigned("x", 0), None).await.unwrap();
     assert_eq!(stored.kvs()[0].value(), b"b1");
 
     // The whole rebalancer of a stale leader stops as deposed at its first write.

@@ -177,11 +177,12 @@ async fn damage_by_hand_is_repaired_an_instance_key_and_an_assignment() {
         .expect("the instance key was never put back");
     assert_eq!(back, lease);
 
-    // The assignment deleted by hand: the leader writes it again, and the shards are owned.
-    client.delete(keys.assignment("j"), None).await.unwrap();
-    timeout(PATIENCE, put_of(&mut client, keys.assignment("j")))
+    // Its assigned page deleted by hand: the leader writes it again, and the shards are owned.
+    let page = keys.assigned("a", shardjob_coordinator::model::page_of("j"));
+    client.delete(page.clone(), None).await.unwrap();
+    timeout(PATIENCE, put_of(&mut client, page))
         .await
-        .expect("the assignment was never rewritten");
+        .expect("the assigned page was never rewritten");
     shardjob_integration::agents::wait_owned(&statuses, "j", 2, |_| true).await;
     agent.shutdown().await.unwrap();
 }

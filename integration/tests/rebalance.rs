@@ -138,7 +138,6 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
     let garbage = [
         keys.instance("bad"),
         keys.job("badjob"),
-        keys.assignment("ghost"),
         keys.owner("good", 0),
         keys.running("good", 0),
         keys.cursor("good", 0),
@@ -147,6 +146,10 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
     for key in &garbage {
         client.put(key.as_str(), "{not json", None).await.unwrap();
     }
+    // An assigned page is the leader's to write: garbage there is not kept but repaired (this
+    // one, of an instance with nothing assigned, deleted).
+    let ghost = keys.assigned("ghost", 0);
+    client.put(ghost.as_str(), "{not json", None).await.unwrap();
     // Well-formed JSON that breaks a rule is rejected too.
     put_job(
         &client,
@@ -174,6 +177,11 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
     wait_assignment(&client, &keys, "good", |r| owners(r) == ["a", "b"]).await;
 
     let view = ClusterView::load(&client, &keys).await.unwrap();
+    let ghost_left = client.get(ghost.as_str(), None).await.unwrap();
+    assert!(
+        ghost_left.kvs().is_empty(),
+        "the garbage page was not repaired"
+    );
     let problem_keys: BTreeSet<&str> = view.problems.iter().map(|p| p.key.as_str()).collect();
     for key in garbage.iter().chain([&keys.job("zero"), &keys.job("good")]) {
         assert!(
@@ -190,11 +198,15 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_than_128_changed_jobs_go_out_in_several_fenced_txns() {
+async fn more_than_128_changed_pages_go_out_in_several_fenced_txns() {
     let etcd = EtcdCluster::single().unwrap();
     let client = etcd.client().await.unwrap();
     let keys = Keys::new("many").unwrap();
-    let _a = register(&client, &keys, "a", &["h"], &[], TTL).await;
+    // 10 instances × 16 pages: up to 160 page writes in the first pass.
+    let mut registered = Vec::new();
+    for i in 0..10 {
+        registered.push(register(&client, &keys, &format!("i{i}"), &["h"], &[], TTL).await);
+    }
     let jobs = 300;
     for i in 0..jobs {
         put_job(
@@ -206,20 +218,40 @@ async fn more_than_128_changed_jobs_go_out_in_several_fenced_txns() {
         .await;
     }
     let leader = start_leader(&client, &keys, "L", TTL, RebalanceOptions::default()).await;
-    wait_assignment(&client, &keys, "j299", |r| owners(r) == ["a", "a"]).await;
+    wait_assignment(&client, &keys, "j299", |r| {
+        r.owners.iter().all(Option::is_some)
+    })
+    .await;
     let (_, stats) = leader.stop().await;
 
-    let listing = list_prefix(&client, &keys.assignments_prefix(), None)
+    let listing = list_prefix(&client, &keys.assigned_prefix(), None)
         .await
         .unwrap();
-    assert_eq!(listing.kvs.len(), jobs);
+    assert!(
+        listing.kvs.len() > MAX_TXN_OPS,
+        "{} pages",
+        listing.kvs.len()
+    );
     let mut per_txn = std::collections::BTreeMap::<i64, usize>::new();
     for kv in &listing.kvs {
         *per_txn.entry(kv.mod_revision()).or_default() += 1;
     }
-    assert_eq!(per_txn.len(), jobs.div_ceil(MAX_TXN_OPS), "{per_txn:?}");
+    assert_eq!(
+        per_txn.len(),
+        listing.kvs.len().div_ceil(MAX_TXN_OPS),
+        "{per_txn:?}"
+    );
     assert!(per_txn.values().all(|n| *n <= MAX_TXN_OPS));
     assert_eq!(stats.txns as usize, per_txn.len());
+    // Every job is on the pages, as the view reads them back.
+    let view = ClusterView::load(&client, &keys).await.unwrap();
+    let assigned = view
+        .jobs
+        .values()
+        .filter(|j| j.assignment.is_some())
+        .count();
+    assert_eq!(assigned, jobs);
+    drop(registered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardjob_coordinator::model::{AssignmentRecord, Cursor, JobConfig, Running, Trigger};
+use shardjob_coordinator::model::{Cursor, JobConfig, PageEntry, Running, Trigger};
 
 use super::types::{ExecId, LeaseId, Token};
 use crate::execlog::Outcome;
@@ -56,7 +56,8 @@ pub enum ClaimResult {
 #[derive(Debug, Clone)]
 pub enum Listing {
     Jobs(Vec<(String, JobConfig)>),
-    Assignments(Vec<(String, AssignmentRecord, i64)>),
+    /// My part of every job assigned to me, each with its page's mod revision.
+    Assignments(Vec<(String, PageEntry, i64)>),
     /// Owner keys, listed at `revision`.
     Owners {
         revision: i64,
@@ -76,12 +77,14 @@ pub enum Input {
     JobDeleted {
         job: String,
     },
-    /// An assignment and the mod revision it was read at.
+    /// My part of a job's assignment (from one of my `assigned/` pages), and the page's mod
+    /// revision: what a claim is guarded by.
     AssignmentPut {
         job: String,
-        record: AssignmentRecord,
+        entry: PageEntry,
         revision: i64,
     },
+    /// The job is on none of my pages any more (nothing of it is assigned to me).
     AssignmentDeleted {
         job: String,
     },

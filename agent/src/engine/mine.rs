@@ -1,14 +1,13 @@
-//! [`Mine`]: what an assignment says to this agent — the shards it gives me, and what a claim
-//! of them is fenced by. The full record (every instance, every shard's owner) is decoded,
-//! looked at once, and dropped: nothing this agent decides depends on who else owns what, and
-//! at 10k jobs × 20 agents the full records were most of an agent's memory.
+//! [`Mine`]: what my page says of one job — the shards it gives me, and what a claim of them
+//! is fenced by (the page's mod revision).
 
-use shardjob_coordinator::model::AssignmentRecord;
+use shardjob_coordinator::model::PageEntry;
 
 /// My part of one job's assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mine {
-    /// The assignment key's mod revision: a claim is guarded by it (a stale view never claims).
+    /// The mod revision of the page it was read from: a claim is guarded by it (a stale view
+    /// never claims).
     pub revision: i64,
     /// The assignment's generation, written into the owner keys a claim creates.
     pub generation: u64,
@@ -17,15 +16,15 @@ pub struct Mine {
 }
 
 impl Mine {
-    /// My part of `record` (read at `revision`); `None` when it gives me no shard.
-    pub fn of(record: &AssignmentRecord, revision: i64, me: &str) -> Option<Self> {
-        let shards: Box<[u32]> = (0..record.owners.len() as u32)
-            .filter(|&s| record.owner(s).is_some_and(|o| o.as_str() == me))
-            .collect();
-        (!shards.is_empty()).then_some(Self {
+    /// My part as `entry` (read at `revision`) says; `None` when it gives me no shard.
+    pub fn of(entry: &PageEntry, revision: i64) -> Option<Self> {
+        let mut shards: Vec<u32> = entry.shards.clone();
+        shards.sort_unstable();
+        shards.dedup();
+        (!shards.is_empty()).then(|| Self {
             revision,
-            generation: record.generation,
-            shards,
+            generation: entry.generation,
+            shards: shards.into_boxed_slice(),
         })
     }
 
@@ -43,38 +42,25 @@ impl Mine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardjob_sharding::InstanceId;
 
-    fn record(instances: &[&str], owners: &[Option<u32>]) -> AssignmentRecord {
-        AssignmentRecord {
+    fn entry(shards: &[u32]) -> PageEntry {
+        PageEntry {
             generation: 7,
-            instances: instances
-                .iter()
-                .map(|i| InstanceId::new(*i).expect("a valid id"))
-                .collect(),
-            owners: owners.to_vec(),
+            total: 8,
+            shards: shards.to_vec(),
         }
     }
 
     #[test]
-    fn keeps_only_my_shards() {
-        let r = record(&["a", "b"], &[Some(0), Some(1), None, Some(1), Some(0)]);
-        let mine = Mine::of(&r, 42, "b").expect("b has shards");
+    fn keeps_my_shards_sorted_with_the_page_revision() {
+        let mine = Mine::of(&entry(&[3, 1, 3]), 42).expect("shards");
         assert_eq!(mine.shards(), [1, 3]);
         assert_eq!((mine.revision, mine.generation), (42, 7));
         assert!(mine.has(3) && !mine.has(0) && !mine.has(2) && !mine.has(9));
-        assert_eq!(
-            Mine::of(&r, 42, "a").map(|m| m.shards().to_vec()),
-            Some(vec![0, 4])
-        );
     }
 
     #[test]
-    fn nothing_for_an_instance_without_shards() {
-        // Listed but given nothing (a hand-written record), or not listed at all.
-        let r = record(&["a", "b"], &[Some(0), Some(0)]);
-        assert_eq!(Mine::of(&r, 1, "b"), None);
-        assert_eq!(Mine::of(&r, 1, "c"), None);
-        assert_eq!(Mine::of(&record(&[], &[]), 1, "a"), None);
+    fn nothing_for_an_entry_without_shards() {
+        assert_eq!(Mine::of(&entry(&[]), 1), None);
     }
 }

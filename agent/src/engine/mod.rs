@@ -189,9 +189,9 @@ impl Engine {
             Input::JobDeleted { job } => self.on_job_deleted(&job, now),
             Input::AssignmentPut {
                 job,
-                record,
+                entry,
                 revision,
-            } => self.on_assignment(&job, Some((record, revision)), now),
+            } => self.on_assignment(&job, Some((entry, revision)), now),
             Input::AssignmentDeleted { job } => self.on_assignment(&job, None, now),
             Input::OwnerDeleted {
                 job,

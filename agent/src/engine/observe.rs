@@ -7,7 +7,7 @@
 //! shard assigned to me). The watch brings only deletes: the puts of other agents' claims
 //! never reach it.
 
-use shardjob_coordinator::model::{AssignmentRecord, JobConfig, Trigger};
+use shardjob_coordinator::model::{JobConfig, PageEntry, Trigger};
 use tracing::warn;
 
 use super::fires::instant_of;
@@ -81,10 +81,10 @@ impl Engine {
     pub(super) fn on_assignment(
         &mut self,
         job: &str,
-        assignment: Option<(AssignmentRecord, i64)>,
+        assignment: Option<(PageEntry, i64)>,
         now: Now,
     ) {
-        let mine = assignment.and_then(|(record, rev)| Mine::of(&record, rev, &self.cfg.id));
+        let mine = assignment.and_then(|(entry, rev)| Mine::of(&entry, rev));
         if mine.is_none() && !self.jobs.contains_key(job) {
             return;
         }
@@ -196,8 +196,8 @@ impl Engine {
             Listing::Assignments(list) => {
                 self.stale.clear();
                 self.jobs.values_mut().for_each(|j| j.mine = None);
-                for (job, record, revision) in list {
-                    if let Some(mine) = Mine::of(&record, revision, &self.cfg.id) {
+                for (job, entry, revision) in list {
+                    if let Some(mine) = Mine::of(&entry, revision) {
                         self.jobs.entry(job).or_default().mine = Some(mine);
                     }
                 }

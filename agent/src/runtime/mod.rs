@@ -18,6 +18,7 @@ mod lead;
 mod liveness;
 mod names;
 mod observe;
+mod pages;
 mod releaser;
 pub(crate) mod txn;
 
@@ -137,6 +138,8 @@ pub(crate) struct Core {
     stream: Option<StreamTask>,
     /// Instance names of owner keys, one copy each.
     names: names::Names,
+    /// The jobs on each of my `assigned/` pages, to tell which ones leave a page.
+    my_pages: pages::MyPages,
 }
 
 impl Core {
@@ -198,6 +201,7 @@ impl Core {
             registered: None,
             stream: None,
             names: names::Names::default(),
+            my_pages: pages::MyPages::default(),
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -228,7 +232,7 @@ impl Core {
         let keys = &self.cfg.keys;
         let watchers: Vec<JoinHandle<()>> = [
             (Stream::Jobs, keys.jobs_prefix()),
-            (Stream::Assignments, keys.assignments_prefix()),
+            (Stream::Assignments, keys.assigned_to(&self.cfg.id)),
             (Stream::Owners, keys.owners_root()),
             (Stream::Triggers, keys.triggers_prefix()),
             (Stream::Instance, keys.instance(&self.cfg.id)),

@@ -4,7 +4,7 @@
 
 use etcd_client::KeyValue;
 use shardjob_coordinator::keys::KeyKind;
-use shardjob_coordinator::model::{AssignmentRecord, Owner, Trigger, decode, decode_job};
+use shardjob_coordinator::model::{AssignedPage, Owner, Trigger, decode, decode_job, decode_page};
 use shardjob_coordinator::watch::WatchEvent;
 use tracing::warn;
 
@@ -42,6 +42,13 @@ impl Core {
     pub(super) fn absorb(&mut self, event: Event) {
         let input = match event {
             Event::Watch(Stream::Instance, ev) => return self.on_own_key(ev),
+            Event::Watch(Stream::Assignments, ev) => {
+                let now = super::now();
+                for input in self.on_page(ev) {
+                    self.engine.apply(input, now);
+                }
+                return;
+            }
             Event::Watch(stream, ev) => match self.translate(stream, ev) {
                 Some(input) => input,
                 None => return,
@@ -107,9 +114,7 @@ impl Core {
         match ev {
             WatchEvent::Restarted { kvs, revision } => Some(Input::Relisted(match stream {
                 Stream::Jobs => Listing::Jobs(kvs.iter().filter_map(|kv| self.job(kv)).collect()),
-                Stream::Assignments => {
-                    Listing::Assignments(kvs.iter().filter_map(|kv| self.assignment(kv)).collect())
-                }
+                Stream::Assignments => return None, // on_page
                 Stream::Owners => Listing::Owners {
                     revision,
                     owners: kvs.iter().filter_map(|kv| self.owner(kv)).collect(),
@@ -124,14 +129,7 @@ impl Core {
                     job,
                     config: Box::new(config),
                 }),
-                Stream::Assignments => {
-                    self.assignment(&kv)
-                        .map(|(job, record, revision)| Input::AssignmentPut {
-                            job,
-                            record,
-                            revision,
-                        })
-                }
+                Stream::Assignments => None, // on_page
                 // Filtered out by etcd (the watch asks for deletes only): an agent learns of
                 // owner keys from its claims.
                 Stream::Owners => None,
@@ -142,9 +140,6 @@ impl Core {
             },
             WatchEvent::Delete { kv, .. } => match (stream, self.cfg.keys.parse(&key_of(&kv))?) {
                 (Stream::Jobs, KeyKind::Job(job)) => Some(Input::JobDeleted { job }),
-                (Stream::Assignments, KeyKind::Assignment(job)) => {
-                    Some(Input::AssignmentDeleted { job })
-                }
                 (Stream::Owners, KeyKind::Owner { job, shard }) => Some(Input::OwnerDeleted {
                     job,
                     shard,
@@ -169,15 +164,38 @@ impl Core {
         }
     }
 
-    fn assignment(&self, kv: &KeyValue) -> Option<(String, AssignmentRecord, i64)> {
+    /// An event of my `assigned/<me>/` pages, as the engine's per-job inputs.
+    fn on_page(&mut self, ev: WatchEvent) -> Vec<Input> {
+        match ev {
+            WatchEvent::Restarted { kvs, .. } => {
+                let pages = kvs.iter().filter_map(|kv| self.page(kv)).collect();
+                vec![Input::Relisted(self.my_pages.relist(pages))]
+            }
+            WatchEvent::Put(kv) => match self.page(&kv) {
+                Some((page, value, revision)) => self.my_pages.put(page, value, revision),
+                None => Vec::new(),
+            },
+            WatchEvent::Delete { kv, .. } => match self.cfg.keys.parse(&key_of(&kv)) {
+                Some(KeyKind::Assigned { page, .. }) => self.my_pages.delete(page),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// One of my pages, decoded, with its mod revision; `None` (logged) when it does not
+    /// decode: the last good value stays.
+    fn page(&self, kv: &KeyValue) -> Option<(u16, AssignedPage, i64)> {
         let key = key_of(kv);
-        let Some(KeyKind::Assignment(job)) = self.cfg.keys.parse(&key) else {
+        let Some(KeyKind::Assigned { instance, page }) = self.cfg.keys.parse(&key) else {
             return None;
         };
-        match decode::<AssignmentRecord>(&key, "assignment", kv.value()) {
-            Ok(r) => Some((job, r, kv.mod_revision())),
+        if instance != self.cfg.id {
+            return None;
+        }
+        match decode_page(&key, kv.value()) {
+            Ok(p) => Some((page, p, kv.mod_revision())),
             Err(e) => {
-                warn!(error = %e, "skipping an assignment that does not decode");
+                warn!(error = %e, "skipping an assigned page that does not decode");
                 None
             }
         }

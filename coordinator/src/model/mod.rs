@@ -6,6 +6,7 @@ mod decode;
 mod duration;
 mod instance;
 mod job;
+mod pages;
 mod records;
 
 pub use decode::{DecodeError, decode, decode_job};
@@ -15,4 +16,5 @@ pub use job::{
     ConfigError, JobConfig, MAX_DESCRIPTION, MAX_INTERVAL, MAX_JOB_PARAM, MAX_RETRIES,
     MAX_SHARD_PARAM, MAX_TIMEOUT, MAX_TOTAL, MIN_INTERVAL, Schedule,
 };
+pub use pages::{AssignedPage, PAGES, PageEntry, decode_page, page_of, records_of};
 pub use records::{AssignmentRecord, Cursor, Done, Owner, Running, Trigger};

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shardjob_sharding::{Assignment, InstanceId};
 
-/// `assignments/<job>`: written by the leader only, in a txn fenced by its leader key.
+/// One job's assignment, as the leader plans it and the CLI shows it. It is stored per
+/// instance (`assigned/<instance>/<page>`, [`super::AssignedPage`]), not per job.
 ///
 /// `owners[s]` is an index into `instances` (or `null`: nobody is eligible), which keeps the
 /// value small for jobs with many shards: `{"generation":3,"instances":["a","b"],"owners":[0,0,1,1]}`.

@@ -10,12 +10,15 @@ mod plan;
 mod planned;
 mod rebalancer;
 mod runner;
+mod stored;
 mod world;
 
 pub use plan::{Plan, plan};
 pub use planned::PlannedJob;
 pub use rebalancer::{Observed, Pass, Rebalancer};
 pub use runner::{
-    MAX_TXN_OPS, RebalanceError, RebalanceExit, RebalanceOptions, RebalanceStats, run_leader,
+    MAX_TXN_BYTES, MAX_TXN_OPS, RebalanceError, RebalanceExit, RebalanceOptions, RebalanceStats,
+    run_leader,
 };
+pub use stored::{Loaded, PageKey, PageWrite, Stored};
 pub use world::{Departed, Dirty, World};

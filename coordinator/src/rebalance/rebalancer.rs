@@ -14,8 +14,10 @@
 //! - with `rebalance_delay`, a plan returns when a parking ends: everything is planned again
 //!   then, and departures older than the delay are forgotten;
 //! - a failed write plans the same jobs again after `retry`;
-//! - an assignment deleted by hand is planned again (and so rewritten); puts of assignments
-//!   are the leader's own writes coming back and change nothing.
+//! - the pass writes the `assigned/` pages its changes touch ([`Stored`]); a page deleted or
+//!   changed by hand, and at the start every stored page, is checked at the next pass and
+//!   rewritten if it differs (a repair plans after the debounce, even with no job to plan);
+//!   puts of pages are mostly the leader's own writes coming back and change nothing.
 
 use std::time::Duration;
 
@@ -24,7 +26,9 @@ use tokio::time::Instant;
 
 use super::plan::{Plan, plan};
 use super::runner::RebalanceOptions;
+use super::stored::{PageWrite, Stored};
 use super::world::{Departed, Dirty, World};
+use crate::keys::KeyKind;
 use crate::model::InstanceInfo;
 
 /// A change the watches showed.
@@ -44,17 +48,32 @@ pub enum Observed {
     },
 }
 
-/// A plan to write, and what it plans (restored if the write fails).
+/// A plan to write, the page writes that store it, and what it plans (restored if the write
+/// fails).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub plan: Plan,
+    pub pages: Vec<PageWrite>,
     dirty: Dirty,
+}
+
+#[cfg(test)]
+impl Pass {
+    /// A pass of `plan` and `pages` that plans nothing again if it fails.
+    pub(crate) fn for_test(plan: Plan, pages: Vec<PageWrite>) -> Self {
+        Self {
+            plan,
+            pages,
+            dirty: Dirty::default(),
+        }
+    }
 }
 
 /// The leader's timing state around a [`World`].
 #[derive(Debug, Clone)]
 pub struct Rebalancer {
     world: World,
+    stored: Stored,
     options: RebalanceOptions,
     /// When the next plan is due.
     due: Option<Instant>,
@@ -68,8 +87,13 @@ pub struct Rebalancer {
 }
 
 impl Rebalancer {
-    /// Starts leading with `world` as listed at one revision, at `now`.
-    pub fn start(mut world: World, options: RebalanceOptions, now: Instant) -> Self {
+    /// Starts leading with `world` and the `stored` pages as listed at one revision, at `now`.
+    pub fn start(
+        mut world: World,
+        stored: Stored,
+        options: RebalanceOptions,
+        now: Instant,
+    ) -> Self {
         // Owners in the stored assignments that are not live now count as departing now.
         let absent: Vec<InstanceId> = world
             .assignments
@@ -98,6 +122,7 @@ impl Rebalancer {
         };
         Self {
             world,
+            stored,
             due: Some(now + settle),
             joins_since: fresh.then_some(now),
             wake: None,
@@ -113,15 +138,12 @@ impl Rebalancer {
 
     /// Applies a change seen at `now`.
     pub fn on_event(&mut self, event: Observed, now: Instant) {
-        // The leader's own writes come back as puts, possibly after a later pass replaced
-        // them: the world keeps what it wrote. A delete (by hand) is planned again.
-        if let Observed::Put { key, .. } = &event {
-            if matches!(
-                self.world.keys().parse(key),
-                Some(crate::keys::KeyKind::Assignment(_))
-            ) {
-                return;
+        if self.on_page(&event) {
+            if self.stored.needs_repair() {
+                let at = now + self.options.debounce;
+                self.due = Some(self.due.map_or(at, |d| d.min(at)));
             }
+            return;
         }
         let joined = self.is_join(&event);
         match event {
@@ -133,6 +155,28 @@ impl Rebalancer {
             let (at, since) = next_plan(self.due, self.joins_since, joined, now, &self.options);
             (self.due, self.joins_since) = (Some(at), since);
         }
+    }
+
+    /// Routes an event about `assigned/` pages to the stored pages; false for anything else.
+    fn on_page(&mut self, event: &Observed) -> bool {
+        let keys = self.world.keys();
+        let is_page = |key: &str| {
+            matches!(
+                keys.parse(key),
+                Some(KeyKind::Assigned { .. } | KeyKind::Unassigned { .. })
+            )
+        };
+        match event {
+            Observed::Reset { prefix, entries }
+                if *prefix == keys.assigned_prefix() || *prefix == keys.unassigned_prefix() =>
+            {
+                self.stored.on_reset(keys, prefix, entries)
+            }
+            Observed::Put { key, value } if is_page(key) => self.stored.on_put(keys, key, value),
+            Observed::Delete { key } if is_page(key) => self.stored.on_delete(keys, key),
+            _ => return false,
+        }
+        true
     }
 
     /// When [`Self::poll`] has something to do.
@@ -163,15 +207,31 @@ impl Rebalancer {
             }
             _ => self.world.departed.clear(),
         }
-        if p.is_empty() {
+        let pages = match self.stored.writes(&self.world.assignments, &p) {
+            Ok(pages) => pages,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding assigned pages failed; retrying");
+                self.world.restore_dirty(dirty);
+                self.due = Some(now + self.options.retry);
+                return None;
+            }
+        };
+        if p.is_empty() && pages.is_empty() {
+            // Repairs found every page as it should be.
+            self.stored.written(&pages);
             self.debounce_leftovers(now);
             return None;
         }
-        Some(Pass { plan: p, dirty })
+        Some(Pass {
+            plan: p,
+            pages,
+            dirty,
+        })
     }
 
     /// The pass was written: its assignments are the stored ones now.
     pub fn written(&mut self, pass: Pass, now: Instant) {
+        self.stored.written(&pass.pages);
         for (job, record) in pass.plan.writes {
             self.world.assignments.insert(job, record);
         }
@@ -189,6 +249,7 @@ impl Rebalancer {
 
     /// The pass could not be written (etcd did not answer): plan its jobs again after `retry`.
     pub fn write_failed(&mut self, pass: Pass, now: Instant) {
+        self.stored.write_failed(&pass.pages);
         self.world.restore_dirty(pass.dirty);
         self.due = Some(now + self.options.retry);
     }
@@ -222,7 +283,7 @@ impl Rebalancer {
 
     /// Changes that arrived while planning plan after the debounce.
     fn debounce_leftovers(&mut self, now: Instant) {
-        if self.world.is_dirty() && self.due.is_none() {
+        if (self.world.is_dirty() || self.stored.needs_repair()) && self.due.is_none() {
             self.due = Some(now + self.options.debounce);
         }
     }
@@ -322,7 +383,8 @@ mod tests {
         }
         if let Some(owner) = assigned_to {
             let record = format!(r#"{{"generation":1,"instances":["{owner}"],"owners":[0,0]}}"#);
-            w.put("/shardjob/ns/assignments/j", record.as_bytes());
+            let record = serde_json::from_str(&record).unwrap();
+            w.load_assignments([("j".to_owned(), record)].into(), vec![]);
         }
         w.take_dirty();
         w
@@ -365,7 +427,7 @@ mod tests {
     fn a_cold_start_waits_for_the_instances_starting_with_it() {
         let o = RebalanceOptions::default();
         let t0 = Instant::now();
-        let mut r = Rebalancer::start(world_with(&["a"], None), o.clone(), t0);
+        let mut r = Rebalancer::start(world_with(&["a"], None), Stored::default(), o.clone(), t0);
         assert_eq!(r.deadline(), Some(t0 + o.join_settle));
         assert!(r.poll(t0 + ms(100)).is_none(), "not before the window ends");
         r.on_event(put_instance("b"), t0 + ms(200));
@@ -385,7 +447,12 @@ mod tests {
     fn a_cluster_with_assignments_plans_at_once_and_a_departure_after_the_debounce() {
         let o = RebalanceOptions::default();
         let t0 = Instant::now();
-        let mut r = Rebalancer::start(world_with(&["a", "b"], Some("a")), o.clone(), t0);
+        let mut r = Rebalancer::start(
+            world_with(&["a", "b"], Some("a")),
+            Stored::default(),
+            o.clone(),
+            t0,
+        );
         assert_eq!(r.deadline(), Some(t0));
         let pass = r.poll(t0).expect("b gets a share");
         assert_eq!(owners(&pass), ["a", "b"]);
@@ -404,7 +471,12 @@ mod tests {
         };
         let t0 = Instant::now();
         // "a" owns both shards in the stored assignment but has no instance key: assumed gone.
-        let mut r = Rebalancer::start(world_with(&["b"], Some("a")), o.clone(), t0);
+        let mut r = Rebalancer::start(
+            world_with(&["b"], Some("a")),
+            Stored::default(),
+            o.clone(),
+            t0,
+        );
         assert!(r.world().departed[&InstanceId::new("a").unwrap()].assumed);
         // Parked, "a" keeps its fair share while "b" takes the other.
         let pass = r.poll(t0).expect("b gets a share");
@@ -421,31 +493,36 @@ mod tests {
     }
 
     #[test]
-    fn an_assignment_deleted_by_hand_is_rewritten_and_echoes_of_own_writes_change_nothing() {
+    fn a_page_deleted_by_hand_is_rewritten_and_echoes_of_own_writes_change_nothing() {
         let o = RebalanceOptions::default();
         let t0 = Instant::now();
-        let mut r = Rebalancer::start(world_with(&["a", "b"], Some("a")), o.clone(), t0);
-        let pass = r.poll(t0).unwrap();
-        let written = pass.plan.writes[0].1.clone();
-        r.written(pass, t0);
-        // The echo of an older write arrives after the newer one: ignored.
-        r.on_event(
-            Observed::Put {
-                key: "/shardjob/ns/assignments/j".into(),
-                value: br#"{"generation":1,"instances":["a"],"owners":[0,0]}"#.to_vec(),
-            },
-            t0 + ms(1),
+        let mut r = Rebalancer::start(
+            world_with(&["a", "b"], Some("a")),
+            Stored::default(),
+            o.clone(),
+            t0,
         );
-        assert_eq!(r.world().assignments["j"], written);
-        assert_eq!(r.deadline(), None);
+        let pass = r.poll(t0).unwrap();
+        assert_eq!(owners(&pass), ["a", "b"]);
+        let pages = pass.pages.clone();
+        assert_eq!(pages.len(), 2, "a's page and b's: {pages:?}");
+        r.written(pass, t0);
+        let keys = Keys::new("ns").unwrap();
+        let key = |w: &PageWrite| w.key(&keys);
+        for w in &pages {
+            let value = w.value.clone().expect("a put");
+            r.on_event(Observed::Put { key: key(w), value }, t0 + ms(1));
+        }
+        assert_eq!(r.deadline(), None, "an echo planned a pass");
         r.on_event(
             Observed::Delete {
-                key: "/shardjob/ns/assignments/j".into(),
+                key: key(&pages[1]),
             },
             t0 + ms(2),
         );
         let again = r.poll(t0 + ms(2) + o.debounce).expect("rewritten");
-        assert_eq!(owners(&again), ["a", "b"]);
+        assert!(again.plan.is_empty(), "{:?}", again.plan);
+        assert_eq!(again.pages, [pages[1].clone()]);
     }
 
     #[test]
@@ -464,7 +541,7 @@ mod tests {
             w.put(&key, &value);
         }
         w.take_dirty();
-        let mut r = Rebalancer::start(w, o.clone(), t0);
+        let mut r = Rebalancer::start(w, Stored::default(), o.clone(), t0);
         let pass = r.poll(t0 + o.join_settle).unwrap();
         assert_eq!(owners(&pass), ["a", "a"]);
         r.written(pass, t0 + o.join_settle);
@@ -501,7 +578,12 @@ mod tests {
     fn a_failed_write_plans_the_same_jobs_again_after_the_retry_delay() {
         let o = RebalanceOptions::default();
         let t0 = Instant::now();
-        let mut r = Rebalancer::start(world_with(&["a"], Some("b")), o.clone(), t0);
+        let mut r = Rebalancer::start(
+            world_with(&["a"], Some("b")),
+            Stored::default(),
+            o.clone(),
+            t0,
+        );
         let pass = r.poll(t0).expect("b is gone: a takes over");
         r.write_failed(pass, t0);
         assert_eq!(r.deadline(), Some(t0 + o.retry));

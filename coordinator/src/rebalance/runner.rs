@@ -1,13 +1,15 @@
 //! The leader's loop: list, watch, plan, write fenced. All decisions are in [`super::plan`]
 //! (what to write) and [`super::Rebalancer`] (when).
 //!
-//! 1. Read `instances/`, `jobs/`, `disabled/` and `assignments/` at one revision R.
-//! 2. Watch all four from R + 1 (each in its own task, feeding one channel; a compaction makes
-//!    a watcher re-list, and the world replaces that prefix). A deleted assignment is planned
-//!    again, so damage by hand is repaired.
-//! 3. Plan at once, then after every change, debounced; write the plan in txns of at most 128
-//!    ops, each guarded by the leader fence. A fence that fails means another leader exists:
-//!    return [`RebalanceExit::Deposed`]. Other write errors are retried.
+//! 1. Read `instances/`, `jobs/`, `disabled/`, `done/` and the `assigned/` and `unassigned/`
+//!    pages at one revision R (the pages give the stored assignments, [`Stored::load`]).
+//! 2. Watch them all (and `unassigned/`) from R + 1 (each in its own task, feeding one channel; a compaction makes
+//!    a watcher re-list, and the world replaces that prefix). A page deleted or changed by hand
+//!    is rewritten, so damage by hand is repaired.
+//! 3. Plan at once, then after every change, debounced; write the pass's pages in txns of at
+//!    most 128 ops and [`MAX_TXN_BYTES`], each guarded by the leader fence. A fence that fails
+//!    means another leader exists: return [`RebalanceExit::Deposed`]. Other write errors are
+//!    retried.
 
 use std::time::Duration;
 
@@ -18,8 +20,8 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::plan::Plan;
-use super::rebalancer::{Observed, Rebalancer};
+use super::rebalancer::{Observed, Pass, Rebalancer};
+use super::stored::Stored;
 use super::world::World;
 use crate::election::Leadership;
 use crate::keys::Keys;
@@ -28,6 +30,10 @@ use crate::watch::{PrefixWatcher, WatchError, WatchEvent};
 
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
+
+/// Value bytes per txn: under etcd's default `--max-request-bytes` (1.5 MiB) with room for the
+/// keys. A page bigger than this goes alone in its txn.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
 
 /// How many of a pass's txns are in flight at once.
 const WRITES_IN_FLIGHT: usize = 4;
@@ -80,8 +86,6 @@ pub enum RebalanceError {
     List(crate::etcd_error::EtcdError),
     #[error("watching: {0}")]
     Watch(#[from] WatchError),
-    #[error("encoding the assignment of {job}: {cause}")]
-    Encode { job: String, cause: String },
 }
 
 /// Counts of one loop's work, for tests and logs.
@@ -110,28 +114,34 @@ pub async fn run_leader(
         .map_err(RebalanceError::List)?;
     let revision = instances.revision;
     world.reset_prefix(&keys.instances_prefix(), &entries(&instances.kvs), now);
-    for prefix in [
-        keys.jobs_prefix(),
-        keys.disabled_prefix(),
-        keys.assignments_prefix(),
-        keys.done_root(),
-    ] {
+    for prefix in [keys.jobs_prefix(), keys.disabled_prefix(), keys.done_root()] {
         let listing = list_prefix(client, &prefix, Some(revision))
             .await
             .map_err(RebalanceError::List)?;
         world.reset_prefix(&prefix, &entries(&listing.kvs), now);
     }
-    let mut rebalancer = Rebalancer::start(world, options.clone(), now);
+    let mut pages = Vec::new();
+    for prefix in [keys.assigned_prefix(), keys.unassigned_prefix()] {
+        let listing = list_prefix(client, &prefix, Some(revision))
+            .await
+            .map_err(RebalanceError::List)?;
+        pages.extend(entries(&listing.kvs));
+    }
+    let loaded = Stored::load(keys, &pages);
+    drop(pages);
+    world.load_assignments(loaded.records, loaded.problems);
+    let mut rebalancer = Rebalancer::start(world, loaded.stored, options.clone(), now);
 
     let (tx, mut rx) = mpsc::channel::<(String, Result<WatchEvent, WatchError>)>(1024);
     let mut watchers = JoinSet::new();
-    // assignments/ too: an assignment deleted by hand is planned again and rewritten (the
-    // leader's own writes come back as puts of what the world already holds: no pass).
+    // assigned/ too: a page deleted or changed by hand is rewritten (the leader's own writes
+    // come back as puts of what it already holds: no pass).
     for prefix in [
         keys.instances_prefix(),
         keys.jobs_prefix(),
         keys.disabled_prefix(),
-        keys.assignments_prefix(),
+        keys.assigned_prefix(),
+        keys.unassigned_prefix(),
         keys.done_root(),
     ] {
         let watcher = PrefixWatcher::from_revision(client, prefix.clone(), revision + 1);
@@ -155,12 +165,12 @@ pub async fn run_leader(
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let Some(pass) = rebalancer.poll(Instant::now()) else { continue };
                 let p = &pass.plan;
-                let span = info_span!("rebalance", jobs = p.writes.len(), deletes = p.deletes.len(), moves = p.moves);
-                match write(client, keys, leadership, p).instrument(span).await {
+                let span = info_span!("rebalance", jobs = p.writes.len(), deletes = p.deletes.len(), moves = p.moves, pages = pass.pages.len());
+                match write(client, keys, leadership, &pass).instrument(span).await {
                     Ok(txns) => {
                         stats.passes += 1;
                         stats.txns += txns;
-                        stats.writes += (p.writes.len() + p.deletes.len()) as u64;
+                        stats.writes += pass.pages.len() as u64;
                         stats.moves += p.moves as u64;
                         metrics::counter!("shardjob_rebalances_total").increment(1);
                         metrics::counter!("shardjob_shard_moves_total").increment(p.moves as u64);
@@ -170,9 +180,6 @@ pub async fn run_leader(
                     Err(WriteFailure::Etcd(e)) => {
                         warn!(error = %e, "writing assignments failed; retrying");
                         rebalancer.write_failed(pass, Instant::now());
-                    }
-                    Err(WriteFailure::Encode { job, cause }) => {
-                        return Err(RebalanceError::Encode { job, cause });
                     }
                 }
             }
@@ -227,27 +234,25 @@ fn observed(prefix: String, event: WatchEvent) -> Observed {
 enum WriteFailure {
     Deposed,
     Etcd(String),
-    Encode { job: String, cause: String },
 }
 
-/// Writes `plan` in fenced txns of at most [`MAX_TXN_OPS`] ops; returns the number of txns.
+/// Writes `pass` (its pages, then the keys of its retired jobs) in fenced txns of at most
+/// [`MAX_TXN_OPS`] ops and [`MAX_TXN_BYTES`]; returns the number of txns.
 async fn write(
     client: &Client,
     keys: &Keys,
     leadership: &Leadership,
-    plan: &Plan,
+    pass: &Pass,
 ) -> Result<u64, WriteFailure> {
-    // Encoded one txn at a time, as it is sent: encoding every op first held all the values
-    // and keys of a pass at once (10k assignments: 2.5 MB of the start's peak heap).
     let mut ops = Chunks::default();
     // A few txns in flight: etcd commits concurrent proposals together, and one at a time left
-    // it waiting on each round trip (10k assignments: 79 txns, 5 s at a cold start of 20
+    // it waiting on each round trip (10k per-job records: 79 txns, 5 s at a cold start of 20
     // agents). Their order does not matter: each key is written once per pass.
     let mut txns = 0;
     let mut in_flight = JoinSet::new();
     loop {
         while in_flight.len() < WRITES_IN_FLIGHT {
-            let Some(chunk) = ops.next(plan, keys)? else {
+            let Some(chunk) = ops.next(pass, keys) else {
                 break;
             };
             let txn = Txn::new().when(vec![leadership.fence()]).and_then(chunk);
@@ -270,94 +275,118 @@ async fn write(
     Ok(txns)
 }
 
-/// Where [`write`] is in a plan's ops: the assignment puts, then the deletes, then the ops of
-/// each retired job.
+/// Where [`write`] is in a pass's ops: the page writes, then the ops of each retired job.
 #[derive(Default)]
 struct Chunks {
-    writes: usize,
-    deletes: usize,
+    pages: usize,
     retires: usize,
     /// Ops of a retired job that did not fit in the last chunk.
     spill: std::vec::IntoIter<TxnOp>,
 }
 
 impl Chunks {
-    /// The next txn's ops (at most [`MAX_TXN_OPS`]), `None` when the plan is written.
-    fn next(&mut self, plan: &Plan, keys: &Keys) -> Result<Option<Vec<TxnOp>>, WriteFailure> {
-        let mut ops = Vec::with_capacity(MAX_TXN_OPS);
+    /// The next txn's ops (at most [`MAX_TXN_OPS`], and [`MAX_TXN_BYTES`] of values unless one
+    /// page alone is bigger), `None` when the pass is written.
+    fn next(&mut self, pass: &Pass, keys: &Keys) -> Option<Vec<TxnOp>> {
+        let mut ops = Vec::new();
+        let mut bytes = 0;
         while ops.len() < MAX_TXN_OPS {
-            if let Some((job, record)) = plan.writes.get(self.writes) {
-                self.writes += 1;
-                let value = serde_json::to_vec(record).map_err(|e| WriteFailure::Encode {
-                    job: job.clone(),
-                    cause: e.to_string(),
-                })?;
-                ops.push(TxnOp::put(keys.assignment(job), value, None));
-            } else if let Some(job) = plan.deletes.get(self.deletes) {
-                self.deletes += 1;
-                ops.push(TxnOp::delete(keys.assignment(job), None));
+            if let Some(w) = pass.pages.get(self.pages) {
+                let size = w.value.as_ref().map_or(0, Vec::len);
+                if !ops.is_empty() && size > 0 && bytes + size > MAX_TXN_BYTES {
+                    break;
+                }
+                self.pages += 1;
+                bytes += size;
+                let key = w.key(keys);
+                ops.push(match &w.value {
+                    Some(v) => TxnOp::put(key, v.clone(), None),
+                    None => TxnOp::delete(key, None),
+                });
             } else if let Some(op) = self.spill.next() {
                 ops.push(op);
-            } else if let Some(job) = plan.retire.get(self.retires) {
+            } else if let Some(job) = pass.plan.retire.get(self.retires) {
                 self.retires += 1;
                 self.spill = crate::ops::delete_job_ops(keys, job).into_iter();
             } else {
                 break;
             }
         }
-        Ok((!ops.is_empty()).then_some(ops))
+        (!ops.is_empty()).then_some(ops)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AssignmentRecord;
+    use crate::rebalance::{PageWrite, Plan};
+    use shardjob_sharding::InstanceId;
 
-    fn plan(writes: usize, deletes: usize, retire: usize) -> Plan {
-        let record = AssignmentRecord {
-            generation: 1,
-            instances: vec![],
-            owners: vec![None],
+    /// A pass of `puts` pages of `size` bytes each, `deletes` page deletes, `retire` jobs.
+    fn pass(puts: usize, size: usize, deletes: usize, retire: usize) -> Pass {
+        let page = |i: usize, value| PageWrite {
+            holder: Some(InstanceId::new(format!("i{i}")).unwrap()),
+            page: 0,
+            value,
         };
-        Plan {
-            writes: (0..writes)
-                .map(|i| (format!("w{i}"), record.clone()))
-                .collect(),
-            deletes: (0..deletes).map(|i| format!("d{i}")).collect(),
+        let plan = Plan {
+            writes: vec![],
+            deletes: vec![],
             moves: 0,
             wake_at: None,
             retire: (0..retire).map(|i| format!("r{i}")).collect(),
-        }
+        };
+        let pages = (0..puts)
+            .map(|i| page(i, Some(vec![b'x'; size])))
+            .chain((0..deletes).map(|i| page(puts + i, None)))
+            .collect();
+        Pass::for_test(plan, pages)
     }
 
     #[test]
-    fn a_plan_is_cut_into_txns_of_at_most_the_op_limit_each_op_once_in_order() {
+    fn a_pass_is_cut_into_txns_within_the_op_and_byte_limits_each_op_once_in_order() {
         let keys = Keys::new("ns").unwrap();
         let per_retire = crate::ops::delete_job_ops(&keys, "r0").len();
-        for (w, d, r) in [(0, 0, 0), (1, 0, 0), (128, 0, 0), (129, 3, 0), (300, 2, 40)] {
-            let p = plan(w, d, r);
+        let big = MAX_TXN_BYTES / 3 + 1;
+        for (puts, size, deletes, retire, txns) in [
+            (0, 10, 0, 0, 0),
+            (1, 10, 0, 0, 1),
+            (128, 10, 0, 0, 1),
+            (129, 10, 3, 0, 2),
+            (
+                300,
+                10,
+                2,
+                40,
+                (302 + 40 * per_retire).div_ceil(MAX_TXN_OPS),
+            ),
+            // Two of a third of the limit fit, three do not.
+            (5, big, 0, 0, 3),
+            // One page over the limit goes alone.
+            (2, MAX_TXN_BYTES + 1, 1, 0, 2),
+        ] {
+            let p = pass(puts, size, deletes, retire);
             let mut chunks = Chunks::default();
-            let mut sizes = Vec::new();
-            let mut keys_seen = Vec::new();
-            while let Some(ops) = chunks.next(&p, &keys).ok().flatten() {
-                sizes.push(ops.len());
-                keys_seen.extend(ops.iter().map(|op| format!("{op:?}")));
+            let mut seen = Vec::new();
+            let mut count = 0;
+            while let Some(ops) = chunks.next(&p, &keys) {
+                count += 1;
+                assert!(!ops.is_empty() && ops.len() <= MAX_TXN_OPS, "{}", ops.len());
+                let puts = ops
+                    .iter()
+                    .filter(|op| format!("{op:?}").contains("Put"))
+                    .count();
+                let bytes = puts * size;
+                assert!(
+                    bytes <= MAX_TXN_BYTES || puts == 1,
+                    "{bytes} in {puts} puts"
+                );
+                seen.extend(ops.iter().map(|op| format!("{op:?}").contains("Delete")));
             }
-            let total = w + d + r * per_retire;
-            assert_eq!(sizes.iter().sum::<usize>(), total, "{w} {d} {r}");
-            assert!(
-                sizes.iter().all(|&n| n > 0 && n <= MAX_TXN_OPS),
-                "{sizes:?}"
-            );
-            assert_eq!(
-                sizes.len(),
-                total.div_ceil(MAX_TXN_OPS),
-                "only the last is short"
-            );
-            // The puts first, then the deletes (of assignments, then of retired jobs).
-            let first_delete = keys_seen.iter().position(|k| k.contains("Delete"));
-            assert_eq!(first_delete.unwrap_or(total), w.min(total));
+            assert_eq!(count, txns, "{puts} {size} {deletes} {retire}");
+            assert_eq!(seen.len(), puts + deletes + retire * per_retire);
+            // The puts first, then the deletes (of pages, then of retired jobs).
+            assert_eq!(seen.iter().position(|&d| d).unwrap_or(puts), puts);
         }
     }
 }

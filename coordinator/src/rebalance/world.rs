@@ -125,12 +125,6 @@ impl World {
                 }
                 Ok(())
             }
-            KeyKind::Assignment(job) => {
-                decode::<AssignmentRecord>(key, "assignment", value).map(|mut record| {
-                    self.share_ids(&mut record);
-                    self.assignments.insert(job, record);
-                })
-            }
             KeyKind::Done { job, shard } => decode::<crate::model::Done>(key, "done record", value)
                 .map(|_| {
                     if self.done.entry(job.clone()).or_default().insert(shard) {
@@ -148,6 +142,20 @@ impl World {
                 self.problems.insert(key.to_owned(), e.to_string());
             }
         }
+    }
+
+    /// Takes the assignments stored when this leader started (decoded from the `assigned/`
+    /// pages, `super::Stored::load`), with the keys that did not decode as problems.
+    pub fn load_assignments(
+        &mut self,
+        records: BTreeMap<String, AssignmentRecord>,
+        problems: Vec<(String, String)>,
+    ) {
+        for (job, mut record) in records {
+            self.share_ids(&mut record);
+            self.assignments.insert(job, record);
+        }
+        self.problems.extend(problems);
     }
 
     /// Makes `record` name the instances by the ids this world already holds: one allocation
@@ -199,11 +207,6 @@ impl World {
                     }
                 }
             }
-            Some(KeyKind::Assignment(job)) => {
-                // Someone removed it by hand: plan the job again so it is rewritten.
-                self.assignments.remove(&job);
-                self.dirty.jobs.insert(job);
-            }
             _ => {}
         }
     }
@@ -230,7 +233,6 @@ impl World {
             .collect();
         keys.extend(self.jobs.keys().map(|j| k.job(j)));
         keys.extend(self.disabled.iter().map(|d| k.disabled(d)));
-        keys.extend(self.assignments.keys().map(|j| k.assignment(j)));
         keys.extend(
             self.done
                 .iter()

@@ -143,7 +143,7 @@ async fn run(a: Args) -> Result<String, String> {
     let mut instances = PrefixWatcher::new(&client, keys.instances_prefix());
     instances.next().await.map_err(|e| e.to_string())?; // the listing
     // When the leader's assignment writes and the agents' claims arrive, for the split below.
-    let writes = puts_seen(&client, keys.assignments_prefix()).await?;
+    let writes = puts_seen(&client, keys.assigned_prefix()).await?;
     let claims = puts_seen(&client, keys.owners_root()).await?;
     let t1 = Instant::now();
     crashed.abort().await;

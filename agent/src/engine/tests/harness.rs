@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use shardjob_coordinator::model::{
-    AssignmentRecord, Cursor, HumanDuration, JobConfig, Running, Schedule, Trigger,
+    AssignmentRecord, Cursor, HumanDuration, JobConfig, PageEntry, Running, Schedule, Trigger,
 };
 use shardjob_sharding::{Assignment, InstanceId};
 
@@ -180,11 +180,17 @@ impl Harness {
         })
     }
 
+    /// The leader assigns `job` to `owners` (one per shard, `-` for nobody): what my page says
+    /// of it, read at `revision` (nothing of it, when no shard is mine).
     pub fn assign(&mut self, job: &str, owners: &[&str], revision: i64) -> Vec<Command> {
-        self.step(Input::AssignmentPut {
-            job: job.into(),
-            record: assignment(owners),
-            revision,
+        let me = InstanceId::new(ME).unwrap();
+        self.step(match PageEntry::of(&assignment(owners), &me) {
+            Some(entry) => Input::AssignmentPut {
+                job: job.into(),
+                entry,
+                revision,
+            },
+            None => Input::AssignmentDeleted { job: job.into() },
         })
     }
 

@@ -2,11 +2,21 @@
 //! `claimer` packs them).
 //!
 //! ```text
-//! if   ∀j mod_revision(assignments/j) == seen(j)  ∧  ∀(j,s) create_revision(owners/j/s) == 0
+//! if   ∀j mod_revision(page(j)) == seen(j)  ∧  create_revision(jobs/j) > 0
+//!      ∧  ∀(j,s) create_revision(owners/j/s) == 0
 //! then ∀(j,s): get cursors/j/s; get running/j/s; put owners/j/s (lease);
 //!              if value(cursors/j/s) != {"released":false} then put cursors/j/s {"released":false}
-//! else ∀j: get assignments/j;  ∀(j,s): get owners/j/s
+//! else ∀j: get page(j), get jobs/j (keys only);  ∀(j,s): get owners/j/s
+//!
+//! page(j) = assigned/<me>/<page_of(j)>: my page that lists j
 //! ```
+//!
+//! ```text
+//! ```
+//!
+//! The config's compare: a job deleted (its config and every owner key in one txn) stays on
+//! the pages until the leader's next pass, and the owner deletes can reach this agent before
+//! the config's; without it the claim they set off wins keys of a job that no longer exists.
 //!
 //! The cursor is overwritten only when it exists and says something else (a clean release's
 //! `last_fire`, or garbage): etcd's value compare is false for a missing key, and an absent
@@ -14,16 +24,16 @@
 //! (bench-scale: 80k fewer puts, cold start 5.6 → ~4 s).
 //!
 //! The txn's revision is the new keys' create revision: the fencing token. A refused txn says
-//! at once, from its reads, why each shard was refused: its job's assignment changed
+//! at once, from its reads, why each shard was refused: its job's page changed
 //! ([`ClaimResult::Stale`]) or its owner key exists ([`ClaimResult::Held`], with the key: the
 //! agent waits for that key's delete, and a key of its own whose claim answer was lost is
 //! adopted). The shards that were free are claimed again in one more txn. Agents watch only
 //! the deletes of owner keys, so this read is how an agent learns who holds what it wants.
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use shardjob_coordinator::etcd_error::bounded;
 use shardjob_coordinator::keys::Keys;
-use shardjob_coordinator::model::{Cursor, Owner};
+use shardjob_coordinator::model::{Cursor, Owner, page_of};
 use shardjob_sharding::InstanceId;
 
 use super::{TxnError, encode, got};
@@ -35,7 +45,7 @@ const OPS_PER_SHARD: usize = 4;
 /// five per shard (found by `a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused`:
 /// 32 shards, 160 ops, refused as "too many operations").
 const BUDGET_PER_SHARD: usize = OPS_PER_SHARD + 1;
-/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and one per job).
+/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and two per job).
 pub(crate) const CLAIM_CHUNK: usize = 128 / BUDGET_PER_SHARD;
 /// Txns per claim: the first, and retries of what a refusal showed to be free (a key created
 /// or an assignment changed between two of them is rare; after this many the free shards are
@@ -69,6 +79,8 @@ enum Answer {
 
 struct Refusal {
     stale: bool,
+    /// The job's config is gone.
+    gone: bool,
     holders: Vec<Option<SeenOwner>>,
 }
 
@@ -102,6 +114,11 @@ pub(crate) async fn claim(
             Ok(Answer::Refused(refusals)) => {
                 let (mut next, mut next_index) = (Vec::new(), Vec::new());
                 for ((&i, part), refusal) in index.iter().zip(batch).zip(refusals) {
+                    if refusal.gone {
+                        let why = "the job's config is gone";
+                        out[i].extend(part.shards.iter().map(|&s| (s, failed(why))));
+                        continue;
+                    }
                     if refusal.stale {
                         out[i].extend(part.shards.iter().map(|&s| (s, ClaimResult::Stale)));
                         continue;
@@ -158,9 +175,9 @@ async fn claim_batch(
 ) -> Result<Answer, TxnError> {
     let claimed = encode("a cursor", &Cursor::default())?;
     let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
-    let mut compares = Vec::with_capacity(parts.len() + shards);
+    let mut compares = Vec::with_capacity(2 * parts.len() + shards);
     let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
-    let mut reads = Vec::with_capacity(parts.len() + shards);
+    let mut reads = Vec::with_capacity(2 * parts.len() + shards);
     for part in parts {
         let owner = encode(
             "an owner key",
@@ -169,13 +186,22 @@ async fn claim_batch(
                 generation: part.generation,
             },
         )?;
-        let assignment = who.keys.assignment(&part.job);
+        // My page that lists the job: any change to it (this job's part or another's) refuses
+        // the claim as stale, and the page's next event brings the revision to claim under.
+        let page = who.keys.assigned(who.instance.as_str(), page_of(&part.job));
         compares.push(Compare::mod_revision(
-            assignment.clone(),
+            page.clone(),
             CompareOp::Equal,
             part.assignment_revision,
         ));
-        reads.push(TxnOp::get(assignment, None));
+        reads.push(TxnOp::get(page, Some(GetOptions::new().with_keys_only())));
+        let config = who.keys.job(&part.job);
+        compares.push(Compare::create_revision(
+            config.clone(),
+            CompareOp::Greater,
+            0,
+        ));
+        reads.push(TxnOp::get(config, Some(GetOptions::new().with_keys_only())));
         for &s in &part.shards {
             let key = who.keys.owner(&part.job, s);
             compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
@@ -227,20 +253,26 @@ async fn claim_batch(
     Ok(Answer::Won(won))
 }
 
-/// Reads the refusal branch: per part its assignment's get, then one get per shard.
+/// Reads the refusal branch: per part its page's and its config's gets, then one get per
+/// shard.
 fn refusals(parts: &[ClaimPart], responses: &[TxnOpResponse]) -> Vec<Refusal> {
     let mut reads = responses.iter();
     parts
         .iter()
         .map(|part| {
-            let assignment = first_kv(reads.next());
-            let stale = assignment.is_none_or(|kv| kv.mod_revision() != part.assignment_revision);
+            let page = first_kv(reads.next());
+            let stale = page.is_none_or(|kv| kv.mod_revision() != part.assignment_revision);
+            let gone = first_kv(reads.next()).is_none();
             let holders = part
                 .shards
                 .iter()
                 .map(|_| first_kv(reads.next()).map(holder))
                 .collect();
-            Refusal { stale, holders }
+            Refusal {
+                stale,
+                gone,
+                holders,
+            }
         })
         .collect()
 }

@@ -379,7 +379,10 @@ async fn a_one_shot_whose_instant_passed_before_any_agent_ran_runs_once_when_cla
         .unwrap();
     let job = &view.jobs["expire-coupons"];
     assert_eq!(job.done.len(), 2, "{job:?}");
-    let assignment = job.assignment.as_ref().expect("the unassigned page keeps the record");
+    let assignment = job
+        .assignment
+        .as_ref()
+        .expect("the unassigned page keeps the record");
     assert!(assignment.owners.iter().all(Option::is_none), "{job:?}");
     // Another agent taking over runs nothing again.
     agent.shutdown().await.unwrap();

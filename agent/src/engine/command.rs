@@ -8,8 +8,8 @@ use super::types::{ExecId, LeaseId, RunKind, Token};
 /// One command from [`super::Engine::step`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Claim these shards under `lease`, guarded by the assignment's mod revision (a stale view
-    /// of the assignment can never claim). Answered by `Input::Claimed`.
+    /// Claim these shards under `lease`, guarded by the mod revision of my page that lists the
+    /// job (a stale view of the assignment can never claim). Answered by `Input::Claimed`.
     Claim {
         lease: LeaseId,
         job: String,

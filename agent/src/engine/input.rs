@@ -46,7 +46,8 @@ pub enum ClaimResult {
     /// The owner key exists (read by the claim's txn): wait for its delete. It may be mine,
     /// from a claim whose answer was lost.
     Held(SeenOwner),
-    /// The assignment changed since it was read: wait for the new one.
+    /// My page that lists the job changed since it was read (for this job or another of the
+    /// page): wait for the page's next event.
     Stale,
     /// etcd did not answer: try again later.
     Failed(WriteFailed),

@@ -1,7 +1,7 @@
 //! Claims and releases (DESIGN §3, "Ownership and handoff"):
 //! - claim a shard when the assignment gives it to me and **no owner key is known** (a previous
 //!   owner's key must be deleted first, by its release or its lease's expiry); a claim carries
-//!   the assignment's mod revision, so a stale view can never claim; claims wait while the
+//!   the mod revision of my page that lists the job, so a stale view can never claim; claims wait while the
 //!   lease is not proven for the margin, and stop at shutdown;
 //! - a refused claim tells why: the key that holds the shard (kept; its delete lets me claim
 //!   again) or a changed assignment (nothing more is claimed under the old one);

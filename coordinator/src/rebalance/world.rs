@@ -14,6 +14,12 @@ use super::planned::PlannedJob;
 use crate::keys::{KeyKind, Keys};
 use crate::model::{AssignmentRecord, InstanceInfo, decode, decode_job};
 
+/// True for an agent of 0.1, the last version that read one `assignments/<job>` record per job
+/// instead of its own `assigned/` pages.
+fn reads_per_job_records(version: &str) -> bool {
+    version.starts_with("0.1.")
+}
+
 /// An instance whose key disappeared, remembered for `rebalance_delay`.
 #[derive(Debug, Clone)]
 pub struct Departed {
@@ -107,6 +113,9 @@ impl World {
                             self.dirty.all = true;
                         }
                     } else if self.instances.get(&info.id) != Some(&info) {
+                        if reads_per_job_records(&info.version) && !self.instances.contains_key(&info.id) {
+                            warn!(instance = %info.id, version = %info.version, "this instance reads the per-job assignments of 0.1 and will not follow this leader's pages until it is upgraded (docs/OPERATIONS.md, Upgrading)");
+                        }
                         self.instances.insert(info.id.clone(), info);
                         self.dirty.all = true;
                     }
@@ -350,6 +359,19 @@ mod tests {
         w.put(key, &instance_json("a", &["h"]));
         w.delete(key, Instant::now());
         assert!(w.departed.contains_key(&InstanceId::new("a").unwrap()));
+    }
+
+    #[test]
+    fn only_agents_of_0_1_read_per_job_records() {
+        for (version, old) in [
+            ("0.1.0", true),
+            ("0.1.7", true),
+            ("0.2.0", false),
+            ("0.10.0", false),
+            ("", false),
+        ] {
+            assert_eq!(reads_per_job_records(version), old, "{version}");
+        }
     }
 
     #[test]

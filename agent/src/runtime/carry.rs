@@ -83,18 +83,16 @@ impl RunningExec {
 /// An execution ready to start: what [`start`] makes its future from.
 pub(super) struct Prepared {
     req: ExecRequest,
-    tx: tokio::sync::mpsc::Sender<Event>,
     exec: ExecId,
     job: String,
     shard: u32,
     span: tracing::Span,
 }
 
-/// The execution `p` describes, reporting its end to the loop.
-fn start(p: Prepared) -> impl std::future::Future<Output = ()> + Send {
+/// The execution `p` describes; it returns its end, the event for the loop.
+fn start(p: Prepared) -> impl std::future::Future<Output = Event> + Send {
     let Prepared {
         req,
-        tx,
         exec,
         job,
         shard,
@@ -102,14 +100,12 @@ fn start(p: Prepared) -> impl std::future::Future<Output = ()> + Send {
     } = p;
     async move {
         let outcome = execute(req).await;
-        let _ = tx
-            .send(Event::Engine(Input::ExecDone {
-                job,
-                shard,
-                exec,
-                outcome,
-            }))
-            .await;
+        Event::Engine(Input::ExecDone {
+            job,
+            shard,
+            exec,
+            outcome,
+        })
     }
     .instrument(span)
 }
@@ -190,7 +186,11 @@ impl Core {
                 }
             }
         }
-        self.crowds.launch(start);
+        let report = super::crowd::Report {
+            tx: self.tx.clone(),
+            batch: Event::Batch,
+        };
+        self.crowds.launch(start, &report);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -272,7 +272,6 @@ impl Core {
         };
         let prepared = Prepared {
             req,
-            tx: self.tx.clone(),
             exec,
             job: job.clone(),
             shard,
@@ -283,7 +282,13 @@ impl Core {
                 self.crowds
                     .add(tokio::time::Instant::from_std(at), prepared),
             ),
-            None => Abort::Task(tokio::spawn(start(prepared)).abort_handle()),
+            None => {
+                let tx = self.tx.clone();
+                let run = async move {
+                    let _ = tx.send(start(prepared).await).await;
+                };
+                Abort::Task(tokio::spawn(run).abort_handle())
+            }
         };
         let run = RunningExec {
             abort,

@@ -13,18 +13,33 @@
 //! ended before the next group runs. Each execution stays abortable on its own
 //! ([`AbortHandle`]): an abort takes effect at its next poll (before its first, if it comes
 //! first), as a task's abort does.
+//!
+//! **Ends wait for the starts.** An execution's end is a message to the agent's loop, and the
+//! loop woken by a group runs next on that thread (tokio's LIFO slot): the loop's work on one
+//! group's ends came before the next group's starts, all through the burst. So a group holds
+//! the ends of its executions until every group of its instant has started its own (a
+//! [`Wave`]), or [`HOLD_CAP`] passed, and then reports them in one message; later ends go as
+//! they come, a batch per round.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::{AbortHandle, AbortRegistration, Abortable};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Executions one task drives: few enough that a slow one holds up little, many enough that
 /// a burst of 10k is 40 wakeups, not 10k.
 pub(super) const PER_TASK: usize = 256;
+
+/// The longest a group holds its ends for the other groups of its instant to start (a handler
+/// that blocks a worker thread can keep a group from starting at all).
+pub(super) const HOLD_CAP: Duration = Duration::from_millis(50);
 
 /// Executions (each the `P` it is made from) waiting for their instant, not yet handed to a
 /// task.
@@ -40,6 +55,13 @@ impl<P> Default for Crowds<P> {
     }
 }
 
+/// How a group reports the ends of its executions: on `tx`, several at once made into one
+/// message by `batch`.
+pub(super) struct Report<E> {
+    pub tx: mpsc::Sender<E>,
+    pub batch: fn(Vec<E>) -> E,
+}
+
 impl<P: Send + 'static> Crowds<P> {
     /// Adds the execution made from `prepared`, to start at `at`; the handle aborts it alone.
     pub(super) fn add(&mut self, at: Instant, prepared: P) -> AbortHandle {
@@ -49,12 +71,13 @@ impl<P: Send + 'static> Crowds<P> {
     }
 
     /// Spawns the waiting executions, [`PER_TASK`] of one instant to a task, in the current
-    /// span; `start` makes each one's future when its task wakes. (A function, not a boxed
-    /// closure: the groups hold their executions inline, with no allocation per execution
-    /// beyond the group's own.)
-    pub(super) fn launch<F>(&mut self, start: fn(P) -> F)
+    /// span; `start` makes each one's future when its task wakes, and what the future returns
+    /// is its end, reported with `report`. (A function, not a boxed closure: the groups hold
+    /// their executions inline, with no allocation per execution beyond the group's own.)
+    pub(super) fn launch<F, E>(&mut self, start: fn(P) -> F, report: &Report<E>)
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future<Output = E> + Send + 'static,
+        E: Send + 'static,
     {
         if self.waiting.is_empty() {
             return;
@@ -64,73 +87,214 @@ impl<P: Send + 'static> Crowds<P> {
         waiting.sort_by_key(|(at, ..)| *at);
         let mut rest = waiting.into_iter().peekable();
         while let Some((at, p, r)) = rest.next() {
-            let mut group = vec![(p, r)];
-            while group.len() < PER_TASK {
-                match rest.next_if(|(next, ..)| *next == at) {
-                    Some((_, p, r)) => group.push((p, r)),
-                    None => break,
+            let mut groups = vec![vec![(p, r)]];
+            while let Some((_, p, r)) = rest.next_if(|(next, ..)| *next == at) {
+                match groups.last_mut() {
+                    Some(g) if g.len() < PER_TASK => g.push((p, r)),
+                    _ => groups.push(vec![(p, r)]),
                 }
             }
-            tokio::spawn(drive(at, group, start).in_current_span());
+            let wave = Arc::new(Wave {
+                unstarted: AtomicUsize::new(groups.len()),
+                all_started: Notify::new(),
+            });
+            for group in groups {
+                let report = Report {
+                    tx: report.tx.clone(),
+                    batch: report.batch,
+                };
+                tokio::spawn(drive(at, group, start, report, wave.clone()).in_current_span());
+            }
         }
     }
 }
 
-/// Sleeps until `at`, then makes and runs `group` to its end.
-async fn drive<P, F>(at: Instant, group: Vec<(P, AbortRegistration)>, start: fn(P) -> F)
-where
-    F: Future<Output = ()>,
+/// The groups of one instant, and how many of them have not started their executions yet.
+struct Wave {
+    unstarted: AtomicUsize,
+    all_started: Notify,
+}
+
+impl Wave {
+    fn started(&self) {
+        if self.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_started.notify_waiters();
+        }
+    }
+
+    async fn all_started(&self) {
+        loop {
+            let notified = self.all_started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.unstarted.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sleeps until `at`, then makes and runs `group` to its end, reporting the ends.
+async fn drive<P, F, E>(
+    at: Instant,
+    group: Vec<(P, AbortRegistration)>,
+    start: fn(P) -> F,
+    report: Report<E>,
+    wave: Arc<Wave>,
+) where
+    F: Future<Output = E>,
 {
     tokio::time::sleep_until(at).await;
     let mut runs: FuturesUnordered<_> = group
         .into_iter()
         .map(|(p, r)| Abortable::new(start(p), r))
         .collect();
-    while runs.next().await.is_some() {}
+    let mut ends = Vec::new();
+    // Every run polled once: started (the waker of the next real poll below takes over).
+    take_ready(&mut runs, &mut ends);
+    wave.started();
+    let all_started = wave.all_started();
+    tokio::pin!(all_started);
+    let cap = tokio::time::sleep(HOLD_CAP);
+    tokio::pin!(cap);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut all_started => break,
+            () = &mut cap => break,
+            Some(end) = runs.next(), if !runs.is_empty() => {
+                if let Ok(e) = end {
+                    ends.push(e);
+                }
+            }
+        }
+    }
+    loop {
+        if !ends.is_empty() {
+            let batch = (report.batch)(std::mem::take(&mut ends));
+            if report.tx.send(batch).await.is_err() {
+                return; // the loop is gone; the runs go with this task
+            }
+        }
+        match runs.next().await {
+            None => return,
+            Some(end) => {
+                ends.extend(end.ok());
+                take_ready(&mut runs, &mut ends);
+            }
+        }
+    }
+}
+
+/// Polls `runs` until none is ready, keeping the ends of those that finished (an aborted run
+/// has no end to report).
+fn take_ready<R, E>(runs: &mut FuturesUnordered<R>, ends: &mut Vec<E>)
+where
+    R: Future<Output = Result<E, futures_util::future::Aborted>>,
+{
+    while let Some(Some(end)) = runs.next().now_or_never() {
+        ends.extend(end.ok());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::sync::Mutex;
+
+    type Seen = Arc<Mutex<Vec<(usize, Duration)>>>;
+
+    thread_local! {
+        /// Runs started so far on this (the paused test runtime's only) thread.
+        static STARTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Run `i` records when it started and ends at once with its number, but run 0 never ends.
+    async fn start((i, t0, seen): (usize, Instant, Seen)) -> (Vec<usize>, usize) {
+        seen.lock().unwrap().push((i, Instant::now() - t0));
+        STARTED.with(|n| n.set(n.get() + 1));
+        // A run that waits does not hold up the others of its group.
+        if i == 0 {
+            std::future::pending::<()>().await;
+        }
+        (vec![i], 0)
+    }
+
+    /// A group's ends as one message, with how many runs had started when it was made.
+    fn batch(ends: Vec<(Vec<usize>, usize)>) -> (Vec<usize>, usize) {
+        let runs = ends.into_iter().flat_map(|(runs, _)| runs).collect();
+        (runs, STARTED.with(std::cell::Cell::get))
+    }
 
     #[tokio::test(start_paused = true)]
     async fn runs_start_at_their_instant_in_groups_and_abort_one_by_one() {
         let t0 = Instant::now();
-        let started = Arc::new(Mutex::new(Vec::new()));
-        type Seen = Arc<Mutex<Vec<(usize, Duration)>>>;
-        async fn start((i, t0, seen): (usize, Instant, Seen)) {
-            seen.lock().unwrap().push((i, Instant::now() - t0));
-            // A run that waits does not hold up the others of its group.
-            if i == 0 {
-                std::future::pending::<()>().await;
-            }
-        }
+        let started: Seen = Arc::default();
+        let (tx, mut rx) = mpsc::channel(64);
+        let report = Report { tx, batch };
         let mut crowds = Crowds::default();
         let mut handles = Vec::new();
         let n = PER_TASK * 2 + 3;
+        let at = |i: usize| Duration::from_millis(if i % 2 == 0 { 100 } else { 200 });
         for i in 0..n {
-            let at = t0 + Duration::from_millis(if i % 2 == 0 { 100 } else { 200 });
-            handles.push(crowds.add(at, (i, t0, started.clone())));
+            handles.push(crowds.add(t0 + at(i), (i, t0, started.clone())));
         }
         handles[1].abort();
-        crowds.launch(start);
+        crowds.launch(start, &report);
         tokio::time::sleep(Duration::from_millis(99)).await;
         assert!(
             started.lock().unwrap().is_empty(),
             "nothing before its instant"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The ends of one instant are made into messages only once all its runs started, a
+        // message per group (two groups of each instant: 258 and 257 runs, one aborted).
+        let (first, second) = (n / 2 + 1, n - 1);
+        let mut ended = Vec::new();
+        let mut messages = 0;
+        while ended.len() < n - 2 {
+            let (ends, started_then) = rx.recv().await.expect("the groups report");
+            messages += 1;
+            let instant = at(ends[0]);
+            assert_eq!(Instant::now() - t0, instant, "reported at its instant");
+            let want = if instant == at(0) { first } else { second };
+            assert_eq!(
+                started_then, want,
+                "an end of {instant:?} before every start"
+            );
+            ended.extend(ends);
+        }
+        assert_eq!(messages, 4, "one message per group");
+        ended.sort_unstable();
+        let want: Vec<usize> = (2..n).collect();
+        assert_eq!(
+            ended, want,
+            "every end once; not the pending run's, not the aborted one's"
+        );
         let seen = started.lock().unwrap().clone();
         assert_eq!(seen.len(), n - 1, "every run but the aborted one started");
         assert!(
             !seen.iter().any(|(i, _)| *i == 1),
             "the aborted one did not"
         );
-        for (i, at) in seen {
-            let want = if i % 2 == 0 { 100 } else { 200 };
-            assert_eq!(at, Duration::from_millis(want), "run {i}");
+        for (i, t) in seen {
+            assert_eq!(t, at(i), "run {i}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_that_cannot_start_holds_the_others_ends_no_longer_than_the_cap() {
+        let t0 = Instant::now();
+        let (tx, mut rx) = mpsc::channel(8);
+        let wave = Arc::new(Wave {
+            unstarted: AtomicUsize::new(2),
+            all_started: Notify::new(),
+        });
+        // Only one of the wave's two groups runs: the other never starts.
+        let group = vec![((1, t0, Seen::default()), AbortHandle::new_pair().1)];
+        let report = Report { tx, batch };
+        tokio::spawn(drive(t0, group, start, report, wave));
+        assert_eq!(rx.recv().await.map(|(ends, _)| ends), Some(vec![1]));
+        assert_eq!(Instant::now() - t0, HOLD_CAP);
     }
 }

@@ -94,6 +94,8 @@ pub(crate) enum Event {
     Watch(Stream, WatchEvent),
     Engine(Input),
     Leader(bool),
+    /// Several at once, in order (the ends of a crowd's group, `crowd.rs`).
+    Batch(Vec<Event>),
 }
 
 /// Both clocks, read together (read apart, a fire late in a burst scheduled its next one

@@ -42,6 +42,12 @@ impl Core {
     pub(super) fn absorb(&mut self, event: Event) {
         let input = match event {
             Event::Watch(Stream::Instance, ev) => return self.on_own_key(ev),
+            Event::Batch(events) => {
+                for ev in events {
+                    self.absorb(ev);
+                }
+                return;
+            }
             Event::Watch(Stream::Assignments, ev) => {
                 let now = super::now();
                 for input in self.on_page(ev) {

@@ -1,10 +1,10 @@
 //! Claims and releases (DESIGN §3, "Ownership and handoff"):
 //! - claim a shard when the assignment gives it to me and **no owner key is known** (a previous
 //!   owner's key must be deleted first, by its release or its lease's expiry); a claim carries
-//!   the mod revision of my page that lists the job, so a stale view can never claim; claims wait while the
-//!   lease is not proven for the margin, and stop at shutdown;
+//!   the mod revision of my page that lists the job, so a stale view can never claim; claims
+//!   wait while the lease is not proven for the margin, and stop at shutdown;
 //! - a refused claim tells why: the key that holds the shard (kept; its delete lets me claim
-//!   again) or a changed assignment (nothing more is claimed under the old one);
+//!   again) or a changed page (nothing more is claimed under the old revision);
 //! - release a held shard that is no longer assigned to me once its execution (if any) ended,
 //!   with the cursor that accounts for every fire up to it;
 //! - a won claim runs what the previous owner left undone: the fire it was cut short in (its

@@ -3,9 +3,9 @@
 //!
 //! 1. Read `instances/`, `jobs/`, `disabled/`, `done/` and the `assigned/` and `unassigned/`
 //!    pages at one revision R (the pages give the stored assignments, [`Stored::load`]).
-//! 2. Watch them all (and `unassigned/`) from R + 1 (each in its own task, feeding one channel; a compaction makes
-//!    a watcher re-list, and the world replaces that prefix). A page deleted or changed by hand
-//!    is rewritten, so damage by hand is repaired.
+//! 2. Watch them all from R + 1 (each in its own task, feeding one channel; a compaction makes
+//!    a watcher re-list, and the world, or the stored pages, replace that prefix). A page
+//!    deleted or changed by hand is rewritten, so damage by hand is repaired.
 //! 3. Plan at once, then after every change, debounced; write the pass's pages in txns of at
 //!    most 128 ops and [`MAX_TXN_BYTES`], each guarded by the leader fence. A fence that fails
 //!    means another leader exists: return [`RebalanceExit::Deposed`]. Other write errors are
@@ -165,7 +165,8 @@ pub async fn run_leader(
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let Some(pass) = rebalancer.poll(Instant::now()) else { continue };
                 let p = &pass.plan;
-                let span = info_span!("rebalance", jobs = p.writes.len(), deletes = p.deletes.len(), moves = p.moves, pages = pass.pages.len());
+                let (jobs, deletes, pages) = (p.writes.len(), p.deletes.len(), pass.pages.len());
+                let span = info_span!("rebalance", jobs, deletes, moves = p.moves, pages);
                 match write(client, keys, leadership, &pass).instrument(span).await {
                     Ok(txns) => {
                         stats.passes += 1;

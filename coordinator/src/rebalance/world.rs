@@ -20,6 +20,19 @@ fn reads_per_job_records(version: &str) -> bool {
     version.starts_with("0.1.")
 }
 
+/// Tells the operator about an agent of 0.1 joining: it will not follow this leader.
+fn warn_if_per_job(info: &InstanceInfo) {
+    if reads_per_job_records(&info.version) {
+        let (instance, version) = (info.id.as_str(), info.version.as_str());
+        warn!(
+            instance,
+            version,
+            "this instance reads the per-job assignments of 0.1 and will not follow this \
+             leader's pages until it is upgraded (docs/OPERATIONS.md, Upgrading)"
+        );
+    }
+}
+
 /// An instance whose key disappeared, remembered for `rebalance_delay`.
 #[derive(Debug, Clone)]
 pub struct Departed {
@@ -113,8 +126,8 @@ impl World {
                             self.dirty.all = true;
                         }
                     } else if self.instances.get(&info.id) != Some(&info) {
-                        if reads_per_job_records(&info.version) && !self.instances.contains_key(&info.id) {
-                            warn!(instance = %info.id, version = %info.version, "this instance reads the per-job assignments of 0.1 and will not follow this leader's pages until it is upgraded (docs/OPERATIONS.md, Upgrading)");
+                        if !self.instances.contains_key(&info.id) {
+                            warn_if_per_job(&info);
                         }
                         self.instances.insert(info.id.clone(), info);
                         self.dirty.all = true;

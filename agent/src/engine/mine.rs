@@ -16,9 +16,10 @@ pub struct Mine {
 }
 
 impl Mine {
-    /// My part as `entry` (read at `revision`) says; `None` when it gives me no shard.
-    pub fn of(entry: &PageEntry, revision: i64) -> Option<Self> {
-        let mut shards: Vec<u32> = entry.shards.clone();
+    /// My part as `entry` (read at `revision`) says; `None` when it gives me no shard. Takes
+    /// the entry: every job of a page comes through here at each of the page's events.
+    pub fn of(entry: PageEntry, revision: i64) -> Option<Self> {
+        let mut shards = entry.shards;
         shards.sort_unstable();
         shards.dedup();
         (!shards.is_empty()).then(|| Self {
@@ -53,7 +54,7 @@ mod tests {
 
     #[test]
     fn keeps_my_shards_sorted_with_the_page_revision() {
-        let mine = Mine::of(&entry(&[3, 1, 3]), 42).expect("shards");
+        let mine = Mine::of(entry(&[3, 1, 3]), 42).expect("shards");
         assert_eq!(mine.shards(), [1, 3]);
         assert_eq!((mine.revision, mine.generation), (42, 7));
         assert!(mine.has(3) && !mine.has(0) && !mine.has(2) && !mine.has(9));
@@ -61,6 +62,6 @@ mod tests {
 
     #[test]
     fn nothing_for_an_entry_without_shards() {
-        assert_eq!(Mine::of(&entry(&[]), 1), None);
+        assert_eq!(Mine::of(entry(&[]), 1), None);
     }
 }

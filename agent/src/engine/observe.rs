@@ -84,7 +84,7 @@ impl Engine {
         assignment: Option<(PageEntry, i64)>,
         now: Now,
     ) {
-        let mine = assignment.and_then(|(entry, rev)| Mine::of(&entry, rev));
+        let mine = assignment.and_then(|(entry, rev)| Mine::of(entry, rev));
         if mine.is_none() && !self.jobs.contains_key(job) {
             return;
         }
@@ -197,7 +197,7 @@ impl Engine {
                 self.stale.clear();
                 self.jobs.values_mut().for_each(|j| j.mine = None);
                 for (job, entry, revision) in list {
-                    if let Some(mine) = Mine::of(&entry, revision) {
+                    if let Some(mine) = Mine::of(entry, revision) {
                         self.jobs.entry(job).or_default().mine = Some(mine);
                     }
                 }

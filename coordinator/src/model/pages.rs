@@ -171,8 +171,7 @@ mod tests {
     }
 
     fn record(generation: u64, owners: &[&str]) -> AssignmentRecord {
-        let owners = owners.iter().map(|o| (*o != "-").then(|| id(o))).collect();
-        AssignmentRecord::from_assignment(generation, &Assignment::from_owners(owners))
+        AssignmentRecord::of_names(generation, owners)
     }
 
     /// Every holder's pages (one page each: the page number does not matter here).

@@ -62,6 +62,16 @@ impl AssignmentRecord {
         Ok(Assignment::from_owners(owners))
     }
 
+    /// A record of `owners` by name, one per shard (`-` for nobody), for tests.
+    #[cfg(test)]
+    pub(crate) fn of_names(generation: u64, owners: &[&str]) -> Self {
+        let owners = owners
+            .iter()
+            .map(|o| (*o != "-").then(|| InstanceId::new(*o).expect("a valid id")))
+            .collect();
+        Self::from_assignment(generation, &Assignment::from_owners(owners))
+    }
+
     /// The owner of `shard`, by id.
     pub fn owner(&self, shard: u32) -> Option<&InstanceId> {
         let index = (*self.owners.get(shard as usize)?)?;

@@ -268,15 +268,13 @@ fn hash(value: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shardjob_sharding::Assignment;
 
     fn id(s: &str) -> InstanceId {
         InstanceId::new(s).unwrap()
     }
 
     fn record(generation: u64, owners: &[&str]) -> AssignmentRecord {
-        let owners = owners.iter().map(|o| (*o != "-").then(|| id(o))).collect();
-        AssignmentRecord::from_assignment(generation, &Assignment::from_owners(owners))
+        AssignmentRecord::of_names(generation, owners)
     }
 
     fn plan(writes: &[(&str, AssignmentRecord)], deletes: &[&str]) -> Plan {

@@ -9,6 +9,8 @@
 //! /shardjob/<ns>/jobs/<job>                  JobConfig
 //! /shardjob/<ns>/assigned/<instance>/<page>  written by the leader only, fenced: the shards
 //!                                            one instance holds of the jobs of one page
+//! /shardjob/<ns>/stamps/<instance>/<page>    empty, written in the same txn as that page: a
+//!                                            claim compares its revision, not the page's
 //! /shardjob/<ns>/unassigned/<page>           the same for the shards assigned to nobody
 //! /shardjob/<ns>/owners/<job>/<shard>        lease-bound; create_revision = fencing token
 //! /shardjob/<ns>/running/<job>/<shard>       failover jobs: an execution in progress
@@ -37,6 +39,11 @@ pub enum KeyKind {
     Job(String),
     /// `assigned/<instance>/<page>`
     Assigned {
+        instance: String,
+        page: u16,
+    },
+    /// `stamps/<instance>/<page>`
+    Stamp {
         instance: String,
         page: u16,
     },
@@ -147,6 +154,16 @@ impl Keys {
     pub fn assigned(&self, instance: &str, page: u16) -> String {
         self.under("assigned", &format!("{instance}/{page}"))
     }
+    /// `stamps/`: every page's stamp.
+    pub fn stamps_prefix(&self) -> String {
+        self.under("stamps", "")
+    }
+    /// `stamps/<instance>/<page>`: an empty key the leader puts (and deletes) in the same txn
+    /// as `assigned/<instance>/<page>`, so its mod revision is the page's. A claim compares
+    /// this one: etcd reads a compared key's whole value, and a page can be kilobytes.
+    pub fn stamp(&self, instance: &str, page: u16) -> String {
+        self.under("stamps", &format!("{instance}/{page}"))
+    }
     /// `unassigned/`: the pages of shards assigned to nobody.
     pub fn unassigned_prefix(&self) -> String {
         self.under("unassigned", "")
@@ -245,16 +262,14 @@ impl Keys {
         if kind == "unassigned" {
             return page_number(name).map(|page| KeyKind::Unassigned { page });
         }
-        if kind == "assigned" {
+        if kind == "assigned" || kind == "stamps" {
             let (instance, text) = name.split_once('/')?;
-            let page: u16 = text.parse().ok()?;
-            // Only the page's own spelling: `07` or `+7` would be a second key for page 7.
-            let canonical = page.to_string() == text;
-            return (canonical && valid(instance) && page < crate::model::PAGES).then(|| {
-                KeyKind::Assigned {
-                    instance: instance.to_owned(),
-                    page,
-                }
+            let page = page_number(text).filter(|_| valid(instance))?;
+            let instance = instance.to_owned();
+            return Some(if kind == "assigned" {
+                KeyKind::Assigned { instance, page }
+            } else {
+                KeyKind::Stamp { instance, page }
             });
         }
         if matches!(kind, "owners" | "running" | "cursors" | "done") {
@@ -327,6 +342,7 @@ mod tests {
             k.assigned_prefix(),
             k.assigned_to("a"),
             k.unassigned_prefix(),
+            k.stamps_prefix(),
         ] {
             assert!(p.ends_with('/'), "{p}");
         }
@@ -376,6 +392,14 @@ mod tests {
             (format!("{}assigned/i/07", k.root()), None),
             (format!("{}assigned/i/+7", k.root()), None),
             (format!("{}assigned/i", k.root()), None),
+            (
+                k.stamp("i-1", 0),
+                Some(KeyKind::Stamp {
+                    instance: "i-1".into(),
+                    page: 0,
+                }),
+            ),
+            (format!("{}stamps/i/07", k.root()), None),
             (k.unassigned(3), Some(KeyKind::Unassigned { page: 3 })),
             (format!("{}unassigned/16", k.root()), None),
             (format!("{}unassigned/a/1", k.root()), None),

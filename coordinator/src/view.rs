@@ -135,6 +135,9 @@ impl ClusterView {
         let mut candidates: Vec<LeaderView> = Vec::new();
         let mut instance_leases: BTreeMap<String, i64> = BTreeMap::new();
         let mut pages: Vec<(Option<InstanceId>, AssignedPage)> = Vec::new();
+        // Per (instance, page): the page's mod revision, and its stamp's.
+        let mut page_revisions: BTreeMap<(String, u16), i64> = BTreeMap::new();
+        let mut stamp_revisions: BTreeMap<(String, u16), i64> = BTreeMap::new();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let value = kv.value();
@@ -166,13 +169,19 @@ impl ClusterView {
                 KeyKind::Job(job) => decode_job(&key, &job, value)
                     .map(|c| view.jobs.entry(job).or_default().config = Some(c))
                     .map_err(|e| e.to_string()),
-                KeyKind::Assigned { instance, .. } => decode_page(&key, value)
+                KeyKind::Assigned { instance, page } => decode_page(&key, value)
                     .map_err(|e| e.to_string())
-                    .and_then(|page| {
+                    .and_then(|decoded| {
+                        page_revisions.insert((instance.clone(), page), kv.mod_revision());
+                        let page = decoded;
                         let id = InstanceId::new(instance).map_err(|e| format!("{key}: {e}"))?;
                         pages.push((Some(id), page));
                         Ok(())
                     }),
+                KeyKind::Stamp { instance, page } => {
+                    stamp_revisions.insert((instance, page), kv.mod_revision());
+                    Ok(())
+                }
                 KeyKind::Unassigned { .. } => decode_page(&key, value)
                     .map(|page| pages.push((None, page)))
                     .map_err(|e| e.to_string()),
@@ -213,6 +222,21 @@ impl ClusterView {
             if let Err(error) = result {
                 view.problems.push(Problem { key, error });
             }
+        }
+        for ((instance, page), revision) in &page_revisions {
+            if stamp_revisions.remove(&(instance.clone(), *page)) != Some(*revision) {
+                let key = keys.stamp(instance, *page);
+                let error = format!(
+                    "{key}: missing, or not written with its page (a page put by hand?): \
+                     claims compare the page until the leader rewrites it"
+                );
+                view.problems.push(Problem { key, error });
+            }
+        }
+        for (instance, page) in stamp_revisions.into_keys() {
+            let key = keys.stamp(&instance, page);
+            let error = format!("{key}: a stamp with no page");
+            view.problems.push(Problem { key, error });
         }
         for (job, record) in records_of(pages.iter().map(|(i, p)| (i.as_ref(), p))) {
             view.jobs.entry(job).or_default().assignment = Some(record);

@@ -14,10 +14,26 @@ fn page(keys: &Keys, job: &str) -> String {
     keys.assigned("me", shardjob_coordinator::model::page_of(job))
 }
 
+/// The stamp the leader writes with that page: what a claim compares.
+fn stamp(keys: &Keys, job: &str) -> String {
+    keys.stamp("me", shardjob_coordinator::model::page_of(job))
+}
+
 /// Puts `job`'s page (and its config, once); returns the page's revision.
 async fn assign(client: &etcd_client::Client, keys: &Keys, job: &str) -> i64 {
     put(client, keys.job(job)).await;
-    put(client, page(keys, job)).await
+    put_page(client, keys, job).await
+}
+
+/// Puts `job`'s page with its stamp in one txn, as the leader does; returns the revision.
+async fn put_page(client: &etcd_client::Client, keys: &Keys, job: &str) -> i64 {
+    use etcd_client::{Txn, TxnOp};
+    let txn = Txn::new().and_then([
+        TxnOp::put(page(keys, job), "{}", None),
+        TxnOp::put(stamp(keys, job), "", None),
+    ]);
+    let resp = client.clone().txn(txn).await.unwrap();
+    resp.header().unwrap().revision()
 }
 
 async fn put(client: &etcd_client::Client, key: String) -> i64 {
@@ -86,7 +102,7 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     // free shards (c/1, e/0, e/1) are claimed together in one more txn.
     let c0 = put(&client, keys.owner("c", 0)).await;
     let stale_d = rev["d"];
-    put(&client, page(&keys, "d")).await;
+    put_page(&client, &keys, "d").await;
     let r = claim_parts(
         &client,
         &keys,
@@ -147,6 +163,39 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
     );
     let left = client.clone().get(keys.owner("a", 0), None).await.unwrap();
     assert!(left.kvs().is_empty(), "an owner key of a deleted job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_stamp_was_lost_or_left_behind_is_compared_itself() {
+    let etcd = EtcdCluster::single().unwrap();
+    let client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let keys = Keys::new("stamps").unwrap();
+    let me = InstanceId::new("me").unwrap();
+    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let (a, b) = ("a", "b");
+    let ra = assign(&client, &keys, a).await;
+    assign(&client, &keys, b).await;
+    // a's stamp deleted by hand, b's page put by hand (its stamp left at the old revision).
+    client.clone().delete(stamp(&keys, a), None).await.unwrap();
+    let hand = put(&client, page(&keys, b)).await;
+    let r = claim_parts(
+        &client,
+        &keys,
+        &me,
+        lease,
+        &[(a, ra, 1, vec![0]), (b, hand, 1, vec![0])],
+    )
+    .await;
+    // Both refused by their stamps, both won comparing their pages (one retry txn).
+    let t = token_of(&r[0], 0);
+    assert_eq!(token_of(&r[1], 0), t, "{r:?}");
+    // With no stamp, a page that changed is still found stale.
+    client.clone().delete(keys.owner(a, 0), None).await.unwrap();
+    put(&client, page(&keys, a)).await;
+    let r = claim_parts(&client, &keys, &me, lease, &[(a, ra, 1, vec![0])]).await;
+    assert_eq!(r[0], vec![(0, Claimed::Stale)], "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

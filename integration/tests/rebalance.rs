@@ -150,6 +150,9 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
     // one, of an instance with nothing assigned, deleted).
     let ghost = keys.assigned("ghost", 0);
     client.put(ghost.as_str(), "{not json", None).await.unwrap();
+    // A stamp with no page: harmless, and reported.
+    let stray_stamp = keys.stamp("ghost", 1);
+    client.put(stray_stamp.as_str(), "", None).await.unwrap();
     // Well-formed JSON that breaks a rule is rejected too.
     put_job(
         &client,
@@ -183,7 +186,8 @@ async fn garbage_under_every_key_kind_is_skipped_and_rebalancing_goes_on() {
         "the garbage page was not repaired"
     );
     let problem_keys: BTreeSet<&str> = view.problems.iter().map(|p| p.key.as_str()).collect();
-    for key in garbage.iter().chain([&keys.job("zero"), &keys.job("good")]) {
+    let reported = [&keys.job("zero"), &keys.job("good"), &stray_stamp];
+    for key in garbage.iter().chain(reported) {
         assert!(
             problem_keys.contains(key.as_str()),
             "{key} not reported: {problem_keys:?}"
@@ -236,13 +240,30 @@ async fn more_than_128_changed_pages_go_out_in_several_fenced_txns() {
     for kv in &listing.kvs {
         *per_txn.entry(kv.mod_revision()).or_default() += 1;
     }
+    // Each page with its stamp: half as many pages as ops per txn.
     assert_eq!(
         per_txn.len(),
-        listing.kvs.len().div_ceil(MAX_TXN_OPS),
+        listing.kvs.len().div_ceil(MAX_TXN_OPS / 2),
         "{per_txn:?}"
     );
-    assert!(per_txn.values().all(|n| *n <= MAX_TXN_OPS));
+    assert!(per_txn.values().all(|n| *n <= MAX_TXN_OPS / 2));
     assert_eq!(stats.txns as usize, per_txn.len());
+    let stamps = list_prefix(&client, &keys.stamps_prefix(), None)
+        .await
+        .unwrap();
+    let revisions = |kvs: &[etcd_client::KeyValue], prefix: &str| {
+        kvs.iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                (key[prefix.len()..].to_owned(), kv.mod_revision())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        revisions(&stamps.kvs, &keys.stamps_prefix()),
+        revisions(&listing.kvs, &keys.assigned_prefix()),
+        "every page has its stamp, written in its txn"
+    );
     // Every job is on the pages, as the view reads them back.
     let view = ClusterView::load(&client, &keys).await.unwrap();
     let assigned = view
@@ -251,6 +272,7 @@ async fn more_than_128_changed_pages_go_out_in_several_fenced_txns() {
         .filter(|j| j.assignment.is_some())
         .count();
     assert_eq!(assigned, jobs);
+    assert!(view.problems.is_empty(), "{:?}", view.problems);
     drop(registered);
 }
 

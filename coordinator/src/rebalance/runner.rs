@@ -297,13 +297,14 @@ impl Chunks {
                 if !ops.is_empty() && size > 0 && bytes + size > MAX_TXN_BYTES {
                     break;
                 }
+                // A page and its stamp go in one txn: the same mod revision.
+                let page_ops = 1 + usize::from(w.holder.is_some());
+                if ops.len() + page_ops > MAX_TXN_OPS {
+                    break;
+                }
                 self.pages += 1;
                 bytes += size;
-                let key = w.key(keys);
-                ops.push(match &w.value {
-                    Some(v) => TxnOp::put(key, v.clone(), None),
-                    None => TxnOp::delete(key, None),
-                });
+                ops.extend(w.ops(keys));
             } else if let Some(op) = self.spill.next() {
                 ops.push(op);
             } else if let Some(job) = pass.plan.retire.get(self.retires) {
@@ -352,14 +353,16 @@ mod tests {
         for (puts, size, deletes, retire, txns) in [
             (0, 10, 0, 0, 0),
             (1, 10, 0, 0, 1),
-            (128, 10, 0, 0, 1),
-            (129, 10, 3, 0, 2),
+            // Each page with its stamp: 64 pages fill a txn.
+            (64, 10, 0, 0, 1),
+            (65, 10, 0, 0, 2),
+            (129, 10, 3, 0, 3),
             (
                 300,
                 10,
                 2,
                 40,
-                (302 + 40 * per_retire).div_ceil(MAX_TXN_OPS),
+                (2 * 302 + 40 * per_retire).div_ceil(MAX_TXN_OPS),
             ),
             // Two of a third of the limit fit, three do not.
             (5, big, 0, 0, 3),
@@ -373,21 +376,30 @@ mod tests {
             while let Some(ops) = chunks.next(&p, &keys) {
                 count += 1;
                 assert!(!ops.is_empty() && ops.len() <= MAX_TXN_OPS, "{}", ops.len());
+                let ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
                 let puts = ops
                     .iter()
-                    .filter(|op| format!("{op:?}").contains("Put"))
+                    .filter(|op| op.contains("Put") && op.contains("/assigned/"))
                     .count();
                 let bytes = puts * size;
                 assert!(
                     bytes <= MAX_TXN_BYTES || puts == 1,
                     "{bytes} in {puts} puts"
                 );
-                seen.extend(ops.iter().map(|op| format!("{op:?}").contains("Delete")));
+                // Every page's stamp right after it, in the same txn.
+                for (i, op) in ops.iter().enumerate() {
+                    if op.contains("/assigned/") {
+                        let stamp = ops.get(i + 1).expect("a stamp in the same txn");
+                        assert!(stamp.contains("/stamps/"), "{stamp}");
+                        assert_eq!(op.contains("Put"), stamp.contains("Put"), "{op} {stamp}");
+                    }
+                }
+                seen.extend(ops.iter().map(|op| op.contains("Delete")));
             }
             assert_eq!(count, txns, "{puts} {size} {deletes} {retire}");
-            assert_eq!(seen.len(), puts + deletes + retire * per_retire);
+            assert_eq!(seen.len(), 2 * (puts + deletes) + retire * per_retire);
             // The puts first, then the deletes (of pages, then of retired jobs).
-            assert_eq!(seen.iter().position(|&d| d).unwrap_or(puts), puts);
+            assert_eq!(seen.iter().position(|&d| d).unwrap_or(2 * puts), 2 * puts);
         }
     }
 }

@@ -41,6 +41,25 @@ impl PageWrite {
             None => keys.unassigned(self.page),
         }
     }
+
+    /// The stamp written with it (an instance's page only; nobody claims the unassigned).
+    pub fn stamp_key(&self, keys: &Keys) -> Option<String> {
+        let i = self.holder.as_ref()?;
+        Some(keys.stamp(i.as_str(), self.page))
+    }
+
+    /// Its ops: the page's put or delete, and its stamp's, to go in one txn.
+    pub fn ops(&self, keys: &Keys) -> impl Iterator<Item = etcd_client::TxnOp> {
+        let write = |key: String| match &self.value {
+            Some(v) => etcd_client::TxnOp::put(key, v.clone(), None),
+            None => etcd_client::TxnOp::delete(key, None),
+        };
+        let stamp = self.stamp_key(keys).map(|key| match &self.value {
+            Some(_) => etcd_client::TxnOp::put(key, Vec::new(), None),
+            None => etcd_client::TxnOp::delete(key, None),
+        });
+        std::iter::once(write(self.key(keys))).chain(stamp)
+    }
 }
 
 /// What the leader knows of the stored pages.

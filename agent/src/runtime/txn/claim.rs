@@ -2,17 +2,21 @@
 //! `claimer` packs them).
 //!
 //! ```text
-//! if   ∀j mod_revision(page(j)) == seen(j)  ∧  create_revision(jobs/j) > 0
+//! if   ∀j mod_revision(stamp(j)) == seen(j)  ∧  create_revision(jobs/j) > 0
 //!      ∧  ∀(j,s) create_revision(owners/j/s) == 0
 //! then ∀(j,s): get cursors/j/s; get running/j/s; put owners/j/s (lease);
 //!              if value(cursors/j/s) != {"released":false} then put cursors/j/s {"released":false}
-//! else ∀j: get page(j), get jobs/j (keys only);  ∀(j,s): get owners/j/s
+//! else ∀j: get page(j), get stamp(j), get jobs/j (keys only);  ∀(j,s): get owners/j/s
 //!
-//! page(j) = assigned/<me>/<page_of(j)>: my page that lists j
+//! page(j)  = assigned/<me>/<page_of(j)>: my page that lists j (seen(j): its mod revision)
+//! stamp(j) = stamps/<me>/<page_of(j)>: empty, put by the leader in the page's txn
 //! ```
 //!
-//! ```text
-//! ```
+//! The stamp stands for the page because etcd reads a compared key's whole value: a page is
+//! ~7.5 KB at bench-scale, and comparing it made the cold start 20-35 % slower. Each stamp
+//! is compared once per txn. When a refusal shows the page as seen but the stamp not (a page
+//! put by hand, a stamp deleted by hand), the shards are tried again comparing the page
+//! itself: the stamp is a shortcut, never what decides.
 //!
 //! The config's compare: a job deleted (its config and every owner key in one txn) stays on
 //! the pages until the leader's next pass, and the owner deletes can reach this agent before
@@ -45,7 +49,7 @@ const OPS_PER_SHARD: usize = 4;
 /// five per shard (found by `a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused`:
 /// 32 shards, 160 ops, refused as "too many operations").
 const BUDGET_PER_SHARD: usize = OPS_PER_SHARD + 1;
-/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and two per job).
+/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and three per job).
 pub(crate) const CLAIM_CHUNK: usize = 128 / BUDGET_PER_SHARD;
 /// Txns per claim: the first, and retries of what a refusal showed to be free (a key created
 /// or an assignment changed between two of them is rare; after this many the free shards are
@@ -69,6 +73,15 @@ pub(crate) struct ClaimPart {
     pub shards: Vec<u32>,
 }
 
+/// What a part's txn compares to know the page is still the one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// The page's stamp (small, the same revision).
+    Stamp,
+    /// The page itself: its stamp did not match.
+    Page,
+}
+
 /// What one txn did.
 enum Answer {
     /// Every shard won, per part in order.
@@ -79,6 +92,8 @@ enum Answer {
 
 struct Refusal {
     stale: bool,
+    /// The page is the one read but its stamp is not.
+    unstamped: bool,
     /// The job's config is gone.
     gone: bool,
     holders: Vec<Option<SeenOwner>>,
@@ -99,12 +114,13 @@ pub(crate) async fn claim(
     // they are), and for each its index into `parts`.
     let mut retry: Vec<ClaimPart> = Vec::new();
     let mut index: Vec<usize> = (0..parts.len()).collect();
+    let mut guards = vec![Guard::Stamp; parts.len()];
     for attempt in 0..ATTEMPTS {
         let batch = if attempt == 0 { parts } else { &retry[..] };
         if batch.is_empty() {
             break;
         }
-        match claim_batch(client, who, batch).await {
+        match claim_batch(client, who, batch, &guards).await {
             Ok(Answer::Won(won)) => {
                 for (&i, results) in index.iter().zip(won) {
                     out[i].extend(results);
@@ -112,8 +128,10 @@ pub(crate) async fn claim(
                 index.clear();
             }
             Ok(Answer::Refused(refusals)) => {
-                let (mut next, mut next_index) = (Vec::new(), Vec::new());
-                for ((&i, part), refusal) in index.iter().zip(batch).zip(refusals) {
+                let (mut next, mut next_index, mut next_guards) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                let tried = index.iter().zip(batch).zip(&guards).zip(refusals);
+                for (((&i, part), &guard), refusal) in tried {
                     if refusal.gone {
                         let why = "the job's config is gone";
                         out[i].extend(part.shards.iter().map(|&s| (s, failed(why))));
@@ -138,10 +156,16 @@ pub(crate) async fn claim(
                             shards: free,
                         });
                         next_index.push(i);
+                        next_guards.push(if refusal.unstamped {
+                            Guard::Page
+                        } else {
+                            guard
+                        });
                     }
                 }
                 retry = next;
                 index = next_index;
+                guards = next_guards;
                 continue;
             }
             Err(e) => {
@@ -168,19 +192,21 @@ fn failed(why: &str) -> ClaimResult {
     ClaimResult::Failed(WriteFailed(why.to_owned()))
 }
 
+/// One txn claiming `parts`, each guarded as `guards` says.
 async fn claim_batch(
     client: &Client,
     who: &Claimant<'_>,
     parts: &[ClaimPart],
+    guards: &[Guard],
 ) -> Result<Answer, TxnError> {
     let claimed = encode("a cursor", &Cursor::default())?;
     let shards: usize = parts.iter().map(|p| p.shards.len()).sum();
     let mut compares = Vec::with_capacity(2 * parts.len() + shards);
     let mut ops = Vec::with_capacity(shards * OPS_PER_SHARD);
-    let mut reads = Vec::with_capacity(2 * parts.len() + shards);
-    // The (page, revision) pairs this txn compares already.
+    let mut reads = Vec::with_capacity(3 * parts.len() + shards);
+    // The (key, revision) pairs this txn compares already.
     let mut guarded: Vec<(String, i64)> = Vec::new();
-    for part in parts {
+    for (part, guard) in parts.iter().zip(guards) {
         let owner = encode(
             "an owner key",
             &Owner {
@@ -190,19 +216,25 @@ async fn claim_batch(
         )?;
         // My page that lists the job: any change to it (this job's part or another's) refuses
         // the claim as stale, and the page's next event brings the revision to claim under.
-        let page = who.keys.assigned(who.instance.as_str(), page_of(&part.job));
-        // Compared once per txn: etcd reads a compared key's whole value (a page is ~7.5 KB at
-        // bench-scale), and parts packed together mostly come from one page's event.
-        let guard = (page.clone(), part.assignment_revision);
-        if !guarded.contains(&guard) {
+        let (me, page_no) = (who.instance.as_str(), page_of(&part.job));
+        let page = who.keys.assigned(me, page_no);
+        let stamp = who.keys.stamp(me, page_no);
+        // Compared once per txn: parts packed together mostly come from one page's event.
+        let compared = match guard {
+            Guard::Stamp => stamp.clone(),
+            Guard::Page => page.clone(),
+        };
+        let pair = (compared, part.assignment_revision);
+        if !guarded.contains(&pair) {
             compares.push(Compare::mod_revision(
-                page.clone(),
+                pair.0.clone(),
                 CompareOp::Equal,
                 part.assignment_revision,
             ));
-            guarded.push(guard);
+            guarded.push(pair);
         }
         reads.push(TxnOp::get(page, Some(GetOptions::new().with_keys_only())));
+        reads.push(TxnOp::get(stamp, Some(GetOptions::new().with_keys_only())));
         let config = who.keys.job(&part.job);
         compares.push(Compare::create_revision(
             config.clone(),
@@ -261,15 +293,19 @@ async fn claim_batch(
     Ok(Answer::Won(won))
 }
 
-/// Reads the refusal branch: per part its page's and its config's gets, then one get per
-/// shard.
+/// Reads the refusal branch: per part its page's, its stamp's and its config's gets, then one
+/// get per shard.
 fn refusals(parts: &[ClaimPart], responses: &[TxnOpResponse]) -> Vec<Refusal> {
     let mut reads = responses.iter();
     parts
         .iter()
         .map(|part| {
-            let page = first_kv(reads.next());
-            let stale = page.is_none_or(|kv| kv.mod_revision() != part.assignment_revision);
+            let seen = |kv: Option<&etcd_client::KeyValue>| {
+                kv.is_some_and(|kv| kv.mod_revision() == part.assignment_revision)
+            };
+            let page = seen(first_kv(reads.next()));
+            let stamp = seen(first_kv(reads.next()));
+            let (stale, unstamped) = (!page, page && !stamp);
             let gone = first_kv(reads.next()).is_none();
             let holders = part
                 .shards
@@ -278,6 +314,7 @@ fn refusals(parts: &[ClaimPart], responses: &[TxnOpResponse]) -> Vec<Refusal> {
                 .collect();
             Refusal {
                 stale,
+                unstamped,
                 gone,
                 holders,
             }

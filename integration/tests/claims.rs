@@ -267,8 +267,9 @@ async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused() {
-    // etcd refuses a txn of more than 128 ops (its default `--max-txn-ops`): a full chunk, in
-    // both branches, must stay within it.
+    // etcd refuses a txn of more than 128 ops (its default `--max-txn-ops`) in a branch, and a
+    // nested txn of more than its branch leaves: a full chunk, in both branches and in both
+    // shapes (one job, or a job per shard: the most reads when refused), stays within it.
     let etcd = EtcdCluster::single().unwrap();
     let client = etcd_client::Client::connect(etcd.endpoints(), None)
         .await
@@ -276,16 +277,41 @@ async fn a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused() {
     let keys = Keys::new("chunk").unwrap();
     let me = InstanceId::new("me").unwrap();
     let lease = client.clone().lease_grant(30, None).await.unwrap().id();
-    let rev = assign(&client, &keys, "a").await;
-    let shards: Vec<u32> = (0..shardjob_agent::testing::CLAIM_CHUNK as u32).collect();
-    let part = [("a", rev, 1, shards.clone())];
-    let r = claim_parts(&client, &keys, &me, lease, &part).await;
-    let t = token_of(&r[0], 0);
-    assert!(shards.iter().all(|s| token_of(&r[0], *s) == t), "{r:?}");
-    let r = claim_parts(&client, &keys, &me, lease, &part).await;
-    let held: Vec<(u32, Claimed)> = shards
-        .iter()
-        .map(|s| (*s, Claimed::Held("me".into(), t)))
-        .collect();
-    assert_eq!(r[0], held);
+    let chunk = shardjob_agent::testing::CLAIM_CHUNK;
+    let jobs: Vec<String> = (0..=chunk).map(|j| format!("j{j}")).collect();
+    for job in &jobs {
+        assign(&client, &keys, job).await;
+    }
+    // Jobs share pages: each is claimed under its page's last revision.
+    let mut latest = Vec::new();
+    for job in &jobs {
+        let kv = client.clone().get(page(&keys, job), None).await.unwrap();
+        latest.push((job.clone(), kv.kvs()[0].mod_revision()));
+    }
+    let (first, rest) = latest.split_first().unwrap();
+    let one_job = vec![(first.0.clone(), first.1, (0..chunk as u32).collect())];
+    let job_per_shard = rest.iter().map(|(j, r)| (j.clone(), *r, vec![0])).collect();
+    for parts in [one_job, job_per_shard] {
+        let parts: Vec<(&str, i64, u64, Vec<u32>)> = parts
+            .iter()
+            .map(|(j, r, s)| (j.as_str(), *r, 1, s.clone()))
+            .collect();
+        let r = claim_parts(&client, &keys, &me, lease, &parts).await;
+        let t = token_of(&r[0], 0);
+        let results: Vec<&Claimed> = r.iter().flatten().map(|(_, c)| c).collect();
+        assert_eq!(results.len(), chunk, "{r:?}");
+        assert!(
+            results.iter().all(|c| **c == Claimed::Won(t)),
+            "every shard won in one txn: {r:?}"
+        );
+        let r = claim_parts(&client, &keys, &me, lease, &parts).await;
+        for (part, results) in parts.iter().zip(&r) {
+            let held: Vec<(u32, Claimed)> = part
+                .3
+                .iter()
+                .map(|s| (*s, Claimed::Held("me".into(), t)))
+                .collect();
+            assert_eq!(results, &held);
+        }
+    }
 }

@@ -45,12 +45,13 @@ use crate::engine::{ClaimResult, LeaseId, SeenOwner, Token, WriteFailed};
 
 /// Ops per shard in the success branch: two gets, the owner key's put, the cursor's txn.
 const OPS_PER_SHARD: usize = 4;
-/// etcd's default `--max-txn-ops` counts the ops of nested txns too: the cursor's put makes
-/// five per shard (found by `a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused`:
-/// 32 shards, 160 ops, refused as "too many operations").
-const BUDGET_PER_SHARD: usize = OPS_PER_SHARD + 1;
-/// Shards per claim txn: within 128 ops (a refusal reads one key per shard and three per job).
-pub(crate) const CLAIM_CHUNK: usize = 128 / BUDGET_PER_SHARD;
+/// Shards per claim txn. etcd 3.4 holds each branch (and the compares) to `--max-txn-ops`
+/// (128 by default), and a nested txn to what the branch it is in leaves of it: 4 x 31 = 124
+/// ops leave 4 for the cursor's txn (1 op); 32 shards leave none and are refused as "too many
+/// operations", 31 pass. The refusal branch reads three keys per part and one per shard: 124
+/// with 31 parts of one shard, the most. (This was 25, from a guess of five ops per shard;
+/// `a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused` probes both shapes.)
+pub(crate) const CLAIM_CHUNK: usize = (128 - 1) / OPS_PER_SHARD;
 /// Txns per claim: the first, and retries of what a refusal showed to be free (a key created
 /// or an assignment changed between two of them is rare; after this many the free shards are
 /// reported failed and the engine tries them again at its re-check).

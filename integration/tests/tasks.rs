@@ -135,6 +135,31 @@ async fn failures_retry_with_backoff_then_dead_letter_and_requeue_runs_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_registering_one_queue_together_all_get_its_segments() {
+    // Agents starting together register their queues at once: an insert that waited for
+    // another's must still read the row that one committed.
+    logs();
+    let pg = PgServer::start().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&[&pg]).await);
+    }
+    for round in 0..20 {
+        let queue = format!("together-{round}");
+        let calls: Vec<_> = clients
+            .iter()
+            .map(|t| {
+                let (t, queue) = (t.clone(), queue.clone());
+                tokio::spawn(async move { t.ensure_queue(&queue, 3).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Ok(3), "{queue}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_dedupe_and_bad_input_answer_clearly() {
     logs();
     let (etcd, pg) = (EtcdCluster::single().unwrap(), PgServer::start().unwrap());

@@ -160,7 +160,22 @@ impl Tasks {
                 )
                 .await
                 .map_err(crate::store::db_err("registering a queue", server))?;
-            let s: i32 = row.get(0);
+            let err = crate::store::db_err("registering a queue", server);
+            let s = match row.try_get::<_, Option<i32>>(0).map_err(&err)? {
+                Some(s) => s,
+                // Another instance's insert of this queue committed while ours waited for it:
+                // the statement's snapshot is older than that row, so it read nothing. A new
+                // statement sees it (the demo's three agents starting together found this as a
+                // panic on a NULL).
+                None => client
+                    .query_one(
+                        "SELECT segments FROM task_queues WHERE name = $1",
+                        &[&queue],
+                    )
+                    .await
+                    .and_then(|row| row.try_get::<_, i32>(0))
+                    .map_err(&err)?,
+            };
             stored.get_or_insert(s);
         }
         let stored = stored.unwrap_or(segments as i32).max(1) as u32;

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The stamp stands for the page because etcd reads a compared key's whole value: a page is
-//! ~7.5 KB at bench-scale, and comparing it made the cold start 20-35 % slower. Each stamp
+//! ~7.5 KB at bench-scale, and comparing it made the cold start 10-35 % slower. Each stamp
 //! is compared once per txn. When a refusal shows the page as seen but the stamp not (a page
 //! put by hand, a stamp deleted by hand), the shards are tried again comparing the page
 //! itself: the stamp is a shortcut, never what decides.

@@ -169,15 +169,17 @@ impl ClusterView {
                 KeyKind::Job(job) => decode_job(&key, &job, value)
                     .map(|c| view.jobs.entry(job).or_default().config = Some(c))
                     .map_err(|e| e.to_string()),
-                KeyKind::Assigned { instance, page } => decode_page(&key, value)
-                    .map_err(|e| e.to_string())
-                    .and_then(|decoded| {
-                        page_revisions.insert((instance.clone(), page), kv.mod_revision());
-                        let page = decoded;
-                        let id = InstanceId::new(instance).map_err(|e| format!("{key}: {e}"))?;
-                        pages.push((Some(id), page));
-                        Ok(())
-                    }),
+                KeyKind::Assigned { instance, page } => {
+                    page_revisions.insert((instance.clone(), page), kv.mod_revision());
+                    decode_page(&key, value)
+                        .map_err(|e| e.to_string())
+                        .and_then(|page| {
+                            let id =
+                                InstanceId::new(instance).map_err(|e| format!("{key}: {e}"))?;
+                            pages.push((Some(id), page));
+                            Ok(())
+                        })
+                }
                 KeyKind::Stamp { instance, page } => {
                     stamp_revisions.insert((instance, page), kv.mod_revision());
                     Ok(())

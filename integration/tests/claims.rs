@@ -14,6 +14,32 @@ fn page(keys: &Keys, job: &str) -> String {
     keys.assigned("me", shardjob_coordinator::model::page_of(job))
 }
 
+/// One etcd, a client, the keys of `namespace`, instance `me` and a lease of its own.
+struct Bed {
+    _etcd: EtcdCluster,
+    client: etcd_client::Client,
+    keys: Keys,
+    me: InstanceId,
+    lease: i64,
+}
+
+impl Bed {
+    async fn start(namespace: &str) -> Self {
+        let etcd = EtcdCluster::single().unwrap();
+        let client = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+        Bed {
+            _etcd: etcd,
+            client,
+            keys: Keys::new(namespace).unwrap(),
+            me: InstanceId::new("me").unwrap(),
+            lease,
+        }
+    }
+}
+
 /// The stamp the leader writes with that page: what a claim compares.
 fn stamp(keys: &Keys, job: &str) -> String {
     keys.stamp("me", shardjob_coordinator::model::page_of(job))
@@ -62,13 +88,13 @@ fn token_of(results: &[(u32, Claimed)], shard: u32) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
-    let etcd = EtcdCluster::single().unwrap();
-    let client = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
-    let keys = Keys::new("claims").unwrap();
-    let me = InstanceId::new("me").unwrap();
-    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let Bed {
+        _etcd,
+        client,
+        keys,
+        me,
+        lease,
+    } = Bed::start("claims").await;
     let mut rev = std::collections::BTreeMap::new();
     for job in ["a", "b", "c", "d", "e"] {
         rev.insert(job, assign(&client, &keys, job).await);
@@ -167,13 +193,13 @@ async fn packed_jobs_share_one_txn_and_a_refusal_names_what_blocked_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_whose_stamp_was_lost_or_left_behind_is_compared_itself() {
-    let etcd = EtcdCluster::single().unwrap();
-    let client = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
-    let keys = Keys::new("stamps").unwrap();
-    let me = InstanceId::new("me").unwrap();
-    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let Bed {
+        _etcd,
+        client,
+        keys,
+        me,
+        lease,
+    } = Bed::start("stamps").await;
     let (a, b) = ("a", "b");
     let ra = assign(&client, &keys, a).await;
     assign(&client, &keys, b).await;
@@ -200,13 +226,13 @@ async fn a_page_whose_stamp_was_lost_or_left_behind_is_compared_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_with_a_stale_token_does_not_block_the_others_packed_with_it() {
-    let etcd = EtcdCluster::single().unwrap();
-    let client = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
-    let keys = Keys::new("releases").unwrap();
-    let me = InstanceId::new("me").unwrap();
-    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let Bed {
+        _etcd,
+        client,
+        keys,
+        me,
+        lease,
+    } = Bed::start("releases").await;
     let ra = assign(&client, &keys, "a").await;
     let rb = assign(&client, &keys, "b").await;
     let r = claim_parts(
@@ -270,13 +296,13 @@ async fn a_full_chunk_of_shards_fits_in_one_txn_claimed_and_refused() {
     // etcd refuses a txn of more than 128 ops (its default `--max-txn-ops`) in a branch, and a
     // nested txn of more than its branch leaves: a full chunk, in both branches and in both
     // shapes (one job, or a job per shard: the most reads when refused), stays within it.
-    let etcd = EtcdCluster::single().unwrap();
-    let client = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .unwrap();
-    let keys = Keys::new("chunk").unwrap();
-    let me = InstanceId::new("me").unwrap();
-    let lease = client.clone().lease_grant(30, None).await.unwrap().id();
+    let Bed {
+        _etcd,
+        client,
+        keys,
+        me,
+        lease,
+    } = Bed::start("chunk").await;
     let chunk = shardjob_agent::testing::CLAIM_CHUNK;
     let jobs: Vec<String> = (0..=chunk).map(|j| format!("j{j}")).collect();
     for job in &jobs {

@@ -50,15 +50,13 @@ impl PageWrite {
 
     /// Its ops: the page's put or delete, and its stamp's, to go in one txn.
     pub fn ops(&self, keys: &Keys) -> impl Iterator<Item = etcd_client::TxnOp> {
-        let write = |key: String| match &self.value {
-            Some(v) => etcd_client::TxnOp::put(key, v.clone(), None),
+        let op = |key: String, value: Vec<u8>| match self.value {
+            Some(_) => etcd_client::TxnOp::put(key, value, None),
             None => etcd_client::TxnOp::delete(key, None),
         };
-        let stamp = self.stamp_key(keys).map(|key| match &self.value {
-            Some(_) => etcd_client::TxnOp::put(key, Vec::new(), None),
-            None => etcd_client::TxnOp::delete(key, None),
-        });
-        std::iter::once(write(self.key(keys))).chain(stamp)
+        let page = op(self.key(keys), self.value.clone().unwrap_or_default());
+        let stamp = self.stamp_key(keys).map(|key| op(key, Vec::new()));
+        std::iter::once(page).chain(stamp)
     }
 }
 

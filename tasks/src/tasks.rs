@@ -151,6 +151,7 @@ impl Tasks {
         let mut stored = None;
         for server in 0..self.inner.store.servers.len() {
             let client = self.inner.store.conn(server, "registering a queue").await?;
+            let err = crate::store::db_err("registering a queue", server);
             let row = client
                 .query_one(
                     "WITH i AS (INSERT INTO task_queues (name, segments) VALUES ($1, $2)
@@ -159,8 +160,7 @@ impl Tasks {
                     &[&queue, &(segments as i32)],
                 )
                 .await
-                .map_err(crate::store::db_err("registering a queue", server))?;
-            let err = crate::store::db_err("registering a queue", server);
+                .map_err(&err)?;
             let s = match row.try_get::<_, Option<i32>>(0).map_err(&err)? {
                 Some(s) => s,
                 // Another instance's insert of this queue committed while ours waited for it:

@@ -6,15 +6,17 @@
 //! - with `rebalance_delay > 0`, an owner of the current assignment that departed less than the
 //!   delay ago stays "parked": it counts as eligible (its shards stay on it, unclaimed, ready for
 //!   a restart with the same id) until the delay runs out, when the plan asks to be woken;
-//! - `new = strategy.assign(job, total, eligible, current)`, written as generation + 1 if it
-//!   differs from the current one;
+//! - `new = strategy.assign(job, total, eligible, current)`; for sticky jobs, evened out across
+//!   jobs in two passes (`shardjob_sharding::even`: the shards that move anyway placed on the
+//!   lightest instances first, for every job, then evening against the loads that leaves);
+//!   written as generation + 1 if it differs from the current one;
 //! - an assignment whose job no longer exists is deleted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use shardjob_sharding::even::{Load, even_out};
-use shardjob_sharding::{Assignment, Instance, StrategyKind};
+use shardjob_sharding::even::{Give, Load, even_out, place_moving};
+use shardjob_sharding::{Assignment, Instance, InstanceId, StrategyKind};
 use tokio::time::Instant;
 
 use super::planned::PlannedJob;
@@ -62,6 +64,10 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
             load.count(id, 1);
         }
     }
+    let live = |id: &InstanceId| world.instances.contains_key(id);
+    // Pass 1: every job's new assignment, with the shards that move anyway placed on the
+    // lightest instances.
+    let mut planned = Vec::new();
     for job in jobs {
         let current = world.assignments.get(job.as_str());
         let Some(config) = world.jobs.get(job.as_str()) else {
@@ -93,29 +99,60 @@ pub fn plan(world: &World, dirty: &Dirty, now: Instant, rebalance_delay: Duratio
         load.add(&next);
         // Sticky jobs are evened out across jobs too: a job with fewer shards than instances
         // would otherwise never give a late joiner anything (see `shardjob_sharding::even`).
-        if config.strategy == StrategyKind::Sticky && !config.one_shot {
-            even_out(
-                &mut next,
-                &eligible,
-                |id| world.instances.contains_key(id),
-                &mut load,
-            );
+        let even = config.strategy == StrategyKind::Sticky && !config.one_shot;
+        if even {
+            place_moving(&mut next, previous.as_ref(), &eligible, live, &mut load);
         }
-        if previous.as_ref() == Some(&next) {
+        planned.push(Planned {
+            job,
+            generation: current.map_or(1, |r| r.generation + 1),
+            previous,
+            next,
+            eligible: even.then_some(eligible),
+        });
+    }
+    // Pass 2: even out against the loads pass 1 left, by free moves first, then write what
+    // changed.
+    for give in [Give::Moving, Give::Any] {
+        for p in &mut planned {
+            if let Some(eligible) = &p.eligible {
+                even_out(
+                    &mut p.next,
+                    p.previous.as_ref(),
+                    eligible,
+                    live,
+                    &mut load,
+                    give,
+                );
+            }
+        }
+    }
+    for p in planned {
+        if p.previous.as_ref() == Some(&p.next) {
             continue;
         }
-        out.moves += previous
+        out.moves += p
+            .previous
             .as_ref()
             .unwrap_or(&Assignment::unassigned(0))
-            .moves_to(&next)
+            .moves_to(&p.next)
             .len();
-        let generation = current.map_or(1, |r| r.generation + 1);
         out.writes.push((
-            job.clone(),
-            AssignmentRecord::from_assignment(generation, &next),
+            p.job.clone(),
+            AssignmentRecord::from_assignment(p.generation, &p.next),
         ));
     }
     out
+}
+
+/// One job's pass-1 result, waiting for pass 2.
+struct Planned<'w> {
+    job: &'w String,
+    generation: u64,
+    previous: Option<Assignment>,
+    next: Assignment,
+    /// The instances to even out over, for the jobs that are evened out.
+    eligible: Option<Vec<Instance>>,
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

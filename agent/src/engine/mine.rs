@@ -34,6 +34,12 @@ impl Mine {
         self.shards.binary_search(&shard).is_ok()
     }
 
+    /// True when `other` gives me the same shards (whatever its generation and revision: other
+    /// instances' shards of the job may have moved).
+    pub fn same_shards(&self, other: &Mine) -> bool {
+        self.shards == other.shards
+    }
+
     /// My shards, ascending.
     pub fn shards(&self) -> &[u32] {
         &self.shards

@@ -814,3 +814,24 @@ fn shutdown_starts_nothing_and_finish_releases_everything() {
     );
     assert!(h.engine.drained());
 }
+
+#[test]
+fn a_page_written_again_with_my_shards_unchanged_decides_nothing_but_claims_under_it() {
+    let mut h = Harness::holding(2, every_second(2)); // revision 40, shards 0 and 1 held
+    // Another instance's shards of the job moved: my page is rewritten, mine are the same.
+    assert_eq!(
+        h.assign("j", &[ME, ME], 60),
+        [],
+        "nothing to do, nothing to publish"
+    );
+    assert_eq!(h.engine.fireable("j"), [0, 1]);
+    // The claim after a lost key is guarded by the page as it is now, not as first read.
+    assert_eq!(claims(&h.owner_gone("j", 1, 150)), [(vec![1], 60)]);
+    // While a claim is out, a rewrite decides again (a shard of mine is not held).
+    assert_eq!(claims(&h.assign("j", &[ME, ME], 61)), [], "in flight");
+    assert_eq!(
+        claims(&h.answer("j", 60, vec![(1, ClaimResult::Stale)])),
+        [(vec![1], 61)],
+        "claimed again under 61"
+    );
+}

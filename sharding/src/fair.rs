@@ -16,14 +16,20 @@ pub struct Share {
 
 /// The share of every instance in `eligible`, in the same order. Empty input, empty output.
 pub fn shares(total: u32, eligible: &[&Instance]) -> Vec<Share> {
-    let weight_sum: u64 = eligible.iter().map(|i| i.effective_weight()).sum();
+    let weights: Vec<u64> = eligible.iter().map(|i| i.effective_weight()).collect();
+    shares_by_weight(total, &weights)
+}
+
+/// [`shares`] for instances of these (effective) weights.
+pub fn shares_by_weight(total: u32, weights: &[u64]) -> Vec<Share> {
+    let weight_sum: u64 = weights.iter().sum();
     if weight_sum == 0 {
         return Vec::new();
     }
-    eligible
+    weights
         .iter()
-        .map(|i| {
-            let num = u64::from(total) * i.effective_weight();
+        .map(|&w| {
+            let num = u64::from(total) * w;
             // num / weight_sum <= total, so both fit in u32.
             let floor = (num / weight_sum) as u32;
             let ceil = floor + u32::from(num % weight_sum != 0);

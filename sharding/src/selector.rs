@@ -23,7 +23,7 @@ pub enum SelectorError {
 }
 
 /// Required labels, all of which must match (an empty selector matches every instance).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Selector(BTreeMap<String, String>);
 

@@ -35,67 +35,35 @@
 //! Only instances the caller calls live take part: a parked instance (departed, within the
 //! rebalance delay) neither gets nor gives shards here.
 
-use std::collections::HashMap;
+mod load;
+mod members;
 
-use crate::fair::shares;
-use crate::hash::Fnv;
-use crate::{Assignment, Instance, InstanceId};
+pub use load::Load;
+pub use members::Members;
 
-/// Shards per instance over every job.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Load(HashMap<InstanceId, u64, Fnv>);
-
-impl Load {
-    /// The shards `id` holds over every job.
-    pub fn of(&self, id: &InstanceId) -> u64 {
-        self.0.get(id).copied().unwrap_or(0)
-    }
-
-    /// Counts `n` more shards for `id`.
-    pub fn count(&mut self, id: &InstanceId, n: u64) {
-        *self.0.entry(id.clone()).or_default() += n;
-    }
-
-    /// Counts every owned shard of `a`.
-    pub fn add(&mut self, a: &Assignment) {
-        for id in a.owners().iter().flatten() {
-            *self.0.entry(id.clone()).or_default() += 1;
-        }
-    }
-
-    /// Uncounts every owned shard of `a` (never below zero).
-    pub fn remove(&mut self, a: &Assignment) {
-        for id in a.owners().iter().flatten() {
-            if let Some(n) = self.0.get_mut(id) {
-                *n = n.saturating_sub(1);
-            }
-        }
-    }
-}
+use crate::Assignment;
+use members::Job;
 
 /// Step 1 (see the module docs): moves each shard of `next` that `previous` had elsewhere to
-/// the least loaded instance that may take it, if that one is lighter. `next` is one job's
-/// assignment over `eligible`, already counted in `load`; `load` follows each move. Returns
-/// the number of shards moved.
+/// the least loaded member that may take it, if that one is lighter. `next` is one job's
+/// assignment over the instances `members` were prepared from, already counted in `load`;
+/// `load` follows each move. Returns the number of shards moved.
 pub fn place_moving(
     next: &mut Assignment,
     previous: Option<&Assignment>,
-    eligible: &[Instance],
-    live: impl Fn(&InstanceId) -> bool,
+    members: &Members,
     load: &mut Load,
 ) -> usize {
-    let any_moving = (0..next.total()).any(|s| moving(previous, next, s));
-    let members: Vec<&Instance> = eligible.iter().filter(|i| live(&i.id)).collect();
-    if !any_moving || members.len() < 2 {
+    if members.len() < 2 || !(0..next.total()).any(|s| moving(previous, next, s)) {
         return 0;
     }
-    let mut job = Job::new(next, &members, load);
+    let mut job = Job::new(next, members, load);
     let mut moved = 0;
     for s in 0..next.total() {
         if !moving(previous, next, s) {
             continue;
         }
-        let Some(v) = next.owner(s).and_then(|o| job.index.get(o).copied()) else {
+        let Some(v) = next.owner(s).and_then(|o| job.index(o)) else {
             continue;
         };
         let Some(u) = job.receiver(Some(v)) else {
@@ -118,39 +86,33 @@ pub enum Give {
     Any,
 }
 
-/// Step 2 (see the module docs): moves shards of `next` from the most loaded instance to the
+/// Step 2 (see the module docs): moves shards of `next` from the most loaded member to the
 /// least loaded one while that evens the load out. Arguments as for [`place_moving`]; call it
 /// after every job's step 1, so that it evens out against the loads those leave, first with
 /// [`Give::Moving`] for every job, then with [`Give::Any`].
 pub fn even_out(
     next: &mut Assignment,
     previous: Option<&Assignment>,
-    eligible: &[Instance],
-    live: impl Fn(&InstanceId) -> bool,
+    members: &Members,
     load: &mut Load,
     give: Give,
 ) -> usize {
-    if give == Give::Moving && !(0..next.total()).any(|s| moving(previous, next, s)) {
+    if members.len() < 2
+        || give == Give::Moving && !(0..next.total()).any(|s| moving(previous, next, s))
+    {
         return 0;
     }
-    let members: Vec<&Instance> = eligible.iter().filter(|i| live(&i.id)).collect();
-    if members.len() < 2 {
-        return 0;
-    }
-    let mut job = Job::new(next, &members, load);
+    let mut job = Job::new(next, members, load);
     let mut moved = 0;
     loop {
         let receiver = job.receiver(None);
-        let Some(v) = job.giver(receiver) else {
-            return moved;
-        };
-        let Some(u) = receiver else {
+        let (Some(v), Some(u)) = (job.giver(receiver), receiver) else {
             return moved;
         };
         if !job.helps(v, u) {
             return moved;
         }
-        let mine = next.shards_of(&members[v].id);
+        let mine = next.shards_of(job.id(v));
         let free = mine.iter().rev().find(|&&s| moving(previous, next, s));
         let Some(&s) = free.or(mine.last().filter(|_| give == Give::Any)) else {
             return moved;
@@ -165,82 +127,10 @@ fn moving(previous: Option<&Assignment>, next: &Assignment, shard: u32) -> bool 
     previous.and_then(|p| p.owner(shard)) != next.owner(shard)
 }
 
-/// One job's live members: their fair shares, weights, shards held in `next`, and loads over
-/// every job (a copy of theirs in [`Load`], kept in step with it).
-struct Job<'a> {
-    members: &'a [&'a Instance],
-    fair: Vec<crate::fair::Share>,
-    weight: Vec<u64>,
-    index: HashMap<&'a InstanceId, usize, Fnv>,
-    counts: Vec<u32>,
-    loads: Vec<u64>,
-}
-
-impl<'a> Job<'a> {
-    fn new(next: &Assignment, members: &'a [&'a Instance], load: &Load) -> Self {
-        let index: HashMap<&InstanceId, usize, Fnv> = members
-            .iter()
-            .enumerate()
-            .map(|(k, i)| (&i.id, k))
-            .collect();
-        let mut counts = vec![0u32; members.len()];
-        for o in next.owners().iter().flatten() {
-            if let Some(&k) = index.get(o) {
-                counts[k] += 1;
-            }
-        }
-        Self {
-            members,
-            fair: shares(next.total(), members),
-            weight: members.iter().map(|i| i.effective_weight()).collect(),
-            index,
-            counts,
-            loads: members.iter().map(|i| load.of(&i.id)).collect(),
-        }
-    }
-
-    /// `a`'s load after adding `da` against `b`'s after adding `db`, weights counted.
-    fn cmp(&self, a: usize, da: i64, b: usize, db: i64) -> std::cmp::Ordering {
-        let at = |k: usize, d: i64| u128::from(self.loads[k].saturating_add_signed(d));
-        (at(a, da) * u128::from(self.weight[b])).cmp(&(at(b, db) * u128::from(self.weight[a])))
-    }
-
-    /// The least loaded (after taking one more) below its ceiling, other than `not`.
-    fn receiver(&self, not: Option<usize>) -> Option<usize> {
-        (0..self.members.len())
-            .filter(|&k| self.counts[k] < self.fair[k].ceil && Some(k) != not)
-            .min_by(|&a, &b| self.cmp(a, 1, b, 1))
-    }
-
-    /// The most loaded (after giving one) above its floor, other than `not`.
-    fn giver(&self, not: Option<usize>) -> Option<usize> {
-        (0..self.members.len())
-            .filter(|&k| self.counts[k] > self.fair[k].floor && Some(k) != not)
-            .max_by(|&a, &b| self.cmp(a, -1, b, -1))
-    }
-
-    /// True when `v` stays at least as loaded as `u` after giving it one shard.
-    fn helps(&self, v: usize, u: usize) -> bool {
-        self.cmp(v, -1, u, 1).is_ge()
-    }
-
-    fn give(&mut self, next: &mut Assignment, load: &mut Load, s: u32, v: usize, u: usize) {
-        next.set(s, Some(self.members[u].id.clone()));
-        self.counts[v] -= 1;
-        self.counts[u] += 1;
-        self.loads[v] = self.loads[v].saturating_sub(1);
-        self.loads[u] += 1;
-        if let Some(n) = load.0.get_mut(&self.members[v].id) {
-            *n = n.saturating_sub(1);
-        }
-        load.count(&self.members[u].id, 1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Strategy, strategy::sticky::Sticky};
+    use crate::{Instance, InstanceId, Strategy, strategy::sticky::Sticky};
 
     fn id(s: &str) -> InstanceId {
         InstanceId::new(s).expect("a valid id")
@@ -259,6 +149,7 @@ mod tests {
     /// Plans `jobs` jobs of `shards` shards over `names` as the planner does: the strategy
     /// and step 1 for every job, then step 2 for every job against the loads step 1 left.
     fn plan_all(previous: &[Assignment], names: &[&str], shards: u32) -> (Vec<Assignment>, usize) {
+        let members = Members::new(&insts(names), |_| true);
         let eligible = insts(names);
         let mut load = load_of(previous);
         let prev = |j: usize| Some(&previous[j]).filter(|p| p.total() > 0);
@@ -269,13 +160,13 @@ mod tests {
                     load.remove(p);
                 }
                 load.add(&next);
-                place_moving(&mut next, prev(j), &eligible, |_| true, &mut load);
+                place_moving(&mut next, prev(j), &members, &mut load);
                 next
             })
             .collect();
         for give in [Give::Moving, Give::Any] {
             for (j, next) in out.iter_mut().enumerate() {
-                even_out(next, prev(j), &eligible, |_| true, &mut load, give);
+                even_out(next, prev(j), &members, &mut load, give);
             }
         }
         let moves = (0..out.len())
@@ -352,7 +243,13 @@ mod tests {
         for j in 0..40 {
             let mut next = Sticky.assign(&format!("j{j}"), 2, &eligible, None);
             load.add(&next);
-            even_out(&mut next, None, &eligible, |_| true, &mut load, Give::Any);
+            even_out(
+                &mut next,
+                None,
+                &Members::new(&eligible, |_| true),
+                &mut load,
+                Give::Any,
+            );
             let on_b = next.shards_of(&id("b")).len();
             assert!(
                 (1..=2).contains(&on_b),
@@ -374,14 +271,8 @@ mod tests {
             Assignment::from_owners(vec![Some(id("b")); 5]),
             next.clone(),
         ]);
-        let moved = even_out(
-            &mut next,
-            None,
-            &eligible,
-            |i| i.as_str() != "c",
-            &mut load,
-            Give::Any,
-        );
+        let live = Members::new(&eligible, |i| i.as_str() != "c");
+        let moved = even_out(&mut next, None, &live, &mut load, Give::Any);
         assert_eq!(moved, 0);
         assert_eq!(load.of(&id("c")), 0);
     }
@@ -393,13 +284,25 @@ mod tests {
         let mut load = load_of(&[next.clone(), Assignment::from_owners(vec![Some(id("a"))])]);
         // a: 2, b: 0 → one shard would make it 1 and 1: moves.
         assert_eq!(
-            even_out(&mut next, None, &eligible, |_| true, &mut load, Give::Any),
+            even_out(
+                &mut next,
+                None,
+                &Members::new(&eligible, |_| true),
+                &mut load,
+                Give::Any
+            ),
             1
         );
         // a: 1, b: 1 → moving would only swap who has more: stays.
         let mut again = next.clone();
         assert_eq!(
-            even_out(&mut again, None, &eligible, |_| true, &mut load, Give::Any),
+            even_out(
+                &mut again,
+                None,
+                &Members::new(&eligible, |_| true),
+                &mut load,
+                Give::Any
+            ),
             0
         );
     }

@@ -13,6 +13,8 @@ pub fn java_string_hash(s: &str) -> i32 {
 /// 64-bit FNV-1a over the given byte strings, each followed by a 0xff separator (so that
 /// `("ab","c")` and `("a","bc")` differ).
 pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
     for part in parts {
         for &b in part.iter().chain(std::iter::once(&0xffu8)) {
@@ -22,38 +24,6 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
     }
     h
 }
-
-const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a as a [`std::hash::Hasher`], for the maps keyed by instance id that the leader's plan
-/// reads for every shard of every job ([`crate::even::Load`]): on ids of a few bytes it is
-/// several times cheaper than std's SipHash. It does not resist crafted collisions; its keys
-/// are instance ids, which only the cluster's own members write.
-#[derive(Debug, Clone, Copy)]
-pub struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        Self(OFFSET)
-    }
-}
-
-impl std::hash::Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(PRIME);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Builds [`FnvHasher`]s, for `HashMap::with_hasher` and `HashMap<K, V, Fnv>`.
-pub type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
 
 #[cfg(test)]
 mod tests {

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 
-use crate::hash::Fnv;
 use crate::{Assignment, InstanceId};
 
-/// Shards per instance over every job.
+/// Shards per instance over every job. Hashed with foldhash (as the agent's hot maps are):
+/// the planner looks an instance up for every shard of every job, and std's SipHash was a
+/// tenth of a departure's pass in bench-plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Load(HashMap<InstanceId, u64, Fnv>);
+pub struct Load(HashMap<InstanceId, u64, foldhash::fast::RandomState>);
 
 impl Load {
     /// The shards `id` holds over every job.

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use super::Load;
 use crate::fair::{Share, shares_by_weight};
-use crate::hash::Fnv;
 use crate::{Assignment, Instance, InstanceId};
 
 /// The live instances of an eligible set, prepared for evening out. Jobs with the same
@@ -15,7 +14,7 @@ use crate::{Assignment, Instance, InstanceId};
 pub struct Members {
     ids: Vec<InstanceId>,
     weight: Vec<u64>,
-    index: HashMap<InstanceId, usize, Fnv>,
+    index: HashMap<InstanceId, usize, foldhash::fast::RandomState>,
 }
 
 impl Members {

@@ -39,6 +39,9 @@ struct Args {
 }
 
 const PROPOSALS: &str = "etcd_server_proposals_committed_total";
+/// Watch events etcd sent to its watchers (stderr only: how many events the agents' watches
+/// cost, the cold start's and the recovery's).
+const EVENTS_SENT: &str = "etcd_debugging_mvcc_events_total";
 
 fn main() -> ExitCode {
     let mut a = Args {
@@ -84,6 +87,7 @@ async fn run(a: Args) -> Result<String, String> {
     put_jobs(&client, &keys, jobs).await?;
     let total = a.jobs * a.shards as usize;
     eprintln!("bench-scale: {} jobs x {} shards written", a.jobs, a.shards);
+    let events_at_start = etcd.metric(0, EVENTS_SENT).unwrap_or(0.0);
 
     let runs = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
@@ -113,7 +117,11 @@ async fn run(a: Args) -> Result<String, String> {
     let statuses: Vec<watch::Receiver<AgentStatus>> = agents.iter().map(|g| g.status()).collect();
     all_owned(&statuses, total, Duration::from_secs(300)).await?;
     let cold_s = t0.elapsed().as_secs_f64();
-    eprintln!("bench-scale: cold start: every shard owned after {cold_s:.2}s");
+    let events_cold = etcd.metric(0, EVENTS_SENT).unwrap_or(0.0);
+    eprintln!(
+        "bench-scale: cold start: every shard owned after {cold_s:.2}s; etcd sent {:.0} watch events",
+        events_cold - events_at_start
+    );
 
     sleep(Duration::from_secs(2)).await;
     let before = etcd.metric(0, PROPOSALS).ok_or("no etcd metrics")?;
@@ -145,6 +153,7 @@ async fn run(a: Args) -> Result<String, String> {
     // When the leader's assignment writes and the agents' claims arrive, for the split below.
     let writes = puts_seen(&client, keys.assigned_prefix()).await?;
     let claims = puts_seen(&client, keys.owners_root()).await?;
+    let events_before_crash = etcd.metric(0, EVENTS_SENT).unwrap_or(0.0);
     let t1 = Instant::now();
     crashed.abort().await;
     let expired = tokio::spawn(async move {
@@ -160,6 +169,8 @@ async fn run(a: Args) -> Result<String, String> {
     });
     all_owned(&statuses, total, Duration::from_secs(a.ttl * 3 + 60)).await?;
     let done = Instant::now();
+    let events_recovery = etcd.metric(0, EVENTS_SENT).unwrap_or(0.0) - events_before_crash;
+    eprintln!("bench-scale: recovery: etcd sent {events_recovery:.0} watch events");
     let recover_s = done.duration_since(t1).as_secs_f64();
     let expired = expired.await.map_err(|e| e.to_string())?;
     let expiry_s = expired.duration_since(t1).as_secs_f64();

@@ -62,6 +62,7 @@ pub async fn claim_parts(
     };
     claim(client, &who, &parts)
         .await
+        .0
         .into_iter()
         .map(|results| {
             results

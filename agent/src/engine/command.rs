@@ -68,4 +68,10 @@ pub enum Command {
     PublishAll,
     /// The lease's proof ran out: executions stopped until etcd answers (status, metric).
     Lapsed,
+    /// Watch the deletes of owner keys from revision `from` (`None`: list them first, then
+    /// watch from the listing), replacing a watch already running; answered by
+    /// `Input::OwnerDeleted` and, for a listing, `Input::Relisted` (`engine/waits.rs`).
+    WatchOwners { from: Option<i64> },
+    /// Stop watching owner deletes: nothing waits for one.
+    UnwatchOwners,
 }

@@ -105,6 +105,10 @@ pub enum Input {
         job: String,
         lease: LeaseId,
         revision: i64,
+        /// The etcd revision the refusals among `results` read their keys at (the earliest,
+        /// when they came from several txns; 0 when none was refused by a key): a key's
+        /// delete comes after it.
+        read_at: i64,
         results: Vec<(u32, ClaimResult)>,
     },
     /// A release made under `lease` ended: `Ok` when the key is gone (released, or its lease

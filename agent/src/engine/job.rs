@@ -82,6 +82,19 @@ impl JobState {
         self.spec.is_none() && self.mine.is_none() && self.shards.is_empty()
     }
 
+    /// Forgets the keys seen of shards that are neither assigned to me nor mine in any way
+    /// (idle here): nobody here waits for their deletes. A claim that meets one again, should
+    /// the shard come back, reads it anew.
+    pub fn forget_unassigned_keys(&mut self) {
+        let mine = &self.mine;
+        self.shards.retain(|&s, sh| {
+            if sh.local == super::shard::Local::Idle && !assigns(mine, s) {
+                sh.seen = None;
+            }
+            !sh.is_empty()
+        });
+    }
+
     /// Drops the entry of `shard` if nothing is known of it any more.
     pub fn prune(&mut self, shard: u32) {
         if self.shards.get(&shard).is_some_and(Shard::is_empty) {

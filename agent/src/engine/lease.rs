@@ -126,6 +126,12 @@ impl Engine {
         self.retry_at = None;
         self.owed.clear();
         self.deleted_while_claiming.clear();
+        // The old session's keys block claims until they vanish: waits whose keys were read
+        // at no revision this engine knows.
+        self.rewait_all();
+        if !self.waiting.is_empty() {
+            self.read_unknown();
+        }
         self.publish_all = true;
     }
 
@@ -145,6 +151,7 @@ impl Engine {
     pub(super) fn on_finish(&mut self) {
         self.stopping = true;
         self.cut_everything_short(true);
+        self.rewait_all();
         self.publish_all = true;
     }
 

@@ -16,7 +16,8 @@
 //!
 //! Where to start: [`shard`] (one shard's state machine), then the step handlers:
 //! [`observe`] (what etcd shows), [`ownership`] (claims and releases), [`runs`] (fires, owed
-//! runs, launches) and [`lease`] (proof, lapse, self-fence, shutdown).
+//! runs, launches), [`lease`] (proof, lapse, self-fence, shutdown) and [`waits`] (which owner
+//! deletes are awaited, and the watch they need).
 
 pub mod command;
 pub mod fires;
@@ -32,6 +33,7 @@ pub mod shard_map;
 #[cfg(test)]
 mod tests;
 pub mod types;
+mod waits;
 
 use std::collections::BTreeSet;
 
@@ -131,6 +133,14 @@ pub struct Engine {
     /// Jobs whose assignment at this revision a claim found changed: nothing more is claimed
     /// under it (the new one is on its way in the watch; claiming again would only loop).
     stale: FastMap<String, i64>,
+    /// Jobs with shards waiting for an owner key's delete, and how many (`waits`).
+    waiting: FastMap<String, usize>,
+    /// The owner-delete watch as last asked of the runtime.
+    owner_watch: waits::OwnerWatch,
+    /// The earliest revision a key was read at by the refusals of this step.
+    wait_read: Option<i64>,
+    /// Waits began this step whose keys were read at no known revision.
+    wait_unread: bool,
     /// This step's commands.
     out: Vec<Command>,
     /// Jobs whose fireable shards may have changed in this step.
@@ -158,6 +168,10 @@ impl Engine {
             drain_hint: None,
             deleted_while_claiming: FastSet::default(),
             stale: FastMap::default(),
+            waiting: FastMap::default(),
+            owner_watch: waits::OwnerWatch::Off,
+            wait_read: None,
+            wait_unread: false,
             out: Vec::new(),
             publish: BTreeSet::new(),
             publish_all: false,
@@ -204,8 +218,9 @@ impl Engine {
                 job,
                 lease,
                 revision,
+                read_at,
                 results,
-            } => self.on_claimed(&job, lease, revision, results, now),
+            } => self.on_claimed(&job, lease, revision, read_at, results, now),
             Input::Released {
                 job,
                 shard,
@@ -236,6 +251,7 @@ impl Engine {
     fn tidy(&mut self, job: &str) {
         if self.jobs.get(job).is_some_and(JobState::is_empty) {
             self.jobs.remove(job);
+            self.waiting.remove(job);
         }
     }
 
@@ -355,8 +371,10 @@ impl Engine {
     }
 
     fn flush(&mut self) -> Vec<Command> {
+        self.steer_owner_watch();
         if cfg!(debug_assertions) {
             self.check();
+            self.check_waits();
         }
         if self.publish_all {
             self.out.push(Command::PublishAll);

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::fires::instant_of;
 use super::input::Listing;
-use super::job::Spec;
+use super::job::{JobState, Spec};
 use super::mine::Mine;
 use super::shard::Local;
 use super::{Engine, Now, RunKind};
@@ -97,11 +97,13 @@ impl Engine {
         let js = self.jobs.entry(job.to_owned()).or_default();
         let before = js.mine.is_some();
         js.mine = mine;
+        js.forget_unassigned_keys();
         // Another instance's change cannot change what this one does: skip deciding.
         if before || js.mine.is_some() {
             self.decide(job, now);
             self.publish.insert(job.to_owned());
         }
+        self.rewait(job);
         self.tidy(job);
     }
 
@@ -161,6 +163,7 @@ impl Engine {
             self.decide(job, now);
             self.publish.insert(job.to_owned());
         }
+        self.rewait(job);
         self.tidy(job);
     }
 
@@ -235,8 +238,12 @@ impl Engine {
                         self.jobs.entry(job).or_default().mine = Some(mine);
                     }
                 }
+                self.jobs
+                    .values_mut()
+                    .for_each(JobState::forget_unassigned_keys);
             }
             Listing::Owners { revision, owners } => {
+                self.owners_listed(revision);
                 // A key created after the listing (my claim, answered before the listing
                 // arrived) is newer than what the listing can show: it stays.
                 for js in self.jobs.values_mut() {
@@ -295,6 +302,7 @@ impl Engine {
         }
         self.decide_all(now);
         self.jobs.retain(|_, js| !js.is_empty());
+        self.rewait_all();
         self.publish_all = true;
     }
 }

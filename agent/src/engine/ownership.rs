@@ -107,6 +107,7 @@ impl Engine {
         }
         self.steer_residents(job, now);
         self.arm(job, now);
+        self.rewait(job);
     }
 
     /// Resident jobs: a held shard that is wanted (assigned to me, the job runnable, not
@@ -154,12 +155,14 @@ impl Engine {
         job: &str,
         lease: LeaseId,
         revision: i64,
+        read_at: i64,
         results: Vec<(u32, ClaimResult)>,
         now: Now,
     ) {
         if self.lease() != Some(lease) {
             return; // a claim of a fenced session: its keys count as someone else's anyway
         }
+        let mut refused = false;
         let me = self.me.clone();
         let mut runs: Vec<(u32, DateTime<Utc>, RunKind)> = Vec::new();
         let mut failed = false;
@@ -218,6 +221,7 @@ impl Engine {
                     if !gone && sh.seen.as_ref().is_none_or(|o| o.token <= holder.token) {
                         debug!(job, shard, holder = %holder.instance, token = %holder.token, "held: waiting for its delete");
                         sh.seen = Some(holder);
+                        refused = true;
                     }
                 }
                 ClaimResult::Stale => {
@@ -246,8 +250,12 @@ impl Engine {
                 self.offer(job, shard, fire, kind, now);
             }
         }
+        if refused {
+            self.read_at(read_at);
+        }
         metrics::counter!("shardjob_shard_claims_total").increment(1);
         self.decide(job, now);
+        self.rewait(job);
         self.publish.insert(job.to_owned());
     }
 

@@ -179,6 +179,8 @@ impl Core {
                 } => self.record_done(job, shard, token, fire, outcome),
                 Command::PublishOwned(jobs) => self.publish_owned(&jobs),
                 Command::PublishAll => self.publish_all(|_| {}),
+                Command::WatchOwners { from } => self.watch_owners(Some(from)),
+                Command::UnwatchOwners => self.watch_owners(None),
                 Command::Lapsed => {
                     metrics::counter!("shardjob_lease_lapses_total").increment(1);
                     metrics::gauge!("shardjob_lease_remaining_seconds").set(0.0);
@@ -351,6 +353,20 @@ impl Core {
     }
 
     /// Publishes the whole status, with `change` applied.
+    /// Replaces the watch of owner deletes: from revision `from` (or a listing, for `None`)
+    /// when `want` is `Some`, none when it is `None`.
+    pub(super) fn watch_owners(&mut self, want: Option<Option<i64>>) {
+        if let Some(running) = self.owner_watch.take() {
+            running.abort();
+        }
+        if let Some(from) = want {
+            let prefix = self.cfg.keys.owners_root();
+            let (client, tx) = (self.client.clone(), self.tx.clone());
+            let task = super::forward(client, super::Stream::Owners, prefix, from, tx);
+            self.owner_watch = Some(tokio::spawn(task));
+        }
+    }
+
     pub(super) fn publish_all(&self, change: impl FnOnce(&mut AgentStatus)) {
         let owned: std::collections::BTreeMap<String, Vec<u32>> =
             self.engine.owned().into_iter().collect();

@@ -66,12 +66,13 @@ impl Claimer {
             lease,
             timeout: self.writes.timeout,
         };
-        let results = claim(&self.writes.client, &who, &parts).await;
+        let (results, read_at) = claim(&self.writes.client, &who, &parts).await;
         for (part, results) in parts.into_iter().zip(results) {
             let ev = Event::Engine(Input::Claimed {
                 job: part.job,
                 lease,
                 revision: part.assignment_revision,
+                read_at,
                 results,
             });
             if self.events.send(ev).await.is_err() {

@@ -142,6 +142,8 @@ pub(crate) struct Core {
     names: names::Names,
     /// The jobs on each of my `assigned/` pages, to tell which ones leave a page.
     my_pages: pages::MyPages,
+    /// The watch of owner deletes, while the engine waits for one (`engine/waits.rs`).
+    owner_watch: Option<JoinHandle<()>>,
 }
 
 impl Core {
@@ -204,6 +206,7 @@ impl Core {
             stream: None,
             names: names::Names::default(),
             my_pages: pages::MyPages::default(),
+            owner_watch: None,
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
@@ -235,7 +238,6 @@ impl Core {
         let watchers: Vec<JoinHandle<()>> = [
             (Stream::Jobs, keys.jobs_prefix()),
             (Stream::Assignments, keys.assigned_to(&self.cfg.id)),
-            (Stream::Owners, keys.owners_root()),
             (Stream::Triggers, keys.triggers_prefix()),
             (Stream::Instance, keys.instance(&self.cfg.id)),
         ]
@@ -245,6 +247,7 @@ impl Core {
                 self.client.clone(),
                 stream,
                 prefix,
+                None,
                 self.tx.clone(),
             ))
         })
@@ -255,6 +258,7 @@ impl Core {
                 for w in watchers {
                     w.abort();
                 }
+                self.watch_owners(None);
                 return Ok(());
             }
             if self.session.is_none()
@@ -317,6 +321,7 @@ impl Core {
         for w in watchers {
             w.abort();
         }
+        self.watch_owners(None);
         Ok(())
     }
 
@@ -648,10 +653,20 @@ where
     }
 }
 
-/// Feeds one prefix's watch events into the core, forever (a refused watch is retried).
-async fn forward(client: Client, stream: Stream, prefix: String, tx: mpsc::Sender<Event>) {
+/// Feeds one prefix's watch events into the core, forever (a refused watch is retried, from a
+/// listing). From revision `from` if given, else from a listing.
+async fn forward(
+    client: Client,
+    stream: Stream,
+    prefix: String,
+    mut from: Option<i64>,
+    tx: mpsc::Sender<Event>,
+) {
     loop {
-        let mut watcher = PrefixWatcher::new(&client, prefix.clone());
+        let mut watcher = match from.take() {
+            Some(rev) => PrefixWatcher::from_revision(&client, prefix.clone(), rev),
+            None => PrefixWatcher::new(&client, prefix.clone()),
+        };
         if stream == Stream::Owners {
             // The puts are other agents' claims (and my own, answered already): 19 of 20
             // owner events at 20 agents, none of them needed (`engine/observe.rs`).

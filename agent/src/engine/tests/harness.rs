@@ -18,6 +18,8 @@ use crate::execlog::Outcome;
 
 pub const ME: &str = "me";
 pub const TTL: Duration = Duration::from_secs(10);
+/// The revision [`Harness::answer`]'s refusals read their keys at.
+pub const READ_AT: i64 = 45;
 
 pub fn lease() -> LeaseId {
     LeaseId::new(7).unwrap()
@@ -205,6 +207,7 @@ impl Harness {
             job: job.into(),
             lease: lease(),
             revision,
+            read_at: READ_AT,
             results,
         })
     }
@@ -355,4 +358,16 @@ pub fn releases(commands: &[Command]) -> Vec<(u32, i64, Option<f64>)> {
 
 pub fn secs_of(t: DateTime<Utc>) -> f64 {
     (t - wall(0.0)).num_microseconds().unwrap_or_default() as f64 / 1e6
+}
+
+/// The owner-watch commands among `commands`: `Some(from)` to watch, `None` to stop.
+pub fn owner_watch(commands: &[Command]) -> Vec<Option<Option<i64>>> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::WatchOwners { from } => Some(Some(*from)),
+            Command::UnwatchOwners => Some(None),
+            _ => None,
+        })
+        .collect()
 }

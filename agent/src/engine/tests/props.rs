@@ -34,6 +34,9 @@ enum Op {
     /// The liveness stream's guard: until now + ms, or only the lease.
     Guard(Option<u16>),
     OtherTakes(u8),
+    /// A key deleted from outside: another agent's release or expiry, or a key of my old
+    /// session expiring. Not a key of my current session deleted by hand: while nothing waits,
+    /// the engine does not watch owner deletes and cannot see that (`engine/waits.rs`).
     KeyDeleted(u8),
     LoseSession,
     OpenSession,
@@ -85,6 +88,13 @@ struct Model {
     mask: u8,
     triggers: u32,
     config: shardjob_coordinator::model::JobConfig,
+    /// The owner-delete watch the engine asked for: from this revision, or none. Deletes
+    /// reach the engine only while it runs (`engine/waits.rs`).
+    watch: Option<i64>,
+    /// Every owner delete so far, with its revision, for a watch started from the past.
+    deletes: Vec<(i64, u32)>,
+    /// The revision the claim being answered read at.
+    read_at: i64,
 }
 
 impl Model {
@@ -124,6 +134,9 @@ impl Model {
             mask: 0,
             triggers: 0,
             config: failover(every_second(SHARDS)),
+            watch: None,
+            deletes: Vec::new(),
+            read_at: 0,
         };
         m.open();
         let config = m.config.clone();
@@ -169,6 +182,8 @@ impl Model {
     /// free): a changed assignment refuses all, a key refuses its shard, the rest are won.
     fn answer_claim(&mut self, lease: LeaseId, shards: Vec<u32>, rev: i64, r: u8) {
         let failed = || ClaimResult::Failed(crate::engine::WriteFailed("timeout".into()));
+        // The revision the txn reads at: a key it is refused by is deleted after it.
+        self.read_at = self.revision;
         if r == 0 {
             let results = shards.iter().map(|s| (*s, failed())).collect();
             return self.deliver(lease, rev, results);
@@ -229,6 +244,7 @@ impl Model {
             job: "j".into(),
             lease,
             revision,
+            read_at: self.read_at,
             results,
         });
         self.absorb(out);
@@ -237,8 +253,50 @@ impl Model {
     fn delete_key(&mut self, shard: u32) {
         if self.keys.remove(&shard).is_some() {
             let rev = self.rev();
-            let out = self.h.owner_gone("j", shard, rev);
-            self.absorb(out);
+            self.deletes.push((rev, shard));
+            if self.watch.is_some_and(|from| rev >= from) {
+                let out = self.h.owner_gone("j", shard, rev);
+                self.absorb(out);
+            }
+        }
+    }
+
+    /// The engine asked for the owner watch from `from` (or from a listing): etcd replays the
+    /// deletes since `from`, or lists the keys as they are now.
+    fn start_watch(&mut self, from: Option<i64>) {
+        match from {
+            Some(from) => {
+                self.watch = Some(from);
+                let replay: Vec<(i64, u32)> = self
+                    .deletes
+                    .iter()
+                    .copied()
+                    .filter(|(rev, _)| *rev >= from)
+                    .collect();
+                for (rev, shard) in replay {
+                    let out = self.h.owner_gone("j", shard, rev);
+                    self.absorb(out);
+                }
+            }
+            None => {
+                let revision = self.revision;
+                self.watch = Some(revision + 1);
+                let owners = self
+                    .keys
+                    .iter()
+                    .map(|(s, (instance, token, lease))| {
+                        let owner = SeenOwner {
+                            instance: instance.as_str().into(),
+                            token: Token(*token),
+                            lease: *lease,
+                        };
+                        ("j".to_owned(), *s, owner)
+                    })
+                    .collect();
+                let listing = crate::engine::Listing::Owners { revision, owners };
+                let out = self.h.step(Input::Relisted(listing));
+                self.absorb(out);
+            }
         }
     }
 
@@ -316,6 +374,8 @@ impl Model {
                         self.launched.insert(*key, true);
                     }
                 }
+                Command::WatchOwners { from } => self.start_watch(from),
+                Command::UnwatchOwners => self.watch = None,
                 Command::PublishOwned(_)
                 | Command::PublishAll
                 | Command::Lapsed
@@ -423,7 +483,17 @@ impl Model {
                     self.put_key(s, "other", 99);
                 }
             }
-            Op::KeyDeleted(s) => self.delete_key(u32::from(s)),
+            Op::KeyDeleted(s) => {
+                let s = u32::from(s);
+                let current = self.lease.map(LeaseId::get);
+                let by_hand = self
+                    .keys
+                    .get(&s)
+                    .is_some_and(|k| k.0 == ME && Some(k.2) == current);
+                if !by_hand {
+                    self.delete_key(s);
+                }
+            }
             Op::LoseSession => {
                 if self.lease.take().is_some() {
                     let out = self.h.step(Input::SessionLost);

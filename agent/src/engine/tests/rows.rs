@@ -835,3 +835,73 @@ fn a_page_written_again_with_my_shards_unchanged_decides_nothing_but_claims_unde
         "claimed again under 61"
     );
 }
+
+// ---- the owner watch ------------------------------------------------------------------------
+
+#[test]
+fn owner_deletes_are_watched_only_while_a_claim_waits_for_one() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(2));
+    let mut seen = owner_watch(&h.assign("j", &[ME, ME], 42));
+    seen.extend(owner_watch(&h.won("j", 0, 50, None, None)));
+    assert_eq!(seen, [], "claims that win wait for nothing");
+    // Shard 1 is still held by its previous owner: watch from after the refusal's reading.
+    assert_eq!(
+        owner_watch(&h.held("j", 1, "other", 30, 99)),
+        [Some(Some(READ_AT + 1))]
+    );
+    assert_eq!(
+        owner_watch(&h.held("j", 1, "other", 30, 99)),
+        [],
+        "already watching"
+    );
+    let gone = h.owner_gone("j", 1, 60);
+    assert_eq!(claims(&gone), [(vec![1], 42)]);
+    assert_eq!(owner_watch(&gone), [None], "nothing waits: the watch stops");
+    assert_eq!(owner_watch(&h.won("j", 1, 61, None, None)), []);
+}
+
+#[test]
+fn a_wait_with_an_older_reading_restarts_the_watch_and_a_reassignment_ends_a_wait() {
+    let mut h = Harness::new();
+    h.open();
+    h.job("j", every_second(2));
+    h.assign("j", &[ME, ME], 42);
+    let refuse = |h: &mut Harness, shard: u32, read_at: i64| {
+        let holder = SeenOwner {
+            instance: "other".into(),
+            token: Token(20),
+            lease: 99,
+        };
+        h.step(Input::Claimed {
+            job: "j".into(),
+            lease: lease(),
+            revision: 42,
+            read_at,
+            results: vec![(shard, ClaimResult::Held(holder))],
+        })
+    };
+    assert_eq!(owner_watch(&refuse(&mut h, 0, 70)), [Some(Some(71))]);
+    assert_eq!(
+        owner_watch(&refuse(&mut h, 1, 80)),
+        [],
+        "covered by the watch from 71"
+    );
+    // A refusal that read at 65 answered late: its key may have gone at 66, before 71.
+    assert_eq!(owner_watch(&refuse(&mut h, 1, 65)), [Some(Some(66))]);
+    // The shards go to another instance: nothing here waits for their keys any more.
+    assert_eq!(owner_watch(&h.assign("j", &["other", "other"], 43)), [None]);
+}
+
+#[test]
+fn a_lost_sessions_keys_are_waited_for_from_a_listing() {
+    let mut h = Harness::holding(2, every_second(2)); // lease 7, tokens 100 and 101
+    assert_eq!(owner_watch(&h.step(Input::SessionLost)), [Some(None)]);
+    h.open_with(LeaseId::new(8).unwrap());
+    // The old keys block the new session's claims until they vanish with their lease.
+    let first = h.owner_gone("j", 0, 130);
+    assert_eq!(claims(&first), [(vec![0], 40)]);
+    assert_eq!(owner_watch(&first), []);
+    assert_eq!(owner_watch(&h.owner_gone("j", 1, 131)), [None]);
+}

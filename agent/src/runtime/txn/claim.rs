@@ -87,8 +87,9 @@ enum Guard {
 enum Answer {
     /// Every shard won, per part in order.
     Won(Vec<Vec<(u32, ClaimResult)>>),
-    /// A compare failed: per part, stale or not, and per shard the owner key found (if any).
-    Refused(Vec<Refusal>),
+    /// A compare failed: per part, stale or not, and per shard the owner key found (if any);
+    /// with the revision the txn read them at.
+    Refused(Vec<Refusal>, i64),
 }
 
 struct Refusal {
@@ -101,12 +102,14 @@ struct Refusal {
 }
 
 /// Claims `parts` (of one or several jobs, at most [`CLAIM_CHUNK`] shards together). One result
-/// list per part, in order, one result per shard.
+/// list per part, in order, one result per shard; and the earliest revision a refusal read the
+/// key that holds a shard at (0 when none did): that key's delete comes after it.
 pub(crate) async fn claim(
     client: &Client,
     who: &Claimant<'_>,
     parts: &[ClaimPart],
-) -> Vec<Vec<(u32, ClaimResult)>> {
+) -> (Vec<Vec<(u32, ClaimResult)>>, i64) {
+    let mut read_at = 0;
     let mut out: Vec<Vec<(u32, ClaimResult)>> = parts
         .iter()
         .map(|p| Vec::with_capacity(p.shards.len()))
@@ -128,7 +131,7 @@ pub(crate) async fn claim(
                 }
                 index.clear();
             }
-            Ok(Answer::Refused(refusals)) => {
+            Ok(Answer::Refused(refusals, at)) => {
                 let (mut next, mut next_index, mut next_guards) =
                     (Vec::new(), Vec::new(), Vec::new());
                 let tried = index.iter().zip(batch).zip(&guards).zip(refusals);
@@ -145,7 +148,10 @@ pub(crate) async fn claim(
                     let mut free = Vec::new();
                     for (&s, holder) in part.shards.iter().zip(refusal.holders) {
                         match holder {
-                            Some(h) => out[i].push((s, ClaimResult::Held(h))),
+                            Some(h) => {
+                                read_at = if read_at == 0 { at } else { read_at.min(at) };
+                                out[i].push((s, ClaimResult::Held(h)));
+                            }
                             None => free.push(s),
                         }
                     }
@@ -186,7 +192,7 @@ pub(crate) async fn claim(
     for results in &mut out {
         results.sort_by_key(|(s, _)| *s);
     }
-    out
+    (out, read_at)
 }
 
 fn failed(why: &str) -> ClaimResult {
@@ -270,7 +276,8 @@ async fn claim_batch(
     let resp = bounded("claim", who.timeout, client.clone().txn(txn)).await?;
     let responses = resp.op_responses();
     if !resp.succeeded() {
-        return Ok(Answer::Refused(refusals(parts, &responses)));
+        let read_at = resp.header().map_or(0, |h| h.revision());
+        return Ok(Answer::Refused(refusals(parts, &responses), read_at));
     }
     let token = resp.header().map_or(0, |h| h.revision());
     let mut i = 0;

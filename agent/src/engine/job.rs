@@ -82,6 +82,11 @@ impl JobState {
         self.spec.is_none() && self.mine.is_none() && self.shards.is_empty()
     }
 
+    /// True when a shard of this job waits for its owner key's delete (`engine/waits.rs`).
+    pub fn waits(&self) -> bool {
+        self.shards.values().any(super::waits::waits)
+    }
+
     /// Forgets the keys seen of shards that are neither assigned to me nor mine in any way
     /// (idle here): nobody here waits for their deletes. A claim that meets one again, should
     /// the shard come back, reads it anew.

@@ -133,8 +133,8 @@ pub struct Engine {
     /// Jobs whose assignment at this revision a claim found changed: nothing more is claimed
     /// under it (the new one is on its way in the watch; claiming again would only loop).
     stale: FastMap<String, i64>,
-    /// Jobs with shards waiting for an owner key's delete, and how many (`waits`).
-    waiting: FastMap<String, usize>,
+    /// Jobs with a shard waiting for an owner key's delete (`waits`).
+    waiting: FastSet<String>,
     /// The owner-delete watch as last asked of the runtime.
     owner_watch: waits::OwnerWatch,
     /// The earliest revision a key was read at by the refusals of this step.
@@ -168,7 +168,7 @@ impl Engine {
             drain_hint: None,
             deleted_while_claiming: FastSet::default(),
             stale: FastMap::default(),
-            waiting: FastMap::default(),
+            waiting: FastSet::default(),
             owner_watch: waits::OwnerWatch::Off,
             wait_read: None,
             wait_unread: false,

@@ -121,19 +121,14 @@ impl Engine {
         let Some(js) = self.jobs.get_mut(job) else {
             return false;
         };
-        let Some(old) = js.mine.as_mut().filter(|old| old.same_shards(new)) else {
-            return false;
-        };
-        let held = old.shards().iter().all(|s| {
-            js.shards
-                .get(s)
-                .is_some_and(|sh| matches!(sh.local, Local::Held(_)))
+        let settled = js.mine.as_ref().is_some_and(|old| {
+            old.same_shards(new) && old.shards().iter().all(|&s| js.fireable(s))
         });
-        if held {
+        if let Some(old) = js.mine.as_mut().filter(|_| settled) {
             old.revision = new.revision;
             old.generation = new.generation;
         }
-        held
+        settled
     }
 
     /// An owner key was deleted at `revision`.

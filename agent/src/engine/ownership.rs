@@ -254,8 +254,7 @@ impl Engine {
             self.read_at(read_at);
         }
         metrics::counter!("shardjob_shard_claims_total").increment(1);
-        self.decide(job, now);
-        self.rewait(job);
+        self.decide(job, now); // and its waits (the end of `decide`)
         self.publish.insert(job.to_owned());
     }
 

@@ -16,13 +16,14 @@
 //!   reading is older than the running watch's start restarts the watch from it (a delete
 //!   delivered twice changes nothing). A wait with no known reading (the keys of a session
 //!   that self-fenced) starts the watch with a listing, as a re-list does;
-//! - the count of waits is kept per job, brought up to date for a job after each change to it
-//!   (and for all after a re-list or a lost session), and checked against a recount after
+//! - the jobs with a wait are kept in a set, brought up to date for a job after each change to
+//!   it (and for all after a re-list or a lost session), and checked against a recount after
 //!   every step in debug builds.
 //!
 //! What this gives up: a key of mine deleted by hand while no wait runs is not noticed until
 //! the shard is released (the release finds the key gone) or a wait starts the watch again.
 
+use super::job::JobState;
 use super::shard::Shard;
 use super::{Command, Engine};
 
@@ -41,30 +42,23 @@ pub(super) fn waits(sh: &Shard) -> bool {
 }
 
 impl Engine {
-    /// Brings `job`'s count of waits up to date.
+    /// Brings `job`'s entry in the waiting jobs up to date.
     pub(super) fn rewait(&mut self, job: &str) {
-        let n = self
-            .jobs
-            .get(job)
-            .map_or(0, |js| js.shards.values().filter(|sh| waits(sh)).count());
-        if n == 0 {
+        if !self.jobs.get(job).is_some_and(JobState::waits) {
             self.waiting.remove(job);
-        } else if let Some(count) = self.waiting.get_mut(job) {
-            *count = n;
-        } else {
-            self.waiting.insert(job.to_owned(), n);
+        } else if !self.waiting.contains(job) {
+            self.waiting.insert(job.to_owned());
         }
     }
 
-    /// Recounts every job's waits (a re-list, a lost session, the end).
+    /// Finds the waiting jobs anew (a re-list, a lost session, the end).
     pub(super) fn rewait_all(&mut self) {
-        self.waiting.clear();
-        for (job, js) in &self.jobs {
-            let n = js.shards.values().filter(|sh| waits(sh)).count();
-            if n > 0 {
-                self.waiting.insert(job.clone(), n);
-            }
-        }
+        self.waiting = self
+            .jobs
+            .iter()
+            .filter(|(_, js)| js.waits())
+            .map(|(job, _)| job.clone())
+            .collect();
     }
 
     /// A refusal read the key that holds a shard at `revision`: the watch, when it is asked
@@ -130,19 +124,18 @@ impl Engine {
         }
     }
 
-    /// The count of waits matches a recount (debug builds, after every step), and a wait has
-    /// its watch.
+    /// The waiting jobs are those a recount finds (debug builds, after every step), and a wait
+    /// has its watch.
     pub(super) fn check_waits(&self) {
         for (job, js) in &self.jobs {
-            let n = js.shards.values().filter(|sh| waits(sh)).count();
-            let kept = self.waiting.get(job).copied().unwrap_or(0);
             assert_eq!(
-                n, kept,
-                "engine invariant broken at {job}: {n} waits, {kept} counted"
+                js.waits(),
+                self.waiting.contains(job),
+                "engine invariant broken at {job}: its waits are not counted right"
             );
         }
         assert!(
-            self.waiting.keys().all(|j| self.jobs.contains_key(j)),
+            self.waiting.iter().all(|j| self.jobs.contains_key(j)),
             "engine invariant broken: waits counted for a job that is gone"
         );
         assert!(

@@ -198,7 +198,8 @@ impl<'w> Groups<'w> {
                     .filter(|i| admits(i.id.as_str(), &i.handlers, &i.labels))
                     .map(|i| i.to_instance())
                     .collect();
-                let members = Members::new(&instances, |id| world.instances.contains_key(id));
+                // Listed from the live instances: every one is a member.
+                let members = Members::new(&instances, |_| true);
                 Rc::new(Eligible { instances, members })
             })
             .clone();

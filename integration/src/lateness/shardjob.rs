@@ -10,7 +10,7 @@ use shardjob_agent::{Agent, job_fn};
 use shardjob_coordinator::model::{JobConfig, Schedule};
 use tokio::time::Instant;
 
-use super::{Fires, Recorder, line, measure};
+use super::{Fires, Recorder, line, measure, peak_rss_mib};
 use crate::benchkit::{put_jobs, single_etcd};
 
 /// Runs the measurement with `agents` agents in this process and returns its summary line.
@@ -34,8 +34,9 @@ pub async fn run(n: usize, secs: u32, fires: Fires, agents: usize) -> Result<Str
     };
     put_jobs(&client, &keys, (0..n).map(|i| (format!("j{i}"), config(i)))).await?;
     eprintln!(
-        "shardjob: {n} jobs written in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        "shardjob: {n} jobs written in {:.1}s, peak RSS {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib()
     );
 
     let recorder: Arc<OnceLock<Recorder>> = Arc::default();
@@ -100,8 +101,9 @@ pub async fn run(n: usize, secs: u32, fires: Fires, agents: usize) -> Result<Str
     .await;
     owned.map_err(|_| format!("the agents did not own all {n} jobs within 600 s"))??;
     eprintln!(
-        "shardjob: all {n} jobs owned, shared among the agents, {:.1}s after the start",
-        t0.elapsed().as_secs_f64()
+        "shardjob: all {n} jobs owned, shared among the agents, {:.1}s after the start, peak RSS {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib()
     );
 
     let measured = measure(&recorder, n, secs, Duration::from_secs(1)).await?;

@@ -40,13 +40,20 @@ pub struct FireHeap {
 }
 
 impl FireHeap {
-    /// Schedules `job`'s fire at `fire_time`, due at `at` on the monotonic clock.
-    pub fn push(&mut self, at: Instant, job: &str, version: u64, fire_time: DateTime<Utc>) {
+    /// Schedules `job`'s fire at `fire_time`, due at `at` on the monotonic clock. (A name
+    /// passed owned is moved in: the fire that schedules the next one gives its own.)
+    pub fn push(
+        &mut self,
+        at: Instant,
+        job: impl Into<String>,
+        version: u64,
+        fire_time: DateTime<Utc>,
+    ) {
         self.seq += 1;
         self.push_fire(Fire {
             at,
             seq: self.seq,
-            job: job.to_owned(),
+            job: job.into(),
             version,
             fire_time,
         });

@@ -285,14 +285,6 @@ impl Engine {
             }
             let (next, skipped) = spec.schedule.following(f.fire_time, now.wall);
             coalesced += u64::from(skipped);
-            if let Some(next) = next {
-                self.heap.push(
-                    instant_of(next, now.mono, now.wall),
-                    &f.job,
-                    f.version,
-                    next,
-                );
-            }
             let start_at = early.then_some(f.at);
             for shard in shards {
                 self.offer_at(
@@ -303,6 +295,12 @@ impl Engine {
                     now,
                     start_at,
                 );
+            }
+            // After the offers, which cannot touch the heap's order: the next fire takes this
+            // one's name (an allocation and a free less per fire; 10k at once in a burst).
+            if let Some(next) = next {
+                self.heap
+                    .push(instant_of(next, now.mono, now.wall), f.job, f.version, next);
             }
         }
         if coalesced > 0 {

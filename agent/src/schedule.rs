@@ -28,8 +28,9 @@ pub enum ScheduleError {
     TooLong(Duration),
 }
 
-/// A compiled schedule.
-#[derive(Debug, Clone)]
+/// A compiled schedule. Two are equal when they fire at the same instants (a cron expression
+/// is compared as written, with its time zone).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireSchedule {
     Cron(Box<cron::Schedule>, Tz),
     /// Period and offset from the epoch (offset < period).
@@ -168,6 +169,23 @@ mod tests {
         let at = t("2026-11-21T10:00:00Z");
         let next = s.next_after(at).unwrap();
         assert!(next > at && s.latest_at_or_before(next) == Some(next));
+    }
+
+    #[test]
+    fn schedules_are_equal_when_they_fire_alike() {
+        let interval = |tz: &str, offset: u64| {
+            FireSchedule::new(&Schedule::Every(HumanDuration(Duration::from_secs(10))), tz)
+                .unwrap()
+                .with_offset(Duration::from_secs(offset))
+        };
+        // An interval's time zone changes nothing, nor does an offset of whole periods.
+        assert_eq!(interval("UTC", 3), interval("Europe/Berlin", 13));
+        assert_ne!(interval("UTC", 3), interval("UTC", 4));
+        assert_ne!(every("10s"), every("20s"));
+        // A cron expression fires in its time zone.
+        assert_eq!(cron("0 * * * * *", "UTC"), cron("0 * * * * *", "UTC"));
+        assert_ne!(cron("0 * * * * *", "UTC"), cron("0 * * * * *", "Asia/Kolkata"));
+        assert_ne!(cron("0 * * * * *", "UTC"), cron("30 * * * * *", "UTC"));
     }
 
     #[test]

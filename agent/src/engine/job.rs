@@ -6,9 +6,8 @@
 //! of a job's bytes, and only for jobs this agent can run), and the assignment is reduced to
 //! [`Mine`].
 
-use shardjob_coordinator::model::JobConfig;
-
 use super::mine::Mine;
+use super::run_config::RunConfig;
 use super::shard::Shard;
 use super::shard_map::ShardMap;
 use crate::schedule::FireSchedule;
@@ -22,7 +21,8 @@ pub fn assigns(mine: &Option<Mine>, shard: u32) -> bool {
 /// A job this agent can run: it has the handler and the config compiles.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub config: JobConfig,
+    /// What running it takes of its config.
+    pub config: RunConfig,
     pub schedule: FireSchedule,
     /// Bumped when the schedule changes; fires scheduled under an older version are dropped.
     pub version: u64,

@@ -27,6 +27,7 @@ mod lease;
 mod mine;
 mod observe;
 mod ownership;
+pub mod run_config;
 mod runs;
 pub mod shard;
 pub mod shard_map;
@@ -104,6 +105,9 @@ pub struct Engine {
     cfg: EngineConfig,
     /// `cfg.id`, shared: every owner key of mine names it.
     me: Arc<str>,
+    /// `cfg.handlers`, sorted and shared: a job run by another handler than its own name
+    /// points at one of these (`RunConfig`).
+    handler_names: Box<[Arc<str>]>,
     session: Option<Proof>,
     stopping: bool,
     // A hash map: every fire looks its job up, and a B-tree of 10k names costs a dozen string
@@ -153,6 +157,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Self {
         Self {
             me: Arc::from(cfg.id.as_str()),
+            handler_names: cfg.handlers.iter().map(|h| Arc::from(h.as_str())).collect(),
             cfg,
             session: None,
             stopping: false,
@@ -288,7 +293,7 @@ impl Engine {
     }
 
     /// The config of a job this agent can run.
-    pub fn config(&self, job: &str) -> Option<&shardjob_coordinator::model::JobConfig> {
+    pub fn config(&self, job: &str) -> Option<&run_config::RunConfig> {
         self.jobs.get(job)?.spec.as_deref().map(|s| &s.config)
     }
 

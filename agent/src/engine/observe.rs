@@ -14,6 +14,7 @@ use super::fires::instant_of;
 use super::input::Listing;
 use super::job::{JobState, Spec};
 use super::mine::Mine;
+use super::run_config::RunConfig;
 use super::shard::Local;
 use super::{Engine, Now, RunKind};
 use crate::schedule::FireSchedule;
@@ -37,16 +38,6 @@ impl Engine {
             }
             return;
         }
-        let js = self.jobs.entry(job.to_owned()).or_default();
-        let same_schedule = js.spec.as_ref().is_some_and(|s| {
-            s.config.schedule == config.schedule
-                && s.config.time_zone == config.time_zone
-                && s.config.offset == config.offset
-        });
-        if let Some(spec) = js.spec.as_mut().filter(|_| same_schedule) {
-            spec.config = config;
-            return;
-        }
         let offset = config.offset.map(|o| o.0).unwrap_or_default();
         let schedule = match FireSchedule::new(&config.schedule, &config.time_zone) {
             Ok(s) => s.with_offset(offset),
@@ -55,6 +46,14 @@ impl Engine {
                 return;
             }
         };
+        let run = RunConfig::of(job, config, &self.handler_names);
+        let js = self.jobs.entry(job.to_owned()).or_default();
+        // Compiled, so an offset or a time zone that changes nothing (an interval's time
+        // zone, an offset of a whole period) reschedules nothing either.
+        if let Some(spec) = js.spec.as_mut().filter(|s| s.schedule == schedule) {
+            spec.config = run;
+            return;
+        }
         self.next_version += 1;
         let version = self.next_version;
         let next = schedule.next_after(now.wall);
@@ -63,7 +62,7 @@ impl Engine {
                 .push(instant_of(next, now.mono, now.wall), job, version, next);
         }
         js.spec = Some(Box::new(Spec {
-            config,
+            config: run,
             schedule,
             version,
             armed: next.is_some(),

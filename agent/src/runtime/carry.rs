@@ -222,7 +222,7 @@ impl Core {
             shard,
             total: config.total,
             shard_param: config.shard_param(shard).to_owned(),
-            job_param: config.job_param.clone(),
+            job_param: config.job_param.to_string(),
             fire_time: fire,
             token: token.0,
             attempt: 1,
@@ -233,7 +233,7 @@ impl Core {
             owner_key: self.cfg.keys.owner(&job, shard),
         };
         let (timeout, retries, failover) = (
-            config.timeout.map(|t| t.0),
+            config.timeout,
             config.max_retries,
             config.failover,
         );

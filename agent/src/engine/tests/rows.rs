@@ -791,6 +791,21 @@ fn a_live_offset_change_reschedules() {
     assert_eq!(launches(&h.at(10.0)), [], "the old schedule's 10.0 is gone");
 }
 
+#[test]
+fn a_config_put_with_the_same_instants_takes_its_settings_and_keeps_the_fire() {
+    let mut h = Harness::holding(1, every_second(1));
+    let mut c = every_second(1);
+    // An interval's time zone moves none of its fires: no reschedule, but `disabled` counts.
+    c.time_zone = "Europe/Berlin".into();
+    c.disabled = true;
+    h.job("j", c.clone());
+    assert_eq!(launches(&h.at(1.0)), [], "disabled");
+    c.disabled = false;
+    h.job("j", c);
+    assert_eq!(launches(&h.at(2.0)), [(0, 2.0, Scheduled)]);
+    assert_eq!(launches(&h.at(2.5)), [], "one fire, not one per version");
+}
+
 // ---- shutdown ------------------------------------------------------------------------------
 
 #[test]

@@ -184,7 +184,10 @@ mod tests {
         assert_ne!(every("10s"), every("20s"));
         // A cron expression fires in its time zone.
         assert_eq!(cron("0 * * * * *", "UTC"), cron("0 * * * * *", "UTC"));
-        assert_ne!(cron("0 * * * * *", "UTC"), cron("0 * * * * *", "Asia/Kolkata"));
+        assert_ne!(
+            cron("0 * * * * *", "UTC"),
+            cron("0 * * * * *", "Asia/Kolkata")
+        );
         assert_ne!(cron("0 * * * * *", "UTC"), cron("30 * * * * *", "UTC"));
     }
 

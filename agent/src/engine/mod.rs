@@ -108,6 +108,8 @@ pub struct Engine {
     /// `cfg.handlers`, sorted and shared: a job run by another handler than its own name
     /// points at one of these (`RunConfig`).
     handler_names: Box<[Arc<str>]>,
+    /// The sum of every job's `assigned_count` (debug builds recount it after every step).
+    assigned_total: usize,
     session: Option<Proof>,
     stopping: bool,
     // A hash map: every fire looks its job up, and a B-tree of 10k names costs a dozen string
@@ -158,6 +160,7 @@ impl Engine {
         Self {
             me: Arc::from(cfg.id.as_str()),
             handler_names: cfg.handlers.iter().map(|h| Arc::from(h.as_str())).collect(),
+            assigned_total: 0,
             cfg,
             session: None,
             stopping: false,
@@ -314,13 +317,9 @@ impl Engine {
         self.jobs.get(job).map_or(0, JobState::assigned_count)
     }
 
-    /// Every job whose assignment gives this agent shards, with how many.
-    pub fn assigned_jobs(&self) -> Vec<(String, usize)> {
-        self.jobs
-            .iter()
-            .map(|(j, js)| (j.clone(), js.assigned_count()))
-            .filter(|(_, n)| *n > 0)
-            .collect()
+    /// How many shards the assignments give this agent, over all jobs (held or not).
+    pub fn assigned_total(&self) -> usize {
+        self.assigned_total
     }
 
     /// Every job with shards this agent may fire now.
@@ -410,6 +409,11 @@ impl Engine {
                 );
             }
         }
+        let recount: usize = self.jobs.values().map(JobState::assigned_count).sum();
+        assert_eq!(
+            self.assigned_total, recount,
+            "engine invariant broken: the shards assigned here are not counted right"
+        );
     }
 
     /// Shards of `job` with a run owed go on the hint list.

@@ -95,7 +95,9 @@ impl Engine {
         self.stale.remove(job);
         let js = self.jobs.entry(job.to_owned()).or_default();
         let before = js.mine.is_some();
+        self.assigned_total -= js.assigned_count();
         js.mine = mine;
+        self.assigned_total += js.assigned_count();
         js.forget_unassigned_keys();
         // Another instance's change cannot change what this one does: skip deciding.
         if before || js.mine.is_some() {
@@ -227,8 +229,10 @@ impl Engine {
             Listing::Assignments(list) => {
                 self.stale.clear();
                 self.jobs.values_mut().for_each(|j| j.mine = None);
+                self.assigned_total = 0;
                 for (job, entry, revision) in list {
                     if let Some(mine) = Mine::of(entry, revision) {
+                        self.assigned_total += mine.shards().len();
                         self.jobs.entry(job).or_default().mine = Some(mine);
                     }
                 }

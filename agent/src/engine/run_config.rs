@@ -39,13 +39,12 @@ impl RunConfig {
     /// What the agent keeps of `config`, the config of `job`; the handler's name is taken from
     /// `handlers` (the agent's own, sorted) when it is there.
     pub fn of(job: &str, config: JobConfig, handlers: &[Arc<str>]) -> Self {
-        let handler = config
-            .handler
-            .filter(|h| h != job)
-            .map(|h| match handlers.binary_search_by(|n| (**n).cmp(h.as_str())) {
+        let handler = config.handler.filter(|h| h != job).map(|h| {
+            match handlers.binary_search_by(|n| (**n).cmp(h.as_str())) {
                 Ok(i) => handlers[i].clone(),
                 Err(_) => Arc::from(h),
-            });
+            }
+        });
         Self {
             handler,
             job_param: config.job_param.into_boxed_str(),

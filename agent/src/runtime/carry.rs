@@ -232,11 +232,7 @@ impl Core {
             instance: self.cfg.id.clone(),
             owner_key: self.cfg.keys.owner(&job, shard),
         };
-        let (timeout, retries, failover) = (
-            config.timeout,
-            config.max_retries,
-            config.failover,
-        );
+        let (timeout, retries, failover) = (config.timeout, config.max_retries, config.failover);
         // A resident run lasts as long as its shard is held: no deadline, no retries, no
         // concurrency permit (it would keep one for good), and its `timeout` is how long a stop
         // may take.
@@ -374,10 +370,9 @@ impl Core {
         metrics::gauge!("shardjob_owned_shards").set(count as f64);
         // Assigned here, held or not: assigned minus owned, summed over agents, is what the
         // alert "shards unowned longer than the TTL" watches.
-        let assigned = self.engine.assigned_jobs();
-        let total: usize = assigned.iter().map(|(_, n)| n).sum();
+        let total = self.engine.assigned_total();
         metrics::gauge!("shardjob_assigned_shards").set(total as f64);
-        *self.assigned_seen.borrow_mut() = assigned.into_iter().collect();
+        self.assigned_published.set(total);
         let lease = self.engine.lease().map_or(0, |l| l.get());
         let stopping = self.engine.stopping();
         self.status.send_modify(|s| {
@@ -411,24 +406,24 @@ impl Core {
                     s.owned.insert(job.clone(), shards);
                 }
             }
+            // Filled in key order (the first claims) a B-tree's nodes are half full; rebuilt
+            // in one go they are full (~80 B per job less at 10k jobs). Each time the map
+            // has doubled: the rebuilds cost O(1) per entry.
+            let len = s.owned.len();
+            if len >= 1024 && len >= 2 * self.owned_compacted.get() {
+                s.owned = std::mem::take(&mut s.owned).into_iter().collect();
+                self.owned_compacted.set(len);
+            }
             changed
         });
         if delta != 0 {
             metrics::gauge!("shardjob_owned_shards").increment(delta as f64);
         }
-        let mut seen = self.assigned_seen.borrow_mut();
-        let mut change = 0i64;
-        for job in jobs {
-            let n = self.engine.assigned(job);
-            let was = if n == 0 {
-                seen.remove(job)
-            } else {
-                seen.insert(job.clone(), n)
-            };
-            change += n as i64 - was.unwrap_or(0) as i64;
-        }
-        if change != 0 {
-            metrics::gauge!("shardjob_assigned_shards").increment(change as f64);
+        // A change, not a value: agents sharing a process add theirs to the one gauge.
+        let total = self.engine.assigned_total();
+        let change = total as f64 - self.assigned_published.replace(total) as f64;
+        if change != 0.0 {
+            metrics::gauge!("shardjob_assigned_shards").increment(change);
         }
     }
 }

@@ -130,8 +130,10 @@ pub(crate) struct Core {
     global_limit: Option<Arc<Semaphore>>,
     /// Per-job concurrency limits, made on a job's first launch.
     job_limits: FastMap<String, Arc<Semaphore>>,
-    /// Shards assigned here per job, as last published (the gauge moves by differences).
-    assigned_seen: std::cell::RefCell<FastMap<String, usize>>,
+    /// Shards assigned here, as last published (the gauge moves by differences).
+    assigned_published: std::cell::Cell<usize>,
+    /// The size of the status's `owned` map when it was last rebuilt (`publish_owned`).
+    owned_compacted: std::cell::Cell<usize>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
     /// What `instances/<id>` holds for the current session, and the revision it was put at.
@@ -192,7 +194,8 @@ impl Core {
             engine,
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             job_limits: FastMap::default(),
-            assigned_seen: std::cell::RefCell::new(FastMap::default()),
+            assigned_published: std::cell::Cell::new(0),
+            owned_compacted: std::cell::Cell::new(0),
             cfg: Arc::new(cfg),
             tx,
             session: None,

@@ -806,6 +806,33 @@ fn a_config_put_with_the_same_instants_takes_its_settings_and_keeps_the_fire() {
     assert_eq!(launches(&h.at(2.5)), [], "one fire, not one per version");
 }
 
+#[test]
+fn a_relisted_assignment_replaces_what_was_assigned_here() {
+    let mut h = Harness::holding(2, every_second(2)); // shards 0 and 1, page revision 40
+    h.job("k", every_second(3));
+    h.assign("k", &[ME, "other", ME], 41);
+    assert_eq!(h.engine.assigned_total(), 4);
+    // The re-list after a lost watch: j keeps shard 0 only, k is no longer mine at all.
+    let entry = |shards: Vec<u32>| shardjob_coordinator::model::PageEntry {
+        generation: 2,
+        total: 2,
+        shards,
+    };
+    let listed = h.step(Input::Relisted(Listing::Assignments(vec![(
+        "j".into(),
+        entry(vec![0]),
+        60,
+    )])));
+    assert_eq!(h.engine.assigned_total(), 1);
+    assert_eq!(h.engine.fireable("j"), [0]);
+    assert_eq!(
+        releases(&listed),
+        [(1, 101, Some(0.0))],
+        "shard 1 is given back"
+    );
+    assert_eq!(claims(&listed), [], "nothing of k is claimed");
+}
+
 // ---- shutdown ------------------------------------------------------------------------------
 
 #[test]

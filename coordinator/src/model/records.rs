@@ -25,6 +25,9 @@ impl AssignmentRecord {
             assignment.owners().iter().flatten().cloned().collect();
         instances.sort();
         instances.dedup();
+        // The leader keeps one per job: a collected vector starts at four slots (64 bytes),
+        // and most jobs have one or two owners.
+        instances.shrink_to_fit();
         let owners = assignment
             .owners()
             .iter()

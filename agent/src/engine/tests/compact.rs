@@ -6,7 +6,7 @@
 use std::mem::size_of;
 
 use crate::engine::SeenOwner;
-use crate::engine::job::JobState;
+use crate::engine::job::{JobState, Spec};
 use crate::engine::shard::{Local, Shard};
 
 #[test]
@@ -21,4 +21,11 @@ fn a_shard_record_is_at_most_48_bytes() {
     assert!(size_of::<Shard>() <= 48, "{}", size_of::<Shard>());
     assert!(size_of::<Local>() <= 16, "{}", size_of::<Local>());
     assert!(size_of::<SeenOwner>() <= 32, "{}", size_of::<SeenOwner>());
+}
+
+#[test]
+fn a_spec_is_at_most_128_bytes() {
+    // One per job this agent can run, boxed: what running takes of the config (`RunConfig`),
+    // the compiled schedule, the version. The whole `JobConfig` made it 256.
+    assert!(size_of::<Spec>() <= 128, "{}", size_of::<Spec>());
 }

@@ -95,7 +95,7 @@ impl Engine {
         self.stale.remove(job);
         let js = self.jobs.entry(job.to_owned()).or_default();
         let before = js.mine.is_some();
-        self.assigned_total -= js.assigned_count();
+        self.assigned_total = self.assigned_total.saturating_sub(js.assigned_count());
         js.mine = mine;
         self.assigned_total += js.assigned_count();
         js.forget_unassigned_keys();

@@ -11,6 +11,7 @@
 //! - [`rebalance`]: what the leader runs: a pure planner (`plan`), a pure timer of passes
 //!   (`Rebalancer`) and the watch/write loop.
 //! - [`watch`]: a list-then-watch helper that re-lists after a compaction.
+//! - [`refill`]: keeps the per-job B-trees' nodes full as they grow.
 //! - [`view`]: a read-only snapshot of a namespace for the CLI and tests.
 //! - [`liveness`]: the stream each agent keeps to the leader, so a crash moves its shards
 //!   within a fraction of a second instead of a lease TTL.
@@ -24,6 +25,7 @@ pub mod liveness;
 pub mod model;
 pub mod ops;
 pub mod rebalance;
+pub mod refill;
 pub mod session;
 pub mod view;
 pub mod watch;

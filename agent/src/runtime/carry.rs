@@ -406,14 +406,10 @@ impl Core {
                     s.owned.insert(job.clone(), shards);
                 }
             }
-            // Filled in key order (the first claims) a B-tree's nodes are half full; rebuilt
-            // in one go they are full (~80 B per job less at 10k jobs). Each time the map
-            // has doubled: the rebuilds cost O(1) per entry.
-            let len = s.owned.len();
-            if len >= 1024 && len >= 2 * self.owned_compacted.get() {
-                s.owned = std::mem::take(&mut s.owned).into_iter().collect();
-                self.owned_compacted.set(len);
-            }
+            // Filled in key order by the first claims: rebuilt with full nodes as it grows.
+            let mut refill = self.owned_refill.get();
+            refill.check(&mut s.owned);
+            self.owned_refill.set(refill);
             changed
         });
         if delta != 0 {

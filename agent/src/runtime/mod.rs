@@ -132,8 +132,8 @@ pub(crate) struct Core {
     job_limits: FastMap<String, Arc<Semaphore>>,
     /// Shards assigned here, as last published (the gauge moves by differences).
     assigned_published: std::cell::Cell<usize>,
-    /// The size of the status's `owned` map when it was last rebuilt (`publish_owned`).
-    owned_compacted: std::cell::Cell<usize>,
+    /// When the status's `owned` map was last rebuilt with full nodes (`publish_owned`).
+    owned_refill: std::cell::Cell<shardjob_coordinator::refill::Refill>,
     status: watch::Sender<AgentStatus>,
     stopping: Option<Instant>,
     /// What `instances/<id>` holds for the current session, and the revision it was put at.
@@ -195,7 +195,7 @@ impl Core {
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             job_limits: FastMap::default(),
             assigned_published: std::cell::Cell::new(0),
-            owned_compacted: std::cell::Cell::new(0),
+            owned_refill: std::cell::Cell::default(),
             cfg: Arc::new(cfg),
             tx,
             session: None,

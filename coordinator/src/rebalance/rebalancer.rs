@@ -232,14 +232,10 @@ impl Rebalancer {
     /// The pass was written: its assignments are the stored ones now.
     pub fn written(&mut self, pass: Pass, now: Instant) {
         self.stored.written(&pass.pages);
-        let many = pass.plan.writes.len() >= super::world::COMPACT_AT
-            && pass.plan.writes.len() * 4 >= self.world.assignments.len();
         for (job, record) in pass.plan.writes {
             self.world.assignments.insert(job, record);
         }
-        if many {
-            self.world.compact_assignments();
-        }
+        self.world.assignments_grew();
         for job in pass.plan.deletes {
             self.world.assignments.remove(&job);
         }

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::planned::PlannedJob;
 use crate::keys::{KeyKind, Keys};
 use crate::model::{AssignmentRecord, InstanceInfo, decode, decode_job};
+use crate::refill::Refill;
 
 /// True for an agent of 0.1, the last version that read one `assignments/<job>` record per job
 /// instead of its own `assigned/` pages.
@@ -78,16 +79,9 @@ pub struct World {
     /// Keys whose value was rejected, with the reason.
     pub problems: BTreeMap<String, String>,
     dirty: Dirty,
-}
-
-/// A change of at least this many entries is followed by a [`compact`] of the map it filled.
-pub const COMPACT_AT: usize = 1024;
-
-/// Rebuilds `map` from its sorted entries. A B-tree filled in key order (a listing, the first
-/// pass's assignments) splits every full node in two and leaves its nodes half full: ~150
-/// bytes per job of a map whose entries are 80. Built in one go its nodes are full.
-pub fn compact<K: Ord, V>(map: &mut BTreeMap<K, V>) {
-    *map = std::mem::take(map).into_iter().collect();
+    /// When `jobs` and `assignments` were last rebuilt with full nodes.
+    jobs_refill: Refill,
+    assignments_refill: Refill,
 }
 
 impl World {
@@ -103,6 +97,8 @@ impl World {
             done: BTreeMap::new(),
             problems: BTreeMap::new(),
             dirty: Dirty::default(),
+            jobs_refill: Refill::default(),
+            assignments_refill: Refill::default(),
         }
     }
 
@@ -147,6 +143,7 @@ impl World {
                 let planned = PlannedJob::of(&config);
                 if self.jobs.get(&job) != Some(&planned) {
                     self.jobs.insert(job.clone(), planned);
+                    self.jobs_refill.check(&mut self.jobs);
                     self.dirty.jobs.insert(job);
                 }
             }),
@@ -187,6 +184,7 @@ impl World {
             self.share_ids(&mut record);
             self.assignments.insert(job, record);
         }
+        self.assignments_grew();
         self.problems.extend(problems);
     }
 
@@ -254,14 +252,11 @@ impl World {
         for (key, value) in entries {
             self.put(key, value);
         }
-        if entries.len() >= COMPACT_AT {
-            compact(&mut self.jobs);
-        }
     }
 
-    /// Rebuilds the per-job maps with full nodes, after a change of a large part of them.
-    pub fn compact_assignments(&mut self) {
-        compact(&mut self.assignments);
+    /// To call after inserting assignments: rebuilds their map as it grows (`refill`).
+    pub fn assignments_grew(&mut self) {
+        self.assignments_refill.check(&mut self.assignments);
     }
 
     fn known_keys(&self, prefix: &str) -> Vec<String> {
@@ -344,9 +339,9 @@ mod tests {
     }
 
     #[test]
-    fn a_big_listing_leaves_the_jobs_as_listed_after_compacting() {
+    fn a_big_listing_leaves_the_jobs_as_listed_after_their_map_is_rebuilt() {
         let mut w = world();
-        let entries: Vec<(String, Vec<u8>)> = (0..COMPACT_AT + 5)
+        let entries: Vec<(String, Vec<u8>)> = (0..Refill::MIN + 5)
             .map(|i| {
                 let total = i % 7 + 1;
                 let value = format!(r#"{{"schedule":{{"every":"1s"}},"total":{total}}}"#);
@@ -354,7 +349,7 @@ mod tests {
             })
             .collect();
         w.reset_prefix("/shardjob/ns/jobs/", &entries, Instant::now());
-        assert_eq!(w.jobs.len(), COMPACT_AT + 5);
+        assert_eq!(w.jobs.len(), Refill::MIN + 5);
         for (i, (name, job)) in w.jobs.iter().enumerate() {
             assert_eq!(
                 (name.as_str(), job.total),

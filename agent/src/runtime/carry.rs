@@ -99,7 +99,7 @@ fn start(p: Prepared) -> impl std::future::Future<Output = Event> + Send {
         span,
     } = p;
     async move {
-        let outcome = execute(req).await;
+        let outcome = execute(req, &job).await;
         Event::Engine(Input::ExecDone {
             job,
             shard,
@@ -263,7 +263,7 @@ impl Core {
             retry_timeouts: config.retry_timeouts,
             stop_grace,
             permits,
-            instance: self.cfg.id.clone(),
+            instance: self.me.clone(),
             log: self.cfg.exec_log.clone(),
             logged: logged.clone(),
             job_label: self.cfg.job_labels,

@@ -28,7 +28,8 @@ pub(crate) struct ExecRequest {
     /// dropped (other runs are dropped at once).
     pub stop_grace: Option<Duration>,
     pub permits: Vec<Arc<Semaphore>>,
-    pub instance: String,
+    /// This agent's id, shared by all its executions.
+    pub instance: Arc<str>,
     pub log: Option<Arc<ExecLog>>,
     /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
     /// it (one line per execution, whichever comes first).
@@ -40,11 +41,15 @@ pub(crate) struct ExecRequest {
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// Runs the request to its end and returns how it ended.
+/// Runs the request to its end and returns how it ended. `job` is the job's name, for the
+/// end's metrics and log line (the last attempt hands the context's strings to the handler).
 ///
 /// Not an `async fn`: the request would then be stored twice in the future (as the argument,
 /// and again in the instrumented body it is moved into).
-pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Outcome> {
+pub(crate) fn execute(
+    mut req: ExecRequest,
+    job: &str,
+) -> impl std::future::Future<Output = Outcome> + '_ {
     let span = info_span!("execution", job = %req.ctx.job, shard = req.ctx.shard,
         fire_time = %req.ctx.fire_time, token = req.ctx.token, max_attempts = req.retries + 1,
         failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
@@ -55,7 +60,7 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
         // crowd's task, `runtime/crowd.rs`.)
         let cancel = req.ctx.cancel.clone();
         let Some(first) = permits_for(&req.permits, &cancel).await else {
-            return finish(&req, Utc::now(), Outcome::Cancelled);
+            return finish(&req, job, Utc::now(), Outcome::Cancelled);
         };
         // Held for one attempt at a time: a backoff between attempts gives them back, so a
         // failing shard waiting to retry does not keep others of the job from running.
@@ -65,11 +70,11 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
                 Ok(Some(rev)) => Some(rev),
                 Ok(None) => {
                     warn!("not running: the shard is no longer owned with this token");
-                    return finish(&req, Utc::now(), Outcome::Cancelled);
+                    return finish(&req, job, Utc::now(), Outcome::Cancelled);
                 }
                 Err(e) => {
                     warn!(error = %e, "not running: the running marker could not be written");
-                    return finish(&req, Utc::now(), Outcome::Cancelled);
+                    return finish(&req, job, Utc::now(), Outcome::Cancelled);
                 }
             },
             None => None,
@@ -77,6 +82,7 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
         let start = Utc::now();
         let mut outcome = Outcome::Cancelled;
         for attempt in 1..=req.retries.saturating_add(1) {
+            let last = attempt > req.retries;
             if permits.is_none() {
                 permits = permits_for(&req.permits, &cancel).await;
                 if permits.is_none() {
@@ -84,16 +90,29 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
                     break;
                 }
             }
-            let mut ctx = req.ctx.clone();
+            // The last attempt takes the context (no copy of its strings per fire); the
+            // request keeps what its end is reported with.
+            let mut ctx = if last {
+                let hollow = hollow(&req.ctx);
+                std::mem::replace(&mut req.ctx, hollow)
+            } else {
+                req.ctx.clone()
+            };
             ctx.attempt = attempt;
-            // Each attempt has its own token, so a timeout cancels only that attempt.
-            ctx.cancel = cancel.child_token();
+            // An attempt that may be cancelled alone (by its timeout), or whose cancel must not
+            // reach the execution's token (a retry follows; a failover run's marker depends on
+            // whether the execution was cut short), has its own token. The common last attempt
+            // without a timeout shares the execution's (a child token is an allocation and two
+            // locks).
+            if req.timeout.is_some() || req.marker.is_some() || !last {
+                ctx.cancel = cancel.child_token();
+            }
             let retryable;
             (outcome, retryable) = run_once(&req.handler, ctx, req.timeout, req.stop_grace)
                 .instrument(info_span!("attempt", attempt))
                 .await;
             let retryable = retryable || (req.retry_timeouts && outcome == Outcome::Timeout);
-            if !retryable || attempt > req.retries {
+            if !retryable || last {
                 break;
             }
             permits = None;
@@ -111,7 +130,7 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
             // In the background: a delete stuck on a broken connection must not keep the shard
             // "running" (and its next fires waiting). It is guarded by the marker's revision, so
             // it can never remove a later execution's marker.
-            let (sink, job, shard) = (sink.clone(), req.ctx.job.clone(), req.ctx.shard);
+            let (sink, job, shard) = (sink.clone(), job.to_owned(), req.ctx.shard);
             tokio::spawn(async move {
                 let (client, keys, limit) = (&sink.client, &sink.keys, sink.timeout);
                 if let Err(e) = super::txn::delete_marker(client, keys, &job, shard, rev, limit).await {
@@ -119,14 +138,27 @@ pub(crate) fn execute(req: ExecRequest) -> impl std::future::Future<Output = Out
                 }
             });
         }
-        finish(&req, start, outcome)
+        finish(&req, job, start, outcome)
     }
     .instrument(span)
 }
 
+/// `ctx` without its strings: what a request keeps once its last attempt took the context.
+fn hollow(ctx: &ShardContext) -> ShardContext {
+    ShardContext {
+        job: String::new(),
+        shard_param: String::new(),
+        job_param: String::new(),
+        instance: String::new(),
+        owner_key: String::new(),
+        cancel: ctx.cancel.clone(),
+        ..*ctx
+    }
+}
+
 async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, super::txn::TxnError> {
     let ctx = &req.ctx;
-    let instance = shardjob_sharding::InstanceId::new(req.instance.clone()).map_err(|e| {
+    let instance = shardjob_sharding::InstanceId::new(req.instance.to_string()).map_err(|e| {
         super::txn::TxnError::Encode {
             what: "the instance id",
             cause: e.to_string(),
@@ -286,11 +318,11 @@ fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
     exp.mul_f64(jitter)
 }
 
-fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
+fn finish(req: &ExecRequest, job: &str, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
     let end = Utc::now();
     let seconds = (end - start).to_std().unwrap_or_default().as_secs_f64();
     if req.job_label {
-        let job = req.ctx.job.clone();
+        let job = job.to_owned();
         metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str(), "job" => job.clone())
             .increment(1);
         metrics::histogram!("shardjob_execution_seconds", "job" => job).record(seconds);
@@ -304,10 +336,10 @@ fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> 
         .filter(|_| !req.logged.swap(true, Ordering::SeqCst))
     {
         log.append(&ExecRecord {
-            job: req.ctx.job.clone(),
+            job: job.to_owned(),
             shard: req.ctx.shard,
             fire_time: req.ctx.fire_time,
-            instance: req.instance.clone(),
+            instance: req.instance.to_string(),
             token: req.ctx.token,
             start,
             end,
@@ -341,6 +373,11 @@ mod tests {
         }
     }
 
+    /// An execution of job `j` (the name `ctx()` gives it).
+    fn execute_j(req: ExecRequest) -> impl std::future::Future<Output = Outcome> {
+        execute(req, "j")
+    }
+
     fn request(handler: impl crate::Job, timeout: Option<Duration>, retries: u32) -> ExecRequest {
         ExecRequest {
             marker: None,
@@ -362,7 +399,7 @@ mod tests {
     fn an_execution_is_small_enough_to_spawn_cheaply() {
         // Every fire moves this future into a new task; it was 18 KB when it held an etcd
         // client and the marker txn inline, and 2 KB before the rare paths were boxed.
-        let size = std::mem::size_of_val(&execute(request(
+        let size = std::mem::size_of_val(&execute_j(request(
             crate::job_fn(|_| async { Ok(()) }),
             None,
             0,
@@ -388,7 +425,7 @@ mod tests {
             let mut req = request(job, None, 0);
             req.stop_grace = Some(Duration::from_secs(grace));
             let cancel = req.ctx.cancel.clone();
-            let run = tokio::spawn(execute(req));
+            let run = tokio::spawn(execute_j(req));
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert!(!run.is_finished(), "a resident run has no deadline");
             cancel.cancel();
@@ -413,7 +450,7 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        assert_eq!(execute(request(job, None, 5)).await, Outcome::Ok);
+        assert_eq!(execute_j(request(job, None, 5)).await, Outcome::Ok);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // Two backoffs: at least 50 ms + 100 ms (jitter >= 0.5), less than 100 + 200 ms.
         let waited = started.elapsed();
@@ -421,6 +458,49 @@ mod tests {
             waited >= Duration::from_millis(150) && waited < Duration::from_millis(300),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_sees_the_whole_context_and_the_last_one_takes_it() {
+        // Fails twice, then succeeds: the third attempt is the last (2 retries) and is handed
+        // the request's own context instead of a copy; each must see the same strings.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let job = crate::job_fn(move |ctx: ShardContext| {
+            let record = record.clone();
+            async move {
+                let attempt = ctx.attempt;
+                record.lock().unwrap().push((
+                    attempt,
+                    ctx.job,
+                    ctx.shard_param,
+                    ctx.instance,
+                    ctx.owner_key,
+                    ctx.token,
+                ));
+                if attempt < 3 {
+                    Err(JobError::failed("not yet"))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let mut req = request(job, None, 2);
+        req.ctx.shard_param = "p".into();
+        req.ctx.owner_key = "/ns/owners/j/0".into();
+        assert_eq!(execute_j(req).await, Outcome::Ok);
+        let seen = seen.lock().unwrap().clone();
+        let want = |attempt| {
+            (
+                attempt,
+                "j".to_owned(),
+                "p".to_owned(),
+                "me".to_owned(),
+                "/ns/owners/j/0".to_owned(),
+                1,
+            )
+        };
+        assert_eq!(seen, vec![want(1), want(2), want(3)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -434,7 +514,7 @@ mod tests {
                 Err(JobError::permanent("bad input"))
             }
         });
-        assert_eq!(execute(request(job, None, 5)).await, Outcome::Failed);
+        assert_eq!(execute_j(request(job, None, 5)).await, Outcome::Failed);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -444,7 +524,7 @@ mod tests {
             let _n: u32 = "x".parse()?;
             Ok(())
         });
-        assert_eq!(execute(request(parse, None, 1)).await, Outcome::Failed);
+        assert_eq!(execute_j(request(parse, None, 1)).await, Outcome::Failed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -459,7 +539,7 @@ mod tests {
         });
         let mut req = request(job, None, 1);
         req.permits = vec![limit.clone()];
-        let run = tokio::spawn(execute(req));
+        let run = tokio::spawn(execute_j(req));
         // The first attempt fails at once; during the backoff (50..100 ms) the permit is free.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(limit.available_permits(), 1, "held during the backoff");
@@ -483,19 +563,19 @@ mod tests {
         };
         let timeout = Some(Duration::from_secs(1));
         let req = request(job(calls.clone()), timeout, 2);
-        assert_eq!(execute(req).await, Outcome::Timeout);
+        assert_eq!(execute_j(req).await, Outcome::Timeout);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried by default");
         calls.store(0, Ordering::SeqCst);
         let mut req = request(job(calls.clone()), timeout, 2);
         req.retry_timeouts = true;
-        assert_eq!(execute(req).await, Outcome::Ok);
+        assert_eq!(execute_j(req).await, Outcome::Ok);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn out_of_retries_is_failed() {
         let job = crate::job_fn(|_| async { Err(JobError::failed("always")) });
-        assert_eq!(execute(request(job, None, 2)).await, Outcome::Failed);
+        assert_eq!(execute_j(request(job, None, 2)).await, Outcome::Failed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -514,7 +594,7 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         assert_eq!(
-            execute(request(job, Some(Duration::from_secs(2)), 0)).await,
+            execute_j(request(job, Some(Duration::from_secs(2)), 0)).await,
             Outcome::Timeout
         );
         assert_eq!(saw_cancel.load(Ordering::SeqCst), 1);
@@ -530,7 +610,7 @@ mod tests {
         let job = crate::job_fn(|_| std::future::pending::<Result<(), JobError>>());
         let req = request(job, None, 0);
         let fence = req.ctx.cancel.clone();
-        let run = tokio::spawn(execute(req));
+        let run = tokio::spawn(execute_j(req));
         tokio::time::sleep(Duration::from_secs(1)).await;
         fence.cancel();
         assert_eq!(run.await.unwrap(), Outcome::Cancelled);

@@ -110,6 +110,8 @@ pub(crate) fn now() -> Now {
 pub(crate) struct Core {
     client: Client,
     cfg: Arc<AgentConfig>,
+    /// `cfg.id`, shared by every execution.
+    me: Arc<str>,
     tx: mpsc::Sender<Event>,
     engine: Engine,
     session: Option<Session>,
@@ -196,6 +198,7 @@ impl Core {
             job_limits: FastMap::default(),
             assigned_published: std::cell::Cell::new(0),
             owned_refill: std::cell::Cell::default(),
+            me: Arc::from(cfg.id.as_str()),
             cfg: Arc::new(cfg),
             tx,
             session: None,

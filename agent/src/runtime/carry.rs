@@ -189,7 +189,7 @@ impl Core {
             }
         }
         let report = super::crowd::Report {
-            tx: self.tx.clone(),
+            tx: self.ends.clone(),
             batch: Event::Batch,
         };
         self.crowds.launch(start, &report);
@@ -281,7 +281,7 @@ impl Core {
                     .add(tokio::time::Instant::from_std(at), prepared),
             ),
             None => {
-                let tx = self.tx.clone();
+                let tx = self.ends.clone();
                 let run = async move {
                     let _ = tx.send(start(prepared).await).await;
                 };

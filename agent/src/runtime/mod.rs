@@ -14,6 +14,7 @@ mod carry;
 mod claimer;
 mod crowd;
 mod exec;
+mod inbox;
 mod lead;
 mod liveness;
 mod names;
@@ -112,7 +113,10 @@ pub(crate) struct Core {
     cfg: Arc<AgentConfig>,
     /// `cfg.id`, shared by every execution.
     me: Arc<str>,
+    /// For everything but executions' ends (`inbox.rs`).
     tx: mpsc::Sender<Event>,
+    /// For executions' ends.
+    ends: mpsc::Sender<Event>,
     engine: Engine,
     session: Option<Session>,
     /// Executions in progress, by the engine's id.
@@ -153,7 +157,8 @@ pub(crate) struct Core {
 impl Core {
     /// Starts the agent's task.
     pub(crate) fn spawn(client: Client, cfg: AgentConfig) -> AgentHandle {
-        let (tx, rx) = mpsc::channel(4096);
+        let (senders, inbox) = inbox::Inbox::new(4096);
+        let inbox::Senders { control: tx, ends } = senders;
         let id = cfg.id.clone();
         let (status, status_rx) = watch::channel(AgentStatus {
             instance: id.clone(),
@@ -201,6 +206,7 @@ impl Core {
             me: Arc::from(cfg.id.as_str()),
             cfg: Arc::new(cfg),
             tx,
+            ends,
             session: None,
             execs: FastMap::default(),
             crowds: crowd::Crowds::default(),
@@ -216,7 +222,7 @@ impl Core {
         };
         let span = info_span!("agent", instance = %id);
         let task = tokio::spawn(
-            core.run(rx, shutdown.clone(), crash.clone())
+            core.run(inbox, shutdown.clone(), crash.clone())
                 .instrument(span),
         );
         AgentHandle {
@@ -236,7 +242,7 @@ impl Core {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Event>,
+        mut inbox: inbox::Inbox,
         shutdown: CancellationToken,
         crash: CancellationToken,
     ) -> Result<(), AgentError> {
@@ -297,16 +303,18 @@ impl Core {
                 }
                 () = bound_changed(&mut bound), if has_session => self.on_bound(),
                 _ = shutdown.cancelled(), if self.stopping.is_none() => self.begin_shutdown().await,
-                ev = rx.recv() => match ev {
+                ev = inbox.recv() => match ev {
                     Some(ev) => {
                         // What else has arrived goes in the same batch: one round of commands
                         // (and of status publication) for a burst of finished executions.
                         self.absorb(ev);
-                        for _ in 1..EVENT_BATCH {
-                            match rx.try_recv() {
-                                Ok(ev) => self.absorb(ev),
-                                Err(_) => break,
-                            }
+                        inbox.drain(EVENT_BATCH, |ev| self.absorb(ev));
+                        // What has come due, too: while events keep arriving this branch is
+                        // chosen every turn and the tick's never (an agent with more fires than
+                        // it can run fired only when a claim was answered).
+                        let now = now();
+                        if self.engine.next_wake().is_some_and(|w| w <= now.mono) {
+                            self.engine.apply(Input::Tick, now);
                         }
                         let commands = self.engine.take_commands();
                         self.carry_out(commands);
@@ -617,7 +625,7 @@ const FIRE_LEAD: Duration = Duration::from_millis(100);
 /// the lead, 1.25 ms with it for every fire).
 const LEAD_CROWD: u32 = 64;
 
-/// At most this many events are taken from the channel per turn of the loop.
+/// At most this many events of each channel (`inbox.rs`) are taken per turn of the loop.
 const EVENT_BATCH: usize = 256;
 
 /// The bound of one attempt of a shutdown write.

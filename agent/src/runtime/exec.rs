@@ -9,6 +9,7 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span, warn};
 
+use super::exec_metrics::JobMetrics;
 use super::txn::Writes;
 use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::job::{DynJob, JobError, ShardContext};
@@ -36,6 +37,8 @@ pub(crate) struct ExecRequest {
     pub logged: Arc<AtomicBool>,
     /// The metrics carry a `job` label.
     pub job_label: bool,
+    /// Where its end is counted and timed.
+    pub metrics: Arc<JobMetrics>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -321,15 +324,7 @@ fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
 fn finish(req: &ExecRequest, job: &str, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
     let end = Utc::now();
     let seconds = (end - start).to_std().unwrap_or_default().as_secs_f64();
-    if req.job_label {
-        let job = job.to_owned();
-        metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str(), "job" => job.clone())
-            .increment(1);
-        metrics::histogram!("shardjob_execution_seconds", "job" => job).record(seconds);
-    } else {
-        metrics::counter!("shardjob_executions_total", "outcome" => outcome.as_str()).increment(1);
-        metrics::histogram!("shardjob_execution_seconds").record(seconds);
-    }
+    req.metrics.record(job, req.job_label, outcome, seconds);
     if let Some(log) = req
         .log
         .as_ref()
@@ -392,6 +387,7 @@ mod tests {
             log: None,
             logged: Arc::new(AtomicBool::new(false)),
             job_label: true,
+            metrics: crate::runtime::exec_metrics::ExecMetrics::new(true).for_job("j", |_| true),
         }
     }
 

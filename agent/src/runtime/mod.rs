@@ -14,6 +14,7 @@ mod carry;
 mod claimer;
 mod crowd;
 mod exec;
+mod exec_metrics;
 mod inbox;
 mod lead;
 mod liveness;
@@ -136,6 +137,8 @@ pub(crate) struct Core {
     global_limit: Option<Arc<Semaphore>>,
     /// Per-job concurrency limits, made on a job's first launch.
     job_limits: FastMap<String, Arc<Semaphore>>,
+    /// Execution metrics' handles, per job (`exec_metrics.rs`).
+    exec_metrics: exec_metrics::ExecMetrics,
     /// Shards assigned here, as last published (the gauge moves by differences).
     assigned_published: std::cell::Cell<usize>,
     /// When the status's `owned` map was last rebuilt with full nodes (`publish_owned`).
@@ -201,6 +204,7 @@ impl Core {
             engine,
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             job_limits: FastMap::default(),
+            exec_metrics: exec_metrics::ExecMetrics::new(cfg.job_labels),
             assigned_published: std::cell::Cell::new(0),
             owned_refill: std::cell::Cell::default(),
             me: Arc::from(cfg.id.as_str()),
@@ -209,7 +213,7 @@ impl Core {
             ends,
             session: None,
             execs: FastMap::default(),
-            crowds: crowd::Crowds::default(),
+            crowds: crowd::Crowds::new(crowd::SPIN),
             renewals: watch::channel(Instant::now()).1,
             leader: None,
             status,

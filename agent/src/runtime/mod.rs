@@ -137,6 +137,9 @@ pub(crate) struct Core {
     global_limit: Option<Arc<Semaphore>>,
     /// Per-job concurrency limits, made on a job's first launch.
     job_limits: FastMap<String, Arc<Semaphore>>,
+    /// Executions ended in this turn, not yet counted in the status (one update per turn, not
+    /// one per end: an aligned burst's 10k ends woke every status watcher 10k times).
+    ended: u64,
     /// Execution metrics' handles, per job (`exec_metrics.rs`).
     exec_metrics: exec_metrics::ExecMetrics,
     /// Shards assigned here, as last published (the gauge moves by differences).
@@ -204,6 +207,7 @@ impl Core {
             engine,
             global_limit: cfg.max_concurrent.map(|n| Arc::new(Semaphore::new(n))),
             job_limits: FastMap::default(),
+            ended: 0,
             exec_metrics: exec_metrics::ExecMetrics::new(cfg.job_labels),
             assigned_published: std::cell::Cell::new(0),
             owned_refill: std::cell::Cell::default(),
@@ -313,6 +317,10 @@ impl Core {
                         // (and of status publication) for a burst of finished executions.
                         self.absorb(ev);
                         inbox.drain(EVENT_BATCH, |ev| self.absorb(ev));
+                        if self.ended > 0 {
+                            let ended = std::mem::take(&mut self.ended);
+                            self.status.send_modify(|s| s.executions += ended);
+                        }
                         // What has come due, too: while events keep arriving this branch is
                         // chosen every turn and the tick's never (an agent with more fires than
                         // it can run fired only when a claim was answered).

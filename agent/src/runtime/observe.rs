@@ -64,7 +64,7 @@ impl Core {
                 if self.execs.remove(&exec).is_none() {
                     return;
                 }
-                self.status.send_modify(|s| s.executions += 1);
+                self.ended += 1;
                 input
             }
             Event::Engine(input) => input,

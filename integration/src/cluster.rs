@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
@@ -39,6 +40,8 @@ pub enum HarnessError {
     },
     #[error("signalling etcd member {member}: {cause}")]
     Signal { member: usize, cause: nix::Error },
+    #[error("etcd member {member} did not stop when paused: {status}")]
+    NotStopped { member: usize, status: String },
     #[error("etcd member {member} is not running")]
     NotRunning { member: usize },
     #[error("no etcd member {member} (cluster has {size})")]
@@ -235,8 +238,25 @@ impl EtcdCluster {
     }
 
     /// SIGSTOP member `i`: it holds its ports but answers nothing.
+    /// Returns once the member has stopped: a signal is delivered asynchronously, and an etcd
+    /// thread already on a CPU answered a request sent right after `kill` (a harness test
+    /// failed so in CI). The stop is awaited with `waitpid(WUNTRACED)`, which reports each stop
+    /// of a child once; a member already stopped (paused twice) is seen in `/proc` first.
     pub fn pause(&mut self, i: usize) -> Result<(), HarnessError> {
-        self.signal(i, Signal::SIGSTOP)
+        self.signal(i, Signal::SIGSTOP)?;
+        let pid = self.pid(i).ok_or(HarnessError::NotRunning { member: i })?;
+        if proc_state(pid) == Some('T') {
+            return Ok(());
+        }
+        let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        match waitpid(raw, Some(WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Stopped(..)) => Ok(()),
+            Ok(other) => Err(HarnessError::NotStopped {
+                member: i,
+                status: format!("{other:?}"),
+            }),
+            Err(cause) => Err(HarnessError::Signal { member: i, cause }),
+        }
     }
 
     /// SIGCONT member `i`.
@@ -443,4 +463,11 @@ impl Drop for EtcdCluster {
             }
         }
     }
+}
+
+/// The state letter of process `pid` in `/proc/<pid>/stat` (`T`: stopped), if readable.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ...`: the command may hold spaces and parentheses; the state follows the last `)`.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

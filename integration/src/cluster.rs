@@ -241,13 +241,13 @@ impl EtcdCluster {
     /// Returns once the member has stopped: a signal is delivered asynchronously, and an etcd
     /// thread already on a CPU answered a request sent right after `kill` (a harness test
     /// failed so in CI). The stop is awaited with `waitpid(WUNTRACED)`, which reports each stop
-    /// of a child once; a member already stopped (paused twice) is seen in `/proc` first.
+    /// of a child once; a member already stopped (paused twice) is seen in `/proc` before signalling.
     pub fn pause(&mut self, i: usize) -> Result<(), HarnessError> {
-        self.signal(i, Signal::SIGSTOP)?;
         let pid = self.pid(i).ok_or(HarnessError::NotRunning { member: i })?;
         if proc_state(pid) == Some('T') {
-            return Ok(());
+            return Ok(()); // stopped already: no new stop to report
         }
+        self.signal(i, Signal::SIGSTOP)?;
         let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
         match waitpid(raw, Some(WaitPidFlag::WUNTRACED)) {
             Ok(WaitStatus::Stopped(..)) => Ok(()),

@@ -266,7 +266,6 @@ impl Core {
             instance: self.me.clone(),
             log: self.cfg.exec_log.clone(),
             logged: logged.clone(),
-            job_label: self.exec_metrics.labelled(),
             metrics: self
                 .exec_metrics
                 .for_job(&job, |j| self.engine.config(j).is_some()),

@@ -35,8 +35,6 @@ pub(crate) struct ExecRequest {
     /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
     /// it (one line per execution, whichever comes first).
     pub logged: Arc<AtomicBool>,
-    /// The metrics carry a `job` label.
-    pub job_label: bool,
     /// Where its end is counted and timed.
     pub metrics: Arc<JobMetrics>,
 }
@@ -324,7 +322,7 @@ fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
 fn finish(req: &ExecRequest, job: &str, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
     let end = Utc::now();
     let seconds = (end - start).to_std().unwrap_or_default().as_secs_f64();
-    req.metrics.record(job, req.job_label, outcome, seconds);
+    req.metrics.record(job, outcome, seconds);
     if let Some(log) = req
         .log
         .as_ref()
@@ -386,7 +384,6 @@ mod tests {
             instance: "me".into(),
             log: None,
             logged: Arc::new(AtomicBool::new(false)),
-            job_label: true,
             metrics: crate::runtime::exec_metrics::ExecMetrics::new(true).for_job("j", |_| true),
         }
     }

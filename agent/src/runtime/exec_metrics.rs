@@ -22,6 +22,8 @@ use crate::hash::FastMap;
 pub(crate) struct JobMetrics {
     ok: Counter,
     seconds: Histogram,
+    /// Registered with the `job` label (the rarer outcomes get it too).
+    labelled: bool,
 }
 
 impl JobMetrics {
@@ -30,19 +32,20 @@ impl JobMetrics {
             Some(job) => Self {
                 ok: metrics::counter!("shardjob_executions_total", "outcome" => Outcome::Ok.as_str(), "job" => job.to_owned()),
                 seconds: metrics::histogram!("shardjob_execution_seconds", "job" => job.to_owned()),
+                labelled: true,
             },
             None => Self {
                 ok: metrics::counter!("shardjob_executions_total", "outcome" => Outcome::Ok.as_str()),
                 seconds: metrics::histogram!("shardjob_execution_seconds"),
+                labelled: false,
             },
         }
     }
 
-    /// Records the end of an execution of `job` that took `seconds`; `labelled`: whether
-    /// these handles carry the `job` label.
-    pub(crate) fn record(&self, job: &str, labelled: bool, outcome: Outcome, seconds: f64) {
+    /// Records the end of an execution of `job` that took `seconds`.
+    pub(crate) fn record(&self, job: &str, outcome: Outcome, seconds: f64) {
         self.seconds.record(seconds);
-        match (outcome, labelled) {
+        match (outcome, self.labelled) {
             (Outcome::Ok, _) => self.ok.increment(1),
             (other, true) => metrics::counter!("shardjob_executions_total", "outcome" => other.as_str(), "job" => job.to_owned())
                 .increment(1),
@@ -73,11 +76,6 @@ impl ExecMetrics {
             per_job: FastMap::default(),
             prune_at: PRUNE_MIN,
         }
-    }
-
-    /// Whether the handles carry the `job` label.
-    pub(crate) fn labelled(&self) -> bool {
-        self.shared.is_none()
     }
 
     /// The handles for `job`, registered at its first launch. When the table has doubled since
@@ -113,18 +111,18 @@ mod tests {
     #[test]
     fn one_set_for_all_without_the_label() {
         let mut m = ExecMetrics::new(false);
-        assert!(!m.labelled());
         let a = m.for_job("a", |_| true);
         let b = m.for_job("b", |_| true);
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(!a.labelled);
         assert_eq!(m.jobs(), 0);
     }
 
     #[test]
     fn a_set_per_job_kept_and_pruned_of_deleted_jobs_as_it_grows() {
         let mut m = ExecMetrics::new(true);
-        assert!(m.labelled());
         let first = m.for_job("j0", |_| true);
+        assert!(first.labelled);
         assert!(
             Arc::ptr_eq(&first, &m.for_job("j0", |_| true)),
             "registered once"

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::types::{ExecId, LeaseId, RunKind, Token};
 
-/// One command from [`super::Engine::step`].
+/// One command from [`super::Engine::step`], carried out in order. A step's publication
+/// (`PublishOwned` or `PublishAll`, at most one) comes first, so the status never lags a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Claim these shards under `lease`, guarded by the mod revision of my page that lists the

@@ -380,12 +380,20 @@ impl Engine {
             self.check();
             self.check_waits();
         }
-        if self.publish_all {
-            self.out.push(Command::PublishAll);
+        // First: the status shows what this step decided (it reads the engine's state, final
+        // by now) before any run it launches starts. Carried out last, a run spawned at once
+        // could end, and its handler be seen, while the status still lacked its shard.
+        let publish = if self.publish_all {
+            Some(Command::PublishAll)
         } else if !self.publish.is_empty() {
-            self.out.push(Command::PublishOwned(
+            Some(Command::PublishOwned(
                 self.publish.iter().cloned().collect(),
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(publish) = publish {
+            self.out.insert(0, publish);
         }
         self.publish.clear();
         self.publish_all = false;

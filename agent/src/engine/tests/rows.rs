@@ -128,6 +128,33 @@ fn a_catch_up_runs_the_most_recent_missed_fire_once_and_never_the_previous_last(
 }
 
 #[test]
+fn a_won_claim_publishes_its_shards_before_it_launches_their_runs() {
+    // A run launched at once may end before the runtime reaches a later command: the status
+    // must already show the shard (an integration test saw a held shard's run end while the
+    // status still showed none).
+    let mut h = Harness::new();
+    h.open();
+    let at = shardjob_coordinator::model::Schedule::At(wall(1.0));
+    h.job("once", shardjob_coordinator::model::JobConfig::new(at, 1));
+    h.assign("once", &[ME], 40);
+    h.set(2.5);
+    let won = h.won("once", 0, 100, None, None);
+    assert_eq!(launches(&won), [(0, 1.0, CatchUp)]);
+    assert_eq!(
+        won.first(),
+        Some(&Command::PublishOwned(vec!["once".into()])),
+        "{won:?}"
+    );
+    assert_eq!(
+        won.iter()
+            .filter(|c| matches!(c, Command::PublishOwned(_) | Command::PublishAll))
+            .count(),
+        1,
+        "{won:?}"
+    );
+}
+
+#[test]
 fn a_one_shot_claimed_after_its_instant_runs_once_unless_a_clean_release_says_it_ran() {
     let at = |secs: f64| {
         shardjob_coordinator::model::JobConfig::new(

@@ -81,7 +81,11 @@ impl Engine {
         }
         self.launch_all_owed(now);
         self.recheck(now);
-        self.publish_all = true;
+        // Only a resumption changes what the status shows; a renewal that merely starts what
+        // was owed (misfires waiting for the proof) publishes through the runs it starts.
+        if was_lapsed {
+            self.publish_all = true;
+        }
     }
 
     /// The proof (or the liveness guard) ran out: stop every run until it is renewed.

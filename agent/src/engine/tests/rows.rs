@@ -313,6 +313,27 @@ fn nothing_launches_without_proof_of_the_lease_and_the_run_is_owed() {
 }
 
 #[test]
+fn only_a_resumption_republishes_the_whole_status() {
+    let mut h = Harness::holding(1, every(5, 1));
+    let five = h.at(5.0);
+    h.done("j", 0, exec_of(&five, 0));
+    assert_eq!(
+        launches(&h.at(10.0)),
+        [],
+        "owed: 10.0 + margin is past the proof"
+    );
+    // Renewed before it lapsed: the owed run starts; nothing else in the status changed.
+    let renewed = h.prove_until(20.6);
+    assert_eq!(launches(&renewed), [(0, 10.0, Misfire)]);
+    assert!(!renewed.contains(&Command::PublishAll), "{renewed:?}");
+    h.done("j", 0, exec_of(&renewed, 0));
+    assert!(h.at(20.7).contains(&Command::Lapsed));
+    // Renewed after the lapse: the status shows it resumed.
+    let resumed = h.prove_until(40.0);
+    assert!(resumed.contains(&Command::PublishAll), "{resumed:?}");
+}
+
+#[test]
 fn a_lapse_aborts_runs_and_replays_them_once_proven_again() {
     let mut h = Harness::holding(1, every(60, 1));
     h.prove_until(65.0); // keep-alives answered until here, then no more

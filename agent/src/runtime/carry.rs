@@ -165,7 +165,7 @@ impl Core {
                 }
                 Command::Stop { exec, .. } => {
                     // Asked, not forced: the run ends by itself (its end is reported as usual)
-                    // or is aborted by its own stop grace (`exec::run_once`).
+                    // or is aborted by its own stop grace (`exec::run_attempt`).
                     if let Some(run) = self.execs.get(&exec) {
                         run.cancel.cancel();
                     }

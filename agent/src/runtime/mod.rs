@@ -12,6 +12,7 @@
 mod batch;
 mod carry;
 mod claimer;
+mod clocks;
 mod crowd;
 mod exec;
 mod exec_metrics;
@@ -41,10 +42,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
+
+pub(crate) use clocks::now;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::builder::AgentError;
-use crate::engine::{Command, Engine, EngineConfig, ExecId, Input, LeaseId, Now};
+use crate::engine::{Command, Engine, EngineConfig, ExecId, Input, LeaseId};
 use crate::execlog::ExecLog;
 use crate::handle::{AgentHandle, AgentStatus};
 use crate::hash::FastMap;
@@ -98,15 +101,6 @@ pub(crate) enum Event {
     Leader(bool),
     /// Several at once, in order (the ends of a crowd's group, `crowd.rs`).
     Batch(Vec<Event>),
-}
-
-/// Both clocks, read together (read apart, a fire late in a burst scheduled its next one
-/// early: bench-lateness caught starts before the scheduled instant).
-pub(crate) fn now() -> Now {
-    Now {
-        mono: Instant::now().into_std(),
-        wall: Utc::now(),
-    }
 }
 
 pub(crate) struct Core {

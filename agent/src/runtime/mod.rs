@@ -42,8 +42,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-
-pub(crate) use clocks::now;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::builder::AgentError;
@@ -54,6 +52,7 @@ use crate::hash::FastMap;
 use crate::job::DynJob;
 use carry::RunningExec;
 use claimer::{ClaimWork, Claimer};
+pub(crate) use clocks::now;
 pub(crate) use liveness::Liveness;
 use liveness::StreamTask;
 use releaser::{ReleaseWork, Releaser};

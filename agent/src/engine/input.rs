@@ -122,7 +122,8 @@ pub enum Input {
     },
     /// An execution ended by itself.
     ExecDone {
-        job: String,
+        /// Shared with the job's other executions (`runtime/job_runs.rs`).
+        job: std::sync::Arc<str>,
         shard: u32,
         exec: ExecId,
         outcome: Outcome,

@@ -21,8 +21,9 @@ pub fn assigns(mine: &Option<Mine>, shard: u32) -> bool {
 /// A job this agent can run: it has the handler and the config compiles.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// What running it takes of its config.
-    pub config: RunConfig,
+    /// What running it takes of its config; shared with the runtime, which keeps what the
+    /// job's executions share while this is the same one (a changed config is a new one).
+    pub config: std::sync::Arc<RunConfig>,
     pub schedule: FireSchedule,
     /// Bumped when the schedule changes; fires scheduled under an older version are dropped.
     pub version: u64,

@@ -296,7 +296,7 @@ impl Engine {
     }
 
     /// The config of a job this agent can run.
-    pub fn config(&self, job: &str) -> Option<&run_config::RunConfig> {
+    pub fn config(&self, job: &str) -> Option<&std::sync::Arc<run_config::RunConfig>> {
         self.jobs.get(job)?.spec.as_deref().map(|s| &s.config)
     }
 

@@ -51,7 +51,11 @@ impl Engine {
         // Compiled, so an offset or a time zone that changes nothing (an interval's time
         // zone, an offset of a whole period) reschedules nothing either.
         if let Some(spec) = js.spec.as_mut().filter(|s| s.schedule == schedule) {
-            spec.config = run;
+            // A new one only when it changed: the runtime keeps what a job's executions share
+            // for as long as its config is the same one (`runtime/job_runs.rs`).
+            if *spec.config != run {
+                spec.config = std::sync::Arc::new(run);
+            }
             return;
         }
         self.next_version += 1;
@@ -62,7 +66,7 @@ impl Engine {
                 .push(instant_of(next, now.mono, now.wall), job, version, next);
         }
         js.spec = Some(Box::new(Spec {
-            config: run,
+            config: std::sync::Arc::new(run),
             schedule,
             version,
             armed: next.is_some(),

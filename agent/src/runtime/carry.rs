@@ -10,13 +10,13 @@ use tracing::Instrument;
 
 use super::claimer::ClaimWork;
 use super::exec::{ExecRequest, execute};
+use super::job_runs::JobRun;
 use super::releaser::ReleaseWork;
 use super::txn::{self, ClaimPart, ReleaseItem};
 use super::{Core, Event};
 use crate::engine::{Command, ExecId, Input, RunKind, Token};
 use crate::execlog::{ExecLog, ExecRecord, Outcome};
 use crate::handle::AgentStatus;
-use crate::job::ShardContext;
 
 /// How long a resident run may take to stop when its job sets no `timeout`.
 pub(crate) const RESIDENT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -43,7 +43,7 @@ pub(super) struct RunningExec {
     cancel: CancellationToken,
     /// Set by whoever writes the execution's log line first (the execution, or its abort).
     logged: Arc<AtomicBool>,
-    job: String,
+    job: Arc<str>,
     shard: u32,
     fire: DateTime<Utc>,
     token: Token,
@@ -59,7 +59,7 @@ impl RunningExec {
         if let Some(log) = log {
             if !self.logged.swap(true, Ordering::SeqCst) {
                 log.append(&ExecRecord {
-                    job: self.job,
+                    job: self.job.to_string(),
                     shard: self.shard,
                     fire_time: self.fire,
                     instance: instance.to_owned(),
@@ -80,26 +80,42 @@ impl RunningExec {
     }
 }
 
-/// An execution ready to start: what [`start`] makes its future from.
+/// An execution ready to start: what [`start`] makes its request and future from, when it
+/// starts (its job's shared part, and what is its own).
 pub(super) struct Prepared {
-    req: ExecRequest,
+    run: Arc<JobRun>,
     exec: ExecId,
-    job: String,
     shard: u32,
+    token: Token,
+    fire: DateTime<Utc>,
+    kind: RunKind,
+    cancel: CancellationToken,
+    logged: Arc<AtomicBool>,
     span: tracing::Span,
 }
 
 /// The execution `p` describes; it returns its end, the event for the loop.
 fn start(p: Prepared) -> impl std::future::Future<Output = Event> + Send {
     let Prepared {
-        req,
+        run,
         exec,
-        job,
         shard,
+        token,
+        fire,
+        kind,
+        cancel,
+        logged,
         span,
     } = p;
+    let job = run.name.clone();
+    let req = ExecRequest {
+        ctx: run.context(shard, token, fire, kind, cancel),
+        resident: kind == RunKind::Resident,
+        run,
+        logged,
+    };
     async move {
-        let outcome = execute(req, &job).await;
+        let outcome = execute(req).await;
         Event::Engine(Input::ExecDone {
             job,
             shard,
@@ -213,68 +229,45 @@ impl Core {
         let Some(config) = self.engine.config(&job) else {
             return;
         };
-        let Some(handler) = self.cfg.handlers.get(config.handler_name(&job)).cloned() else {
+        let (cfg, writes, common) = (&self.cfg, &self.writes, &self.common);
+        let (job_limits, global_limit, exec_metrics) =
+            (&mut self.job_limits, &self.global_limit, &self.exec_metrics);
+        let engine = &self.engine;
+        let exists = |j: &str| engine.config(j).is_some();
+        let made = self.job_runs.get(&job, config, exists, |name| {
+            let handler = cfg.handlers.get(config.handler_name(&name))?.clone();
+            // The job's limit outlives its `JobRun`s: a config change must not hand out a
+            // second set of permits while runs under the first still hold theirs.
+            let job_limit = cfg.job_limits.get(&*name).map(|n| {
+                job_limits
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(*n)))
+                    .clone()
+            });
+            Some(JobRun {
+                permits: global_limit.iter().cloned().chain(job_limit).collect(),
+                marker: config.failover.then(|| writes.clone()),
+                common: common.clone(),
+                metrics: exec_metrics.for_job(&name),
+                handler,
+                config: config.clone(),
+                name,
+            })
+        });
+        let Some(run) = made else {
             return;
         };
         let cancel = CancellationToken::new();
-        let ctx = ShardContext {
-            job: job.clone(),
-            shard,
-            total: config.total,
-            shard_param: config.shard_param(shard).to_owned(),
-            job_param: config.job_param.to_string(),
-            fire_time: fire,
-            token: token.0,
-            attempt: 1,
-            is_failover: kind == RunKind::Failover,
-            is_misfire: matches!(kind, RunKind::Misfire | RunKind::CatchUp),
-            cancel: cancel.clone(),
-            instance: self.cfg.id.clone(),
-            owner_key: self.cfg.keys.owner(&job, shard),
-        };
-        let (timeout, retries, failover) = (config.timeout, config.max_retries, config.failover);
-        // A resident run lasts as long as its shard is held: no deadline, no retries, no
-        // concurrency permit (it would keep one for good), and its `timeout` is how long a stop
-        // may take.
-        let resident = kind == RunKind::Resident;
-        let (timeout, stop_grace) = if resident {
-            (None, Some(timeout.unwrap_or(RESIDENT_STOP_GRACE)))
-        } else {
-            (timeout, None)
-        };
-        let job_limit = self.cfg.job_limits.get(&job).map(|n| {
-            self.job_limits
-                .entry(job.clone())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(*n)))
-                .clone()
-        });
-        let permits = if resident {
-            Vec::new()
-        } else {
-            self.global_limit.iter().cloned().chain(job_limit).collect()
-        };
         let logged = Arc::new(AtomicBool::new(false));
-        let req = ExecRequest {
-            marker: failover.then(|| self.writes.clone()),
-            handler,
-            ctx,
-            timeout,
-            retries,
-            retry_timeouts: config.retry_timeouts,
-            stop_grace,
-            permits,
-            instance: self.me.clone(),
-            log: self.cfg.exec_log.clone(),
-            logged: logged.clone(),
-            metrics: self
-                .exec_metrics
-                .for_job(&job, |j| self.engine.config(j).is_some()),
-        };
         let prepared = Prepared {
-            req,
+            run: run.clone(),
             exec,
-            job: job.clone(),
             shard,
+            token,
+            fire,
+            kind,
+            cancel: cancel.clone(),
+            logged: logged.clone(),
             span: tracing::Span::current(),
         };
         let abort = match start_at {
@@ -294,7 +287,7 @@ impl Core {
             abort,
             cancel,
             logged,
-            job,
+            job: run.name.clone(),
             shard,
             fire,
             token,
@@ -423,5 +416,19 @@ impl Core {
         if change != 0.0 {
             metrics::gauge!("shardjob_assigned_shards").increment(change);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_execution_waiting_for_its_instant_is_small() {
+        // A burst launched ahead of its instant holds one of these per fire (10k for 10k cron
+        // jobs `* * * * * *`). With the request made at launch it was 376 bytes and five
+        // strings; its job's shared part is one pointer now (`job_runs.rs`).
+        let size = std::mem::size_of::<Prepared>();
+        assert!(size <= 112, "a prepared execution is {size} bytes");
     }
 }

@@ -9,84 +9,70 @@ use chrono::Utc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span, warn};
 
-use super::exec_metrics::JobMetrics;
+use super::job_runs::JobRun;
 use super::txn::Writes;
-use crate::execlog::{ExecLog, ExecRecord, Outcome};
-use crate::job::{DynJob, JobError, ShardContext};
+use crate::execlog::{ExecRecord, Outcome};
+use crate::job::{JobError, ShardContext};
 
-/// Everything an execution needs.
+/// Everything an execution needs: what its job's executions share, and its own context.
 pub(crate) struct ExecRequest {
-    /// Set for failover jobs: a running marker is kept for the whole execution. Shared (an etcd
-    /// client is ~4 KB): a spawned execution's size is what every fire copies.
-    pub marker: Option<Arc<Writes>>,
-    pub handler: Arc<dyn DynJob>,
+    pub run: Arc<JobRun>,
     pub ctx: ShardContext,
-    pub timeout: Option<Duration>,
-    pub retries: u32,
-    /// A timed-out attempt is retried too.
-    pub retry_timeouts: bool,
-    /// Resident runs: when cancelled, the handler gets this long to return before it is
-    /// dropped (other runs are dropped at once).
-    pub stop_grace: Option<Duration>,
-    pub permits: Vec<Arc<Semaphore>>,
-    /// This agent's id, shared by all its executions.
-    pub instance: Arc<str>,
-    pub log: Option<Arc<ExecLog>>,
+    /// A resident run: no deadline, no permits, and a stop grace (`JobRun::stop_grace`).
+    pub resident: bool,
     /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
     /// it (one line per execution, whichever comes first).
     pub logged: Arc<AtomicBool>,
-    /// Where its end is counted and timed.
-    pub metrics: Arc<JobMetrics>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// Runs the request to its end and returns how it ended. `job` is the job's name, for the
-/// end's metrics and log line (the last attempt hands the context's strings to the handler).
+/// Runs the request to its end and returns how it ended (the last attempt hands the context's
+/// strings to the handler; the end's metrics and log line name the job from `req.run`).
 ///
 /// Not an `async fn`: the request would then be stored twice in the future (as the argument,
 /// and again in the instrumented body it is moved into).
-pub(crate) fn execute(
-    mut req: ExecRequest,
-    job: &str,
-) -> impl std::future::Future<Output = Outcome> + '_ {
+pub(crate) fn execute(mut req: ExecRequest) -> impl std::future::Future<Output = Outcome> {
     let span = info_span!("execution", job = %req.ctx.job, shard = req.ctx.shard,
-        fire_time = %req.ctx.fire_time, token = req.ctx.token, max_attempts = req.retries + 1,
+        fire_time = %req.ctx.fire_time, token = req.ctx.token,
+        max_attempts = req.run.config.max_retries + 1,
         failover = req.ctx.is_failover, misfire = req.ctx.is_misfire);
     async move {
+        let (timeout, stop_grace) = (req.run.timeout(req.resident), req.run.stop_grace(req.resident));
+        let retries = req.run.config.max_retries;
         // The rare paths' futures (the marker, a retry's backoff, a timeout's grace) are
         // boxed: an execution is as big as its largest await, and ten thousand fires at one
         // instant are ten thousand of them. (One launched ahead of its instant waits in its
         // crowd's task, `runtime/crowd.rs`.)
         // The execution's token is watched through the request's context (its last attempt's
         // hollow keeps a handle): a token's clone and drop each take a lock.
-        let Some(first) = permits_for(&req.permits, &req.ctx.cancel).await else {
-            return finish(&req, job, Utc::now(), Outcome::Cancelled);
+        let Some(first) = permits_for(req.run.permits(req.resident), &req.ctx.cancel).await else {
+            return finish(&req, Utc::now(), Outcome::Cancelled);
         };
         // Held for one attempt at a time: a backoff between attempts gives them back, so a
         // failing shard waiting to retry does not keep others of the job from running.
         let mut permits = Some(first);
-        let marker = match &req.marker {
+        let marker = match &req.run.marker {
             Some(sink) => match Box::pin(mark(sink, &req)).await {
                 Ok(Some(rev)) => Some(rev),
                 Ok(None) => {
                     warn!("not running: the shard is no longer owned with this token");
-                    return finish(&req, job, Utc::now(), Outcome::Cancelled);
+                    return finish(&req, Utc::now(), Outcome::Cancelled);
                 }
                 Err(e) => {
                     warn!(error = %e, "not running: the running marker could not be written");
-                    return finish(&req, job, Utc::now(), Outcome::Cancelled);
+                    return finish(&req, Utc::now(), Outcome::Cancelled);
                 }
             },
             None => None,
         };
         let start = Utc::now();
         let mut outcome = Outcome::Cancelled;
-        for attempt in 1..=req.retries.saturating_add(1) {
-            let last = attempt > req.retries;
+        for attempt in 1..=retries.saturating_add(1) {
+            let last = attempt > retries;
             if permits.is_none() {
-                permits = permits_for(&req.permits, &req.ctx.cancel).await;
+                permits = permits_for(req.run.permits(req.resident), &req.ctx.cancel).await;
                 if permits.is_none() {
                     outcome = Outcome::Cancelled;
                     break;
@@ -106,21 +92,22 @@ pub(crate) fn execute(
             // whether the execution was cut short), has its own token. The common last attempt
             // without a timeout shares the execution's (a child token is an allocation and two
             // locks).
-            let own = (req.timeout.is_some() || req.marker.is_some() || !last).then(|| {
+            let own = (timeout.is_some() || req.run.marker.is_some() || !last).then(|| {
                 ctx.cancel = req.ctx.cancel.child_token();
                 ctx.cancel.clone()
             });
             let watched = own.as_ref().unwrap_or(&req.ctx.cancel);
             let retryable;
             (outcome, retryable) = run_attempt(
-                req.handler.run_boxed(ctx),
+                req.run.handler.run_boxed(ctx),
                 watched,
-                req.timeout,
-                req.stop_grace,
+                timeout,
+                stop_grace,
             )
             .instrument(info_span!("attempt", attempt))
             .await;
-            let retryable = retryable || (req.retry_timeouts && outcome == Outcome::Timeout);
+            let retryable =
+                retryable || (req.run.config.retry_timeouts && outcome == Outcome::Timeout);
             if !retryable || last {
                 break;
             }
@@ -135,19 +122,19 @@ pub(crate) fn execute(
         // finish, so its marker stays for whoever runs the shard next to re-run it. Deleting it
         // here raced the abort that follows the cancel and silently dropped the fire.
         let cut_short = req.ctx.cancel.is_cancelled();
-        if let (Some(sink), Some(rev), false) = (&req.marker, marker, cut_short) {
+        if let (Some(sink), Some(rev), false) = (&req.run.marker, marker, cut_short) {
             // In the background: a delete stuck on a broken connection must not keep the shard
             // "running" (and its next fires waiting). It is guarded by the marker's revision, so
             // it can never remove a later execution's marker.
-            let (sink, job, shard) = (sink.clone(), job.to_owned(), req.ctx.shard);
+            let (sink, job, shard) = (sink.clone(), req.run.name.clone(), req.ctx.shard);
             tokio::spawn(async move {
                 let (client, keys, limit) = (&sink.client, &sink.keys, sink.timeout);
                 if let Err(e) = super::txn::delete_marker(client, keys, &job, shard, rev, limit).await {
-                    warn!(job, shard, error = %e, "the running marker stays; the next owner will re-run this fire");
+                    warn!(job = &*job, shard, error = %e, "the running marker stays; the next owner will re-run this fire");
                 }
             });
         }
-        finish(&req, job, start, outcome)
+        finish(&req, start, outcome)
     }
     .instrument(span)
 }
@@ -167,12 +154,11 @@ fn hollow(ctx: &ShardContext) -> ShardContext {
 
 async fn mark(sink: &Writes, req: &ExecRequest) -> Result<Option<i64>, super::txn::TxnError> {
     let ctx = &req.ctx;
-    let instance = shardjob_sharding::InstanceId::new(req.instance.to_string()).map_err(|e| {
-        super::txn::TxnError::Encode {
+    let instance = shardjob_sharding::InstanceId::new(req.run.common.instance.to_string())
+        .map_err(|e| super::txn::TxnError::Encode {
             what: "the instance id",
             cause: e.to_string(),
-        }
-    })?;
+        })?;
     let marker = shardjob_coordinator::model::Running {
         instance,
         fire_time: ctx.fire_time,
@@ -317,11 +303,14 @@ fn backoff(attempt: u32, ctx: &ShardContext) -> Duration {
     exp.mul_f64(jitter)
 }
 
-fn finish(req: &ExecRequest, job: &str, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
+fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> Outcome {
     let end = Utc::now();
     let seconds = (end - start).to_std().unwrap_or_default().as_secs_f64();
-    req.metrics.record(job, outcome, seconds);
+    let job = &*req.run.name;
+    req.run.metrics.record(job, outcome, seconds);
     if let Some(log) = req
+        .run
+        .common
         .log
         .as_ref()
         .filter(|_| !req.logged.swap(true, Ordering::SeqCst))
@@ -330,7 +319,7 @@ fn finish(req: &ExecRequest, job: &str, start: chrono::DateTime<Utc>, outcome: O
             job: job.to_owned(),
             shard: req.ctx.shard,
             fire_time: req.ctx.fire_time,
-            instance: req.instance.to_string(),
+            instance: req.run.common.instance.to_string(),
             token: req.ctx.token,
             start,
             end,
@@ -346,44 +335,43 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use tokio_util::sync::CancellationToken;
 
-    fn ctx() -> ShardContext {
-        ShardContext {
-            job: "j".into(),
-            shard: 0,
-            total: 1,
-            shard_param: String::new(),
-            job_param: String::new(),
-            fire_time: Utc::now(),
-            token: 1,
-            attempt: 0,
-            is_failover: false,
-            is_misfire: false,
-            cancel: CancellationToken::new(),
-            instance: "me".into(),
-            owner_key: String::new(),
-        }
-    }
+    use crate::engine::{RunKind, Token};
+    use crate::runtime::job_runs::tests::{config, job_run};
+    use shardjob_coordinator::model::{HumanDuration, JobConfig};
 
-    /// An execution of job `j` (the name `ctx()` gives it).
-    fn execute_j(req: ExecRequest) -> impl std::future::Future<Output = Outcome> {
-        execute(req, "j")
+    /// A request of job `j`, shard 0, token 1, that runs `handler` under the config `edit`
+    /// makes, with `run` applied to the job's shared part.
+    fn request_with(
+        handler: impl crate::Job,
+        edit: impl FnOnce(&mut JobConfig),
+        run: impl FnOnce(&mut JobRun),
+    ) -> ExecRequest {
+        let mut shared = job_run("j", config(edit), Arc::new(handler));
+        run(&mut shared);
+        let ctx = shared.context(
+            0,
+            Token(1),
+            Utc::now(),
+            RunKind::Scheduled,
+            CancellationToken::new(),
+        );
+        ExecRequest {
+            run: Arc::new(shared),
+            ctx,
+            resident: false,
+            logged: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn request(handler: impl crate::Job, timeout: Option<Duration>, retries: u32) -> ExecRequest {
-        ExecRequest {
-            marker: None,
-            handler: Arc::new(handler),
-            ctx: ctx(),
-            timeout,
-            retries,
-            retry_timeouts: false,
-            stop_grace: None,
-            permits: vec![],
-            instance: "me".into(),
-            log: None,
-            logged: Arc::new(AtomicBool::new(false)),
-            metrics: crate::runtime::exec_metrics::ExecMetrics::new(true).for_job("j", |_| true),
-        }
+        request_with(
+            handler,
+            |c| {
+                c.timeout = timeout.map(HumanDuration);
+                c.max_retries = retries;
+            },
+            |_| {},
+        )
     }
 
     #[test]
@@ -391,13 +379,14 @@ mod tests {
         // Every fire moves this future into a new task; it was 18 KB when it held an etcd
         // client and the marker txn inline, and 2 KB before the rare paths were boxed; the
         // timeout's timer made only when polled added 16 bytes (1040) and saves a clock read
-        // and a runtime-handle clone per fire.
-        let size = std::mem::size_of_val(&execute_j(request(
+        // and a runtime-handle clone per fire; the job's shared part behind one pointer
+        // (`job_runs.rs`) took it to 952.
+        let size = std::mem::size_of_val(&execute(request(
             crate::job_fn(|_| async { Ok(()) }),
             None,
             0,
         )));
-        assert!(size <= 1088, "the execution future is {size} bytes");
+        assert!(size <= 960, "the execution future is {size} bytes");
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,10 +404,11 @@ mod tests {
                     Ok(())
                 }
             });
-            let mut req = request(job, None, 0);
-            req.stop_grace = Some(Duration::from_secs(grace));
+            // A resident run's timeout is its stop grace.
+            let mut req = request(job, Some(Duration::from_secs(grace)), 0);
+            req.resident = true;
             let cancel = req.ctx.cancel.clone();
-            let run = tokio::spawn(execute_j(req));
+            let run = tokio::spawn(execute(req));
             tokio::time::sleep(Duration::from_secs(60)).await;
             assert!(!run.is_finished(), "a resident run has no deadline");
             cancel.cancel();
@@ -443,7 +433,7 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        assert_eq!(execute_j(request(job, None, 5)).await, Outcome::Ok);
+        assert_eq!(execute(request(job, None, 5)).await, Outcome::Ok);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         // Two backoffs: at least 50 ms + 100 ms (jitter >= 0.5), less than 100 + 200 ms.
         let waited = started.elapsed();
@@ -478,10 +468,17 @@ mod tests {
                 }
             }
         });
-        let mut req = request(job, None, 2);
-        req.ctx.shard_param = "p".into();
-        req.ctx.owner_key = "/ns/owners/j/0".into();
-        assert_eq!(execute_j(req).await, Outcome::Ok);
+        let req = request_with(
+            job,
+            |c| {
+                c.max_retries = 2;
+                c.shard_params.insert(0, "p".into());
+            },
+            |_| {},
+        );
+        let owner_key = req.ctx.owner_key.clone();
+        assert!(owner_key.ends_with("owners/j/0"), "{owner_key}");
+        assert_eq!(execute(req).await, Outcome::Ok);
         let seen = seen.lock().unwrap().clone();
         let want = |attempt| {
             (
@@ -489,7 +486,7 @@ mod tests {
                 "j".to_owned(),
                 "p".to_owned(),
                 "me".to_owned(),
-                "/ns/owners/j/0".to_owned(),
+                owner_key.clone(),
                 1,
             )
         };
@@ -507,7 +504,7 @@ mod tests {
                 Err(JobError::permanent("bad input"))
             }
         });
-        assert_eq!(execute_j(request(job, None, 5)).await, Outcome::Failed);
+        assert_eq!(execute(request(job, None, 5)).await, Outcome::Failed);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
@@ -517,7 +514,7 @@ mod tests {
             let _n: u32 = "x".parse()?;
             Ok(())
         });
-        assert_eq!(execute_j(request(parse, None, 1)).await, Outcome::Failed);
+        assert_eq!(execute(request(parse, None, 1)).await, Outcome::Failed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -530,9 +527,12 @@ mod tests {
                 Ok(())
             }
         });
-        let mut req = request(job, None, 1);
-        req.permits = vec![limit.clone()];
-        let run = tokio::spawn(execute_j(req));
+        let req = request_with(
+            job,
+            |c| c.max_retries = 1,
+            |r| r.permits = vec![limit.clone()].into_boxed_slice(),
+        );
+        let run = tokio::spawn(execute(req));
         // The first attempt fails at once; during the backoff (50..100 ms) the permit is free.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(limit.available_permits(), 1, "held during the backoff");
@@ -556,19 +556,26 @@ mod tests {
         };
         let timeout = Some(Duration::from_secs(1));
         let req = request(job(calls.clone()), timeout, 2);
-        assert_eq!(execute_j(req).await, Outcome::Timeout);
+        assert_eq!(execute(req).await, Outcome::Timeout);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "not retried by default");
         calls.store(0, Ordering::SeqCst);
-        let mut req = request(job(calls.clone()), timeout, 2);
-        req.retry_timeouts = true;
-        assert_eq!(execute_j(req).await, Outcome::Ok);
+        let req = request_with(
+            job(calls.clone()),
+            |c| {
+                c.timeout = timeout.map(HumanDuration);
+                c.max_retries = 2;
+                c.retry_timeouts = true;
+            },
+            |_| {},
+        );
+        assert_eq!(execute(req).await, Outcome::Ok);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn out_of_retries_is_failed() {
         let job = crate::job_fn(|_| async { Err(JobError::failed("always")) });
-        assert_eq!(execute_j(request(job, None, 2)).await, Outcome::Failed);
+        assert_eq!(execute(request(job, None, 2)).await, Outcome::Failed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -587,7 +594,7 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         assert_eq!(
-            execute_j(request(job, Some(Duration::from_secs(2)), 0)).await,
+            execute(request(job, Some(Duration::from_secs(2)), 0)).await,
             Outcome::Timeout
         );
         assert_eq!(saw_cancel.load(Ordering::SeqCst), 1);
@@ -603,7 +610,7 @@ mod tests {
         let job = crate::job_fn(|_| std::future::pending::<Result<(), JobError>>());
         let req = request(job, None, 0);
         let fence = req.ctx.cancel.clone();
-        let run = tokio::spawn(execute_j(req));
+        let run = tokio::spawn(execute(req));
         tokio::time::sleep(Duration::from_secs(1)).await;
         fence.cancel();
         assert_eq!(run.await.unwrap(), Outcome::Cancelled);

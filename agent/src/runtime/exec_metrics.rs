@@ -16,7 +16,6 @@ use std::sync::Arc;
 use metrics::{Counter, Histogram};
 
 use crate::execlog::Outcome;
-use crate::hash::FastMap;
 
 /// The handles of one job (or of every job, without the `job` label).
 pub(crate) struct JobMetrics {
@@ -57,50 +56,26 @@ impl JobMetrics {
     }
 }
 
-/// The handles of every job that launched here, or one set for all.
+/// Makes the handles of a job: its own (with the `job` label), or one set shared by all.
+/// A job's are kept with what its executions share (`job_runs.rs`), made at its first launch.
 pub(crate) struct ExecMetrics {
     shared: Option<Arc<JobMetrics>>,
-    per_job: FastMap<String, Arc<JobMetrics>>,
-    /// `per_job` is pruned of deleted jobs when it grows past this.
-    prune_at: usize,
 }
-
-/// The least `prune_at` (a handful of jobs never prune).
-const PRUNE_MIN: usize = 64;
 
 impl ExecMetrics {
     /// Handles per job (`job_labels`) or one set for all jobs.
     pub(crate) fn new(job_labels: bool) -> Self {
         Self {
             shared: (!job_labels).then(|| Arc::new(JobMetrics::register(None))),
-            per_job: FastMap::default(),
-            prune_at: PRUNE_MIN,
         }
     }
 
-    /// The handles for `job`, registered at its first launch. When the table has doubled since
-    /// it was last pruned, the jobs for which `exists` says no are dropped from it first (so a
-    /// namespace whose jobs come and go does not keep every name it ever ran).
-    pub(crate) fn for_job(&mut self, job: &str, exists: impl Fn(&str) -> bool) -> Arc<JobMetrics> {
-        if let Some(shared) = &self.shared {
-            return shared.clone();
+    /// The handles for `job`: registered now, or the shared set.
+    pub(crate) fn for_job(&self, job: &str) -> Arc<JobMetrics> {
+        match &self.shared {
+            Some(shared) => shared.clone(),
+            None => Arc::new(JobMetrics::register(Some(job))),
         }
-        if let Some(m) = self.per_job.get(job) {
-            return m.clone();
-        }
-        if self.per_job.len() >= self.prune_at {
-            self.per_job.retain(|name, _| exists(name));
-            self.prune_at = (self.per_job.len() * 2).max(PRUNE_MIN);
-        }
-        let m = Arc::new(JobMetrics::register(Some(job)));
-        self.per_job.insert(job.to_owned(), m.clone());
-        m
-    }
-
-    /// Jobs with handles of their own.
-    #[cfg(test)]
-    fn jobs(&self) -> usize {
-        self.per_job.len()
     }
 }
 
@@ -109,37 +84,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_set_for_all_without_the_label() {
-        let mut m = ExecMetrics::new(false);
-        let a = m.for_job("a", |_| true);
-        let b = m.for_job("b", |_| true);
+    fn one_set_for_all_without_the_label_and_a_set_per_job_with_it() {
+        let m = ExecMetrics::new(false);
+        let (a, b) = (m.for_job("a"), m.for_job("b"));
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!a.labelled);
-        assert_eq!(m.jobs(), 0);
-    }
-
-    #[test]
-    fn a_set_per_job_kept_and_pruned_of_deleted_jobs_as_it_grows() {
-        let mut m = ExecMetrics::new(true);
-        let first = m.for_job("j0", |_| true);
-        assert!(first.labelled);
-        assert!(
-            Arc::ptr_eq(&first, &m.for_job("j0", |_| true)),
-            "registered once"
-        );
-        for i in 1..PRUNE_MIN {
-            m.for_job(&format!("j{i}"), |_| true);
-        }
-        assert_eq!(m.jobs(), PRUNE_MIN, "not pruned below the threshold");
-        // Only even jobs still exist: the next new job prunes the odd ones first.
-        let even = |name: &str| name[1..].parse::<usize>().is_ok_and(|i| i % 2 == 0);
-        m.for_job("new", even);
-        assert_eq!(m.jobs(), PRUNE_MIN / 2 + 1);
-        assert!(m.per_job.contains_key("new"));
-        assert!(!m.per_job.contains_key("j1"));
-        assert!(
-            Arc::ptr_eq(&first, &m.for_job("j0", even)),
-            "kept ones keep their handles"
-        );
+        let m = ExecMetrics::new(true);
+        let (a, b) = (m.for_job("a"), m.for_job("b"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(a.labelled && b.labelled);
     }
 }

@@ -17,6 +17,7 @@ mod crowd;
 mod exec;
 mod exec_metrics;
 mod inbox;
+mod job_runs;
 mod lead;
 mod liveness;
 mod names;
@@ -105,8 +106,8 @@ pub(crate) enum Event {
 pub(crate) struct Core {
     client: Client,
     cfg: Arc<AgentConfig>,
-    /// `cfg.id`, shared by every execution.
-    me: Arc<str>,
+    /// What every execution shares: this agent's id, the log, the keys.
+    common: Arc<job_runs::Common>,
     /// For everything but executions' ends (`inbox.rs`).
     tx: mpsc::Sender<Event>,
     /// For executions' ends.
@@ -133,8 +134,10 @@ pub(crate) struct Core {
     /// Executions ended in this turn, not yet counted in the status (one update per turn, not
     /// one per end: an aligned burst's 10k ends woke every status watcher 10k times).
     ended: u64,
-    /// Execution metrics' handles, per job (`exec_metrics.rs`).
+    /// Makes execution metrics' handles (`exec_metrics.rs`).
     exec_metrics: exec_metrics::ExecMetrics,
+    /// What the executions of each job share, made at its first launch (`job_runs.rs`).
+    job_runs: job_runs::JobRuns,
     /// Shards assigned here, as last published (the gauge moves by differences).
     assigned_published: std::cell::Cell<usize>,
     /// When the status's `owned` map was last rebuilt with full nodes (`publish_owned`).
@@ -202,9 +205,14 @@ impl Core {
             job_limits: FastMap::default(),
             ended: 0,
             exec_metrics: exec_metrics::ExecMetrics::new(cfg.job_labels),
+            job_runs: job_runs::JobRuns::default(),
             assigned_published: std::cell::Cell::new(0),
             owned_refill: std::cell::Cell::default(),
-            me: Arc::from(cfg.id.as_str()),
+            common: Arc::new(job_runs::Common {
+                instance: Arc::from(cfg.id.as_str()),
+                log: cfg.exec_log.clone(),
+                keys: cfg.keys.clone(),
+            }),
             cfg: Arc::new(cfg),
             tx,
             ends,

@@ -995,3 +995,34 @@ fn a_lost_sessions_keys_are_waited_for_from_a_listing() {
     assert_eq!(owner_watch(&first), []);
     assert_eq!(owner_watch(&h.owner_gone("j", 1, 131)), [None]);
 }
+
+// ---- the config the runtime shares -------------------------------------------------------
+
+#[test]
+fn a_config_put_again_unchanged_is_the_same_one_and_a_change_is_a_new_one() {
+    // The runtime keeps what a job's executions share while the engine's config is the same
+    // one (`runtime/job_runs.rs`): a change must be a new one, a repeat must not.
+    let mut h = Harness::new();
+    h.job("j", every_second(1));
+    let first = h.engine.config("j").cloned().expect("kept");
+    h.job("j", every_second(1));
+    let again = h.engine.config("j").cloned().expect("kept");
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "unchanged: the same"
+    );
+    let mut retried = every_second(1);
+    retried.max_retries = 2;
+    h.job("j", retried.clone());
+    let changed = h.engine.config("j").cloned().expect("kept");
+    assert!(
+        !std::sync::Arc::ptr_eq(&first, &changed),
+        "changed: a new one"
+    );
+    assert_eq!(changed.max_retries, 2);
+    // A schedule change makes a new spec, and so a new config too.
+    retried.schedule = every(2, 1).schedule;
+    h.job("j", retried);
+    let rescheduled = h.engine.config("j").cloned().expect("kept");
+    assert!(!std::sync::Arc::ptr_eq(&changed, &rescheduled));
+}

@@ -126,8 +126,20 @@ fn start(p: Prepared) -> impl std::future::Future<Output = Event> + Send {
     .instrument(span)
 }
 
+/// True when the runs `commands` start now are many (a backlog: the fires due while the loop
+/// was busy, a cold start's first fires): they start in groups, as a crowd does, at the turn's
+/// instant (`crowd::GROUPED_NOW`).
+fn starts_in_groups(commands: &[Command]) -> bool {
+    let now = commands
+        .iter()
+        .filter(|c| matches!(c, Command::Launch { start_at: None, .. }))
+        .count();
+    now >= super::crowd::GROUPED_NOW
+}
+
 impl Core {
     pub(super) fn carry_out(&mut self, commands: Vec<Command>) {
+        let grouped = starts_in_groups(&commands).then(tokio::time::Instant::now);
         for command in commands {
             match command {
                 Command::Claim {
@@ -173,7 +185,10 @@ impl Core {
                     kind,
                     replay,
                     start_at,
-                } => self.launch(exec, job, shard, token, fire, kind, replay, start_at),
+                } => {
+                    let start_at = start_at.map(tokio::time::Instant::from_std).or(grouped);
+                    self.launch(exec, job, shard, token, fire, kind, replay, start_at);
+                }
                 Command::Abort { exec, .. } => {
                     if let Some(run) = self.execs.remove(&exec) {
                         run.abort(&self.cfg.id, &self.cfg.exec_log);
@@ -221,7 +236,7 @@ impl Core {
         fire: DateTime<Utc>,
         kind: RunKind,
         replay: bool,
-        start_at: Option<std::time::Instant>,
+        start_at: Option<tokio::time::Instant>,
     ) {
         if replay {
             tracing::debug!(job, shard, %fire, "replaying a run cut short");
@@ -271,10 +286,7 @@ impl Core {
             span: tracing::Span::current(),
         };
         let abort = match start_at {
-            Some(at) => Abort::Crowd(
-                self.crowds
-                    .add(tokio::time::Instant::from_std(at), prepared),
-            ),
+            Some(at) => Abort::Crowd(self.crowds.add(at, prepared)),
             None => {
                 let tx = self.ends.clone();
                 let run = async move {
@@ -430,5 +442,32 @@ mod tests {
         // strings; its job's shared part is one pointer now (`job_runs.rs`).
         let size = std::mem::size_of::<Prepared>();
         assert!(size <= 112, "a prepared execution is {size} bytes");
+    }
+
+    fn launch(i: u64, start_at: Option<std::time::Instant>) -> Command {
+        Command::Launch {
+            exec: ExecId(i),
+            job: format!("j{i}"),
+            shard: 0,
+            token: Token(1),
+            fire: Utc::now(),
+            kind: RunKind::Scheduled,
+            replay: false,
+            start_at,
+        }
+    }
+
+    #[test]
+    fn only_many_runs_started_now_start_in_groups() {
+        let n = crate::runtime::crowd::GROUPED_NOW as u64;
+        let now: Vec<Command> = (0..n - 1).map(|i| launch(i, None)).collect();
+        assert!(!starts_in_groups(&now), "a few get a task each");
+        let mut more = now;
+        // Launched ahead: a crowd's already, not counted.
+        more.push(launch(n, Some(std::time::Instant::now())));
+        more.push(Command::PublishAll);
+        assert!(!starts_in_groups(&more));
+        more.push(launch(n + 1, None));
+        assert!(starts_in_groups(&more));
     }
 }

@@ -1,6 +1,6 @@
 //! Live job features of in-process agents against real etcd: triggers, disabling, live
 //! resharding, misfire coalescing, failover re-runs, one-shot jobs created at runtime, a
-//! crowd of fires at one instant.
+//! crowd of fires at one instant, a trigger of many shards started in groups.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -89,6 +89,49 @@ async fn a_trigger_runs_every_shard_once_per_id() {
         "t1 ran more than once per shard: {runs:?}"
     );
     shutdown_all([a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_of_many_shards_started_in_groups_runs_each_once_and_reports_every_end() {
+    // 40 runs started in one turn (a trigger of every shard) go into groups, not a task each
+    // (`runtime/crowd.rs`, GROUPED_NOW = 32). The second trigger runs every shard again only
+    // once the first's ends reached the engine (a shard still running would coalesce it).
+    const SHARDS: u32 = 40;
+    let etcd = EtcdCluster::single().unwrap();
+    let (endpoints, client) = (etcd.endpoints(), etcd.client().await.unwrap());
+    let keys = Keys::new("grouped").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slow = Slow::default();
+    let spec = JobSpec::new("j", "0 0 0 1 1 * 2099")
+        .unwrap()
+        .shards(SHARDS);
+    let a = agent(&endpoints, "grouped", "a", spec, &tx, &slow).await;
+    wait_owned(&[a.status()], "j", SHARDS, |_| true).await;
+    let t1: DateTime<Utc> = "2026-01-01T00:00:01Z".parse().unwrap();
+    let t2: DateTime<Utc> = "2026-01-01T00:00:02Z".parse().unwrap();
+    let mut runs = Vec::new();
+    for (id, at) in [("t1", t1), ("t2", t2)] {
+        let v = serde_json::json!({"id": id, "requested_at": at}).to_string();
+        client
+            .clone()
+            .put(keys.trigger("j"), v, None)
+            .await
+            .unwrap();
+        drain_until(&mut rx, &mut runs, |r| {
+            shards_per_fire(r)
+                .get(&at)
+                .is_some_and(|s| s.len() == SHARDS as usize)
+        })
+        .await;
+    }
+    for at in [t1, t2] {
+        assert_eq!(
+            runs.iter().filter(|r| r.fire == at).count(),
+            SHARDS as usize,
+            "a shard of {at} ran more than once: {runs:?}"
+        );
+    }
+    shutdown_all([a]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,13 @@
 //! installed after that does not see that job's execution metrics (install it before starting
 //! the agent, as the `prometheus` example does).
 
-use std::sync::Arc;
-
 use metrics::{Counter, Histogram};
 
 use crate::execlog::Outcome;
 
-/// The handles of one job (or of every job, without the `job` label).
+/// The handles of one job (or of every job, without the `job` label): kept inline in the
+/// job's `JobRun` (a handle is a pointer to its series).
+#[derive(Clone)]
 pub(crate) struct JobMetrics {
     ok: Counter,
     seconds: Histogram,
@@ -59,22 +59,22 @@ impl JobMetrics {
 /// Makes the handles of a job: its own (with the `job` label), or one set shared by all.
 /// A job's are kept with what its executions share (`job_runs.rs`), made at its first launch.
 pub(crate) struct ExecMetrics {
-    shared: Option<Arc<JobMetrics>>,
+    shared: Option<JobMetrics>,
 }
 
 impl ExecMetrics {
     /// Handles per job (`job_labels`) or one set for all jobs.
     pub(crate) fn new(job_labels: bool) -> Self {
         Self {
-            shared: (!job_labels).then(|| Arc::new(JobMetrics::register(None))),
+            shared: (!job_labels).then(|| JobMetrics::register(None)),
         }
     }
 
     /// The handles for `job`: registered now, or the shared set.
-    pub(crate) fn for_job(&self, job: &str) -> Arc<JobMetrics> {
+    pub(crate) fn for_job(&self, job: &str) -> JobMetrics {
         match &self.shared {
             Some(shared) => shared.clone(),
-            None => Arc::new(JobMetrics::register(Some(job))),
+            None => JobMetrics::register(Some(job)),
         }
     }
 }
@@ -86,12 +86,8 @@ mod tests {
     #[test]
     fn one_set_for_all_without_the_label_and_a_set_per_job_with_it() {
         let m = ExecMetrics::new(false);
-        let (a, b) = (m.for_job("a"), m.for_job("b"));
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!a.labelled);
+        assert!(!m.for_job("a").labelled && !m.for_job("b").labelled);
         let m = ExecMetrics::new(true);
-        let (a, b) = (m.for_job("a"), m.for_job("b"));
-        assert!(!Arc::ptr_eq(&a, &b));
-        assert!(a.labelled && b.labelled);
+        assert!(m.for_job("a").labelled && m.for_job("b").labelled);
     }
 }

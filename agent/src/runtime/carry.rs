@@ -126,13 +126,20 @@ fn start(p: Prepared) -> impl std::future::Future<Output = Event> + Send {
     .instrument(span)
 }
 
+/// True when a run of `kind` launched without `start_at` may start in a group: not a resident
+/// run (it lasts as long as its shard is held: the segment workers of a task queue would all
+/// be polled from one task, on one thread).
+fn groupable(kind: RunKind) -> bool {
+    kind != RunKind::Resident
+}
+
 /// True when the runs `commands` start now are many (a backlog: the fires due while the loop
 /// was busy, a cold start's first fires): they start in groups, as a crowd does, at the turn's
 /// instant (`crowd::GROUPED_NOW`).
 fn starts_in_groups(commands: &[Command]) -> bool {
     let now = commands
         .iter()
-        .filter(|c| matches!(c, Command::Launch { start_at: None, .. }))
+        .filter(|c| matches!(c, Command::Launch { start_at: None, kind, .. } if groupable(*kind)))
         .count();
     now >= super::crowd::GROUPED_NOW
 }
@@ -186,7 +193,9 @@ impl Core {
                     replay,
                     start_at,
                 } => {
-                    let start_at = start_at.map(tokio::time::Instant::from_std).or(grouped);
+                    let start_at = start_at
+                        .map(tokio::time::Instant::from_std)
+                        .or(grouped.filter(|_| groupable(kind)));
                     self.launch(exec, job, shard, token, fire, kind, replay, start_at);
                 }
                 Command::Abort { exec, .. } => {
@@ -445,13 +454,17 @@ mod tests {
     }
 
     fn launch(i: u64, start_at: Option<std::time::Instant>) -> Command {
+        launch_of(i, start_at, RunKind::Scheduled)
+    }
+
+    fn launch_of(i: u64, start_at: Option<std::time::Instant>, kind: RunKind) -> Command {
         Command::Launch {
             exec: ExecId(i),
             job: format!("j{i}"),
             shard: 0,
             token: Token(1),
             fire: Utc::now(),
-            kind: RunKind::Scheduled,
+            kind,
             replay: false,
             start_at,
         }
@@ -466,8 +479,19 @@ mod tests {
         // Launched ahead: a crowd's already, not counted.
         more.push(launch(n, Some(std::time::Instant::now())));
         more.push(Command::PublishAll);
+        // Resident runs never share a task: not counted, and never grouped.
+        more.push(launch_of(n + 1, None, RunKind::Resident));
         assert!(!starts_in_groups(&more));
-        more.push(launch(n + 1, None));
+        assert!(!groupable(RunKind::Resident));
+        more.push(launch(n + 2, None));
         assert!(starts_in_groups(&more));
+        let kinds = [
+            RunKind::Scheduled,
+            RunKind::Misfire,
+            RunKind::CatchUp,
+            RunKind::Failover,
+            RunKind::Trigger,
+        ];
+        assert!(kinds.into_iter().all(groupable));
     }
 }

@@ -42,8 +42,8 @@ use crate::hash::FastMap;
 /// a burst of 10k is 40 wakeups, not 10k.
 pub(super) const PER_TASK: usize = 256;
 
-/// A turn that starts at least this many runs at once (not launched ahead) starts them in
-/// groups too, at the turn's instant. Spawned as a task each, the fires an agent owed after
+/// A turn that starts at least this many runs at once (not launched ahead, not resident)
+/// starts them in groups too, at the turn's instant. Spawned as a task each, the fires an agent owed after
 /// a busy stretch (the first second after a cold start of 10k jobs spread over the second)
 /// were ~2000 tasks of ~1.1 KB at once: the peak of that run's heap. A few runs still get a
 /// task each (a group would be more allocations for one run).

@@ -2,7 +2,6 @@
 //! exponential backoff and jitter, the execution log and metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,6 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info_span, warn};
 
 use super::job_runs::JobRun;
+use super::ticket::Ticket;
 use super::txn::Writes;
 use crate::execlog::{ExecRecord, Outcome};
 use crate::job::{JobError, ShardContext};
@@ -20,9 +20,9 @@ pub(crate) struct ExecRequest {
     pub ctx: ShardContext,
     /// A resident run: no deadline, no permits, and a stop grace (`JobRun::stop_grace`).
     pub resident: bool,
-    /// Set by whoever logs this execution first: itself at its end, or the agent when it aborts
-    /// it (one line per execution, whichever comes first).
-    pub logged: Arc<AtomicBool>,
+    /// Which fire this is, and whether its log line is written: by itself at its end, or by
+    /// the agent when it aborts it (one line per execution, whichever comes first).
+    pub ticket: Arc<Ticket>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -313,7 +313,7 @@ fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> 
         .common
         .log
         .as_ref()
-        .filter(|_| !req.logged.swap(true, Ordering::SeqCst))
+        .filter(|_| req.ticket.log_first())
     {
         log.append(&ExecRecord {
             job: job.to_owned(),
@@ -332,7 +332,7 @@ fn finish(req: &ExecRequest, start: chrono::DateTime<Utc>, outcome: Outcome) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use tokio_util::sync::CancellationToken;
 
     use crate::engine::{RunKind, Token};
@@ -359,7 +359,7 @@ mod tests {
             run: Arc::new(shared),
             ctx,
             resident: false,
-            logged: Arc::new(AtomicBool::new(false)),
+            ticket: Arc::new(Ticket::new("j".into(), 0, Token(1), Utc::now(), Utc::now())),
         }
     }
 

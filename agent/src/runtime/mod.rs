@@ -24,6 +24,7 @@ mod names;
 mod observe;
 mod pages;
 mod releaser;
+mod ticket;
 pub(crate) mod txn;
 
 use std::collections::BTreeMap;

@@ -15,8 +15,6 @@ use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 
-use crate::benchkit::percentile;
-
 /// Lateness and coverage of fires scheduled at whole seconds in `[start, start + secs)`.
 #[derive(Debug)]
 pub struct Recorder {
@@ -98,24 +96,30 @@ impl Recorder {
 
     /// Percentiles in milliseconds and the fires that never started.
     pub fn summary(&self) -> Summary {
-        let ms: Vec<f64> = self
-            .lateness_us
-            .lock()
-            .map(|v| v.iter().map(|us| f64::from(*us) / 1000.0).collect())
-            .unwrap_or_default();
+        // Sorted where they are, in microseconds: a copy as f64 per percentile was 1.6 MB at
+        // 10k jobs, the largest allocation of the run, counted in the agent's measured RSS.
+        let mut us = self.lateness_us.lock().unwrap_or_else(|e| e.into_inner());
+        us.sort_unstable();
+        let ms = |p: f64| nearest_rank(&us, p).map_or(0.0, |v| f64::from(v) / 1000.0);
         let expected = (self.jobs * self.secs as usize) as u64;
-        let runs = ms.len() as u64;
+        let runs = us.len() as u64;
         Summary {
             expected,
             runs,
             missed: expected.saturating_sub(runs),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             early: self.early.load(Ordering::Relaxed),
-            p50_ms: percentile(&ms, 50.0),
-            p99_ms: percentile(&ms, 99.0),
-            max_ms: ms.iter().copied().fold(0.0, f64::max),
+            p50_ms: ms(50.0),
+            p99_ms: ms(99.0),
+            max_ms: ms(100.0),
         }
     }
+}
+
+/// The `p`-th percentile (0..=100) of `sorted` by nearest rank, as `benchkit::percentile`.
+fn nearest_rank(sorted: &[u32], p: f64) -> Option<u32> {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()).checked_sub(1)?).copied()
 }
 
 /// User + system CPU seconds this process has used so far (0 where unavailable).
@@ -260,5 +264,18 @@ mod tests {
         assert_eq!(r.summary().max_ms, 0.0);
         assert_eq!(r.summary().missed, 0);
         assert_eq!(r.summary().early, 1);
+    }
+
+    #[test]
+    fn percentiles_of_the_sorted_microseconds_match_the_shared_helper() {
+        let us: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 1013).collect();
+        let mut sorted = us.clone();
+        sorted.sort_unstable();
+        let ms: Vec<f64> = us.iter().map(|&u| f64::from(u)).collect();
+        for p in [1.0, 50.0, 99.0, 99.9, 100.0] {
+            let ours = nearest_rank(&sorted, p).map(f64::from);
+            assert_eq!(ours, Some(crate::benchkit::percentile(&ms, p)), "p{p}");
+        }
+        assert_eq!(nearest_rank(&[], 99.0), None);
     }
 }
